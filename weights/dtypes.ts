@@ -1,0 +1,103 @@
+// Element types of checkpoint tensors and exact conversions between them on the CPU.
+
+export type StoredDType = "BF16" | "F16" | "F32" | "F64" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
+
+export const DTYPE_BYTES: Record<StoredDType, number> = {
+  BF16: 2,
+  F16: 2,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+};
+
+export function isStoredDType(s: string): s is StoredDType {
+  return Object.hasOwn(DTYPE_BYTES, s);
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** bf16 bits → f32 (exact). */
+export function bf16ToF32(bits: number): number {
+  u32[0] = (bits & 0xffff) << 16;
+  return f32[0];
+}
+
+/** f32 → bf16 bits, round to nearest even (NaN stays NaN). */
+export function f32ToBf16(x: number): number {
+  f32[0] = x;
+  const u = u32[0];
+  if ((u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff) !== 0) return ((u >>> 16) | 0x40) & 0xffff;
+  const rounding = 0x7fff + ((u >>> 16) & 1);
+  return ((u + rounding) >>> 16) & 0xffff;
+}
+
+/** f16 bits → f32 (exact). */
+export function f16ToF32(bits: number): number {
+  const s = bits & 0x8000 ? -1 : 1;
+  const e = (bits >> 10) & 0x1f;
+  const m = bits & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** Round an f32 array to bf16 values (kept as f32). */
+export function roundToBf16(values: Float32Array): Float32Array {
+  const out = new Float32Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = bf16ToF32(f32ToBf16(values[i]));
+  return out;
+}
+
+/** Pack f32 values (rounded to bf16) two per u32, element 2i in the low half. */
+export function packBf16(values: ArrayLike<number>): Uint32Array {
+  const out = new Uint32Array(Math.ceil(values.length / 2));
+  for (let i = 0; i < values.length; i++) {
+    const bits = f32ToBf16(values[i]);
+    out[i >> 1] |= i & 1 ? bits << 16 : bits;
+  }
+  return out;
+}
+
+/** Decode raw little-endian bytes of a stored tensor to f32 (I64 must fit in ±2^53). */
+export function decodeToF32(bytes: Uint8Array, dtype: StoredDType): Float32Array {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  const out = new Float32Array(n);
+  switch (dtype) {
+    case "BF16":
+      for (let i = 0; i < n; i++) out[i] = bf16ToF32(dv.getUint16(2 * i, true));
+      break;
+    case "F16":
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(dv.getUint16(2 * i, true));
+      break;
+    case "F32":
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+      break;
+    case "F64":
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true);
+      break;
+    case "I64":
+      for (let i = 0; i < n; i++) out[i] = Number(dv.getBigInt64(8 * i, true));
+      break;
+    case "I32":
+      for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true);
+      break;
+    case "I16":
+      for (let i = 0; i < n; i++) out[i] = dv.getInt16(2 * i, true);
+      break;
+    case "I8":
+      for (let i = 0; i < n; i++) out[i] = dv.getInt8(i);
+      break;
+    case "U8":
+    case "BOOL":
+      for (let i = 0; i < n; i++) out[i] = dv.getUint8(i);
+      break;
+  }
+  return out;
+}
