@@ -9,6 +9,7 @@ export const elementwiseKernel: KernelSpec = {
   bindings: [
     { name: "a", type: "array<f32>", access: "read" },
     { name: "b", type: "array<f32>", access: "read" },
+    { name: "base", type: "array<f32>", access: "read" },
     { name: "out", type: "array<f32>", access: "read_write" },
   ],
   params: [
@@ -28,6 +29,8 @@ const BODIES: Record<string, string> = {
   swiglu: "let g = a[r * 2u * params.cols + c]; let u = a[r * 2u * params.cols + params.cols + c]; out[i] = g * sigmoid(g) * u;",
   modulate: "out[i] = (1.0 + b[params.off0 + c]) * a[i] + b[params.off1 + c];",
   gated_add: "out[i] = out[i] + b[params.off0 + c] * a[i];",
+  axpy: "out[i] = out[i] + b[params.off0] * a[i];",
+  gated_sum: "out[i] = base[i] + b[params.off0 + c] * a[i];",
 };
 
 export type ElementwiseOp = keyof typeof BODIES;
@@ -36,6 +39,7 @@ interface ElementwiseArgs {
   op: ElementwiseOp;
   a: number;
   b?: number;
+  c?: number;
   out: number;
   cols: number;
   alpha?: number;
@@ -49,7 +53,7 @@ export function elementwiseNode(g: Graph, name: string, args: ElementwiseArgs): 
     name,
     kernel: elementwiseKernel,
     variant: { BODY: BODIES[args.op] },
-    bindings: { a: args.a, b: args.b ?? args.a, out: args.out },
+    bindings: { a: args.a, b: args.b ?? args.a, base: args.c ?? args.a, out: args.out },
     params: { count, cols: args.cols, alpha: args.alpha ?? 1, off0: args.off0 ?? 0, off1: args.off1 ?? 0 },
     workgroups: grid1d(ceilDiv(count, 256)),
   });
@@ -97,6 +101,20 @@ export function swiglu(g: Graph, name: string, a: number): number {
 export function modulate(g: Graph, name: string, x: number, mod: number, scaleOffset: number, shiftOffset: number): number {
   const out = g.activation(name, g.shape(x));
   elementwiseNode(g, name, { op: "modulate", a: x, b: mod, out, cols: cols(g, x), off0: scaleOffset, off1: shiftOffset });
+  return out;
+}
+
+/** out += coefficient[index] · x, in place; the coefficient lives in a tensor so it can change between runs
+ * without rebuilding the plan (the Euler step's dt). */
+export function axpyInPlace(g: Graph, name: string, out: number, x: number, coefficient: number, index = 0): number {
+  elementwiseNode(g, name, { op: "axpy", a: x, b: coefficient, out, cols: cols(g, out), off0: index });
+  return out;
+}
+
+/** residual + mod[gateOffset + c] · y, into a new tensor (keeps every block output a distinct tensor). */
+export function gatedSum(g: Graph, name: string, residual: number, y: number, mod: number, gateOffset: number): number {
+  const out = g.activation(name, g.shape(residual));
+  elementwiseNode(g, name, { op: "gated_sum", a: y, b: mod, c: residual, out, cols: cols(g, residual), off0: gateOffset });
   return out;
 }
 

@@ -6,6 +6,8 @@
 //   swiglu:     out[r, c] = silu(a[r, c]) * a[r, c + cols]  (a has 2·cols columns; first half gated)
 //   modulate:   out[r, c] = (1 + b[scaleOff + c]) * a[r, c] + b[shiftOff + c]   (b is a modulation vector)
 //   gated_add:  out[r, c] = out[r, c] + b[gateOff + c] * a[r, c]                (in-place residual)
+//   gated_sum:  out[r, c] = base[r, c] + b[gateOff + c] * a[r, c]                  (residual into a new tensor)
+//   axpy:       out = out + b[off0] * a                                         (in place, scalar from a tensor)
 // Linear index i covers rows × cols; cols is the row width of `out`.
 
 fn sigmoid(x: f32) -> f32 {

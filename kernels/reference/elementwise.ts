@@ -1,7 +1,7 @@
 // Float64 references and audit cases for the elementwise family.
 
 import type { AuditCase } from "../audit.ts";
-import { add, elementwiseNode, gatedAddInPlace, modulate, mul, scale, silu, swiglu } from "../elementwise.ts";
+import { add, axpyInPlace, elementwiseNode, gatedAddInPlace, gatedSum, modulate, mul, silu, swiglu } from "../elementwise.ts";
 
 export function sigmoid64(x: number): number {
   return 1 / (1 + Math.exp(-x));
@@ -93,6 +93,28 @@ export const elementwiseAuditCases: AuditCase[] = [
       return { inputs: [{ name: "y", data: y }, { name: "mod", data: mod }], outputs: [{ name: "out", expected: exp, initial: res }] };
     },
   },
+  {
+    kernel: "gated_sum",
+    label: `${ROWS}×${COLS}`,
+    build(g, rng) {
+      const res = rng.normalArray(ROWS * COLS), y = rng.normalArray(ROWS * COLS), mod = rng.normalArray(3 * COLS);
+      const out = g.state("out", [ROWS, COLS]);
+      const tmp = gatedSum(g, "op", g.input("res", [ROWS, COLS]), g.input("y", [ROWS, COLS]), g.input("mod", [3 * COLS]), 2 * COLS);
+      elementwiseNode(g, "copy", { op: "scale", a: tmp, out, cols: COLS, alpha: 1 });
+      const exp = f64(res).map((v, i) => v + mod[2 * COLS + (i % COLS)] * y[i]);
+      return { inputs: [{ name: "res", data: res }, { name: "y", data: y }, { name: "mod", data: mod }], outputs: [{ name: "out", expected: exp }] };
+    },
+  },
+  {
+    kernel: "axpy",
+    label: `${ROWS}×${COLS} in place`,
+    build(g, rng) {
+      const res = rng.normalArray(ROWS * COLS), x = rng.normalArray(ROWS * COLS), coef = rng.normalArray(3);
+      const out = g.state("out", [ROWS, COLS]);
+      axpyInPlace(g, "op", out, g.input("x", [ROWS, COLS]), g.input("coef", [3]), 2);
+      const exp = f64(res).map((v, i) => v + coef[2] * x[i]);
+      return { inputs: [{ name: "x", data: x }, { name: "coef", data: coef }], outputs: [{ name: "out", expected: exp, initial: res }] };
+    },
+  },
 ];
 
-export { scale };
