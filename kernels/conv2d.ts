@@ -1,0 +1,144 @@
+// 2-D convolution over channel-major images (f32 [C, H·W], batch 1), declared as an implicit GEMM kernel.
+// Covers the convolutions of the FLUX.2 VAE: 3×3 with padding 1, 3×3 stride 2 with the (0,1,0,1) padding of its
+// downsampler, 1×1, and 3×3 applied to a nearest ×2 upsampling of the input (fused, nothing stored).
+
+import type { Graph } from "../runtime/graph.ts";
+import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
+
+export const conv2dKernel: KernelSpec = {
+  name: "conv2d",
+  source: new URL("./conv2d.wgsl", import.meta.url),
+  bindings: [
+    { name: "x", type: "array<f32>", access: "read" },
+    { name: "weight", type: "array<u32>", access: "read" },
+    { name: "bias", type: "array<u32>", access: "read" },
+    { name: "residual", type: "array<f32>", access: "read" },
+    { name: "out", type: "array<f32>", access: "read_write" },
+  ],
+  params: [
+    { name: "cin", type: "u32" },
+    { name: "cout", type: "u32" },
+    { name: "h", type: "u32" },
+    { name: "w", type: "u32" },
+    { name: "wo", type: "u32" },
+    { name: "pixels", type: "u32" },
+    { name: "kTotal", type: "u32" },
+    { name: "padTop", type: "i32" },
+    { name: "padLeft", type: "i32" },
+  ],
+};
+
+/** Output channels and pixels per workgroup (TM, TN in conv2d.wgsl). */
+const TILE_CHANNELS = 64;
+const TILE_PIXELS = 64;
+
+/** Padding in pixels: [top, bottom, left, right]. */
+export type Padding = [number, number, number, number];
+
+/** The padding FLUX.2's Downsample2D applies before its stride-2, unpadded 3×3 convolution. */
+export const DOWNSAMPLE_PADDING: Padding = [0, 1, 0, 1];
+
+export interface Conv2dOptions {
+  /** Weight [Cout, Cin, kh, kw], bf16 or f32. */
+  weight: number;
+  /** Bias [Cout], bf16 or f32. */
+  bias: number;
+  /** Spatial size of the input `x` ([Cin, height·width]). */
+  height: number;
+  width: number;
+  stride?: 1 | 2;
+  /** Default: (k−1)/2 on every side (1 for 3×3, 0 for 1×1). */
+  padding?: Padding;
+  /** Convolve a nearest ×2 upsampling of the input (2·height × 2·width) instead of the input. */
+  upsample?: boolean;
+  /** Added to the result (same shape as the output), e.g. a ResNet block's skip path. */
+  residual?: number;
+}
+
+export interface Conv2dShape {
+  cin: number;
+  cout: number;
+  kh: number;
+  kw: number;
+  outHeight: number;
+  outWidth: number;
+}
+
+/** Checks the operands and derives the output size; throws naming the node on any mismatch. */
+export function conv2dShape(g: Graph, name: string, x: number, o: Conv2dOptions): Conv2dShape {
+  const ws = g.shape(o.weight);
+  if (ws.length !== 4) throw new Error(`${name}: conv weight must be [Cout, Cin, kh, kw], got [${ws.join("×")}]`);
+  const [cout, cin, kh, kw] = ws;
+  const xs = g.shape(x);
+  if (xs.length !== 2 || xs[0] !== cin || xs[1] !== o.height * o.width) {
+    throw new Error(
+      `${name}: input must be [${cin}, ${o.height}·${o.width}] for a weight with ${cin} input channels, got [${xs.join("×")}]`,
+    );
+  }
+  const bs = g.shape(o.bias);
+  if (bs.length !== 1 || bs[0] !== cout) throw new Error(`${name}: bias must be [${cout}], got [${bs.join("×")}]`);
+  const stride = o.stride ?? 1;
+  const [top, bottom, left, right] = o.padding ?? [(kh - 1) / 2, (kh - 1) / 2, (kw - 1) / 2, (kw - 1) / 2];
+  if (![top, bottom, left, right].every((p) => Number.isInteger(p) && p >= 0)) {
+    throw new Error(`${name}: padding must be non-negative integers, got ${[top, bottom, left, right].join(",")}`);
+  }
+  const vh = o.upsample ? 2 * o.height : o.height;
+  const vw = o.upsample ? 2 * o.width : o.width;
+  const outHeight = Math.floor((vh + top + bottom - kh) / stride) + 1;
+  const outWidth = Math.floor((vw + left + right - kw) / stride) + 1;
+  if (outHeight <= 0 || outWidth <= 0) throw new Error(`${name}: a ${kh}×${kw} kernel does not fit a ${vh}×${vw} input`);
+  return { cin, cout, kh, kw, outHeight, outWidth };
+}
+
+/** Adds the convolution node writing into an existing tensor `out` ([Cout, outHeight·outWidth]). */
+export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Conv2dOptions): Conv2dShape {
+  const s = conv2dShape(g, name, x, o);
+  const pixels = s.outHeight * s.outWidth;
+  const os = g.shape(out);
+  if (os.length !== 2 || os[0] !== s.cout || os[1] !== pixels) {
+    throw new Error(`${name}: output must be [${s.cout}, ${pixels}], got [${os.join("×")}]`);
+  }
+  if (o.residual !== undefined) {
+    const rs = g.shape(o.residual);
+    if (rs.length !== 2 || rs[0] !== s.cout || rs[1] !== pixels) {
+      throw new Error(`${name}: residual must be [${s.cout}, ${pixels}], got [${rs.join("×")}]`);
+    }
+  }
+  const [top, , left] = o.padding ?? [(s.kh - 1) / 2, 0, (s.kw - 1) / 2, 0];
+  const [gx, gy] = grid1d(ceilDiv(pixels, TILE_PIXELS));
+  const kTotal = s.cin * s.kh * s.kw;
+  g.add({
+    name,
+    kernel: conv2dKernel,
+    variant: {
+      KH: s.kh,
+      KW: s.kw,
+      STRIDE: o.stride ?? 1,
+      UPSAMPLE: !!o.upsample,
+      W_BF16: weightIsBf16(g, name, o.weight),
+      B_BF16: weightIsBf16(g, name, o.bias),
+      RESIDUAL: o.residual !== undefined,
+    },
+    bindings: { x, weight: o.weight, bias: o.bias, residual: o.residual ?? x, out },
+    params: { cin: s.cin, cout: s.cout, h: o.height, w: o.width, wo: s.outWidth, pixels, kTotal, padTop: top, padLeft: left },
+    workgroups: [gx, gy, ceilDiv(s.cout, TILE_CHANNELS)],
+    flops: 2 * s.cout * pixels * kTotal,
+  });
+  return s;
+}
+
+/** y = conv(x, weight) + bias (+ residual); returns the output tensor [Cout, outHeight·outWidth]. */
+export function conv2d(g: Graph, name: string, x: number, o: Conv2dOptions): number {
+  const s = conv2dShape(g, name, x, o);
+  const out = g.activation(name, [s.cout, s.outHeight * s.outWidth]);
+  conv2dNode(g, name, x, out, o);
+  return out;
+}
+
+/** Whether a weight operand is bf16 (packed pairs) or f32; other types are refused. */
+export function weightIsBf16(g: Graph, name: string, id: number): boolean {
+  const t = g.get(id);
+  if (t.dtype === "bf16") return true;
+  if (t.dtype === "f32") return false;
+  throw new Error(`${name}: operand ${t.name} must be bf16 or f32, got ${t.dtype}`);
+}

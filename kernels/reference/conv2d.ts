@@ -1,0 +1,162 @@
+// Float64 reference and audit cases for the conv2d family.
+
+import type { AuditCase } from "../audit.ts";
+import { conv2dNode, DOWNSAMPLE_PADDING, type Padding } from "../conv2d.ts";
+import type { Graph } from "../../runtime/graph.ts";
+import type { Rng } from "../../runtime/random.ts";
+import { packBf16, roundToBf16 } from "../../weights/dtypes.ts";
+
+export interface Conv2dReferenceArgs {
+  cin: number;
+  cout: number;
+  height: number;
+  width: number;
+  kh: number;
+  kw: number;
+  stride: number;
+  padding: Padding;
+  upsample?: boolean;
+  residual?: ArrayLike<number>;
+}
+
+/** out[co, oy, ox] = bias[co] + Σ weight[co, ci, dy, dx] · x[ci, oy·s + dy − top, ox·s + dx − left] (+ residual). */
+export function conv2dReference(
+  x: ArrayLike<number>,
+  weight: ArrayLike<number>,
+  bias: ArrayLike<number>,
+  a: Conv2dReferenceArgs,
+): { out: Float64Array; outHeight: number; outWidth: number } {
+  const [top, bottom, left, right] = a.padding;
+  const vh = a.upsample ? 2 * a.height : a.height;
+  const vw = a.upsample ? 2 * a.width : a.width;
+  const outHeight = Math.floor((vh + top + bottom - a.kh) / a.stride) + 1;
+  const outWidth = Math.floor((vw + left + right - a.kw) / a.stride) + 1;
+  const out = new Float64Array(a.cout * outHeight * outWidth);
+  for (let co = 0; co < a.cout; co++) {
+    for (let oy = 0; oy < outHeight; oy++) {
+      for (let ox = 0; ox < outWidth; ox++) {
+        let s = bias[co];
+        for (let ci = 0; ci < a.cin; ci++) {
+          for (let dy = 0; dy < a.kh; dy++) {
+            const vy = oy * a.stride + dy - top;
+            if (vy < 0 || vy >= vh) continue;
+            const iy = a.upsample ? vy >> 1 : vy;
+            for (let dx = 0; dx < a.kw; dx++) {
+              const vx = ox * a.stride + dx - left;
+              if (vx < 0 || vx >= vw) continue;
+              const ix = a.upsample ? vx >> 1 : vx;
+              s += weight[((co * a.cin + ci) * a.kh + dy) * a.kw + dx] * x[(ci * a.height + iy) * a.width + ix];
+            }
+          }
+        }
+        const o = (co * outHeight + oy) * outWidth + ox;
+        out[o] = s + (a.residual ? a.residual[o] : 0);
+      }
+    }
+  }
+  return { out, outHeight, outWidth };
+}
+
+interface CaseSpec {
+  label: string;
+  cin: number;
+  cout: number;
+  height: number;
+  width: number;
+  k: number;
+  stride?: 1 | 2;
+  padding?: Padding;
+  upsample?: boolean;
+  residual?: boolean;
+  bf16?: boolean;
+}
+
+function conv2dCase(c: CaseSpec): AuditCase {
+  return {
+    kernel: "conv2d",
+    label: c.label,
+    build(g: Graph, rng: Rng) {
+      const pad = (c.k - 1) / 2;
+      const padding = c.padding ?? [pad, pad, pad, pad];
+      const stride = c.stride ?? 1;
+      const x = rng.normalArray(c.cin * c.height * c.width);
+      const fanIn = c.cin * c.k * c.k;
+      let w = rng.normalArray(c.cout * fanIn, 1 / Math.sqrt(fanIn));
+      let b = rng.normalArray(c.cout, 0.1);
+      if (c.bf16) {
+        w = roundToBf16(w);
+        b = roundToBf16(b);
+      }
+      const ref = conv2dReference(x, w, b, {
+        cin: c.cin,
+        cout: c.cout,
+        height: c.height,
+        width: c.width,
+        kh: c.k,
+        kw: c.k,
+        stride,
+        padding,
+        upsample: c.upsample,
+        residual: undefined,
+      });
+      const pixels = ref.outHeight * ref.outWidth;
+      const residual = c.residual ? rng.normalArray(c.cout * pixels) : undefined;
+      if (residual) ref.out.forEach((v, i) => (ref.out[i] = v + residual[i]));
+      const dtype = c.bf16 ? "bf16" : "f32";
+      const tx = g.input("x", [c.cin, c.height * c.width]);
+      const tw = g.input("weight", [c.cout, c.cin, c.k, c.k], dtype);
+      const tb = g.input("bias", [c.cout], dtype);
+      const tr = residual ? g.input("residual", [c.cout, pixels]) : undefined;
+      const out = g.state("out", [c.cout, pixels]);
+      conv2dNode(g, "conv", tx, out, {
+        weight: tw,
+        bias: tb,
+        height: c.height,
+        width: c.width,
+        stride,
+        padding,
+        upsample: c.upsample,
+        residual: tr,
+      });
+      const inputs = [
+        { name: "x", data: x },
+        { name: "weight", data: c.bf16 ? packBf16(w) : w },
+        { name: "bias", data: c.bf16 ? packBf16(b) : b },
+      ];
+      if (residual) inputs.push({ name: "residual", data: residual });
+      return { inputs, outputs: [{ name: "out", expected: ref.out }] };
+    },
+  };
+}
+
+export const conv2dAuditCases: AuditCase[] = [
+  conv2dCase({ label: "3×3 5→7 13×11", cin: 5, cout: 7, height: 13, width: 11, k: 3 }),
+  conv2dCase({ label: "3×3 37→70 9×15 bf16", cin: 37, cout: 70, height: 9, width: 15, k: 3, bf16: true }),
+  conv2dCase({ label: "3×3 3→16 17×23 bf16", cin: 3, cout: 16, height: 17, width: 23, k: 3, bf16: true }),
+  conv2dCase({
+    label: "3×3 s2 pad(0,1,0,1) 7→5 13×11",
+    cin: 7,
+    cout: 5,
+    height: 13,
+    width: 11,
+    k: 3,
+    stride: 2,
+    padding: DOWNSAMPLE_PADDING,
+  }),
+  conv2dCase({
+    label: "3×3 s2 pad(0,1,0,1) 16→16 14×10 bf16",
+    cin: 16,
+    cout: 16,
+    height: 14,
+    width: 10,
+    k: 3,
+    stride: 2,
+    padding: DOWNSAMPLE_PADDING,
+    bf16: true,
+  }),
+  conv2dCase({ label: "1×1 37→13 13×11", cin: 37, cout: 13, height: 13, width: 11, k: 1 }),
+  conv2dCase({ label: "1×1 7→5 13×11 +residual bf16", cin: 7, cout: 5, height: 13, width: 11, k: 1, residual: true, bf16: true }),
+  conv2dCase({ label: "3×3 5→7 13×11 +residual", cin: 5, cout: 7, height: 13, width: 11, k: 3, residual: true }),
+  conv2dCase({ label: "3×3 on up×2 5→7 7×5→14×10", cin: 5, cout: 7, height: 7, width: 5, k: 3, upsample: true }),
+  conv2dCase({ label: "3×3 on up×2 9→66 6×11 bf16", cin: 9, cout: 66, height: 6, width: 11, k: 3, upsample: true, bf16: true }),
+];
