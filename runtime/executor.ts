@@ -222,6 +222,10 @@ export class Plan {
     const bindError = await gpu.device.popErrorScope();
     if (bindError) throw new Error(`plan ${label}: bind group creation failed: ${bindError.message}`);
     if (uniforms) gpu.device.queue.writeBuffer(uniforms, 0, arena);
+    for (const [id, data] of graph.constants) {
+      const b = allBindings[id];
+      if (b) gpu.device.queue.writeBuffer(b.buffer, b.offset, data.buffer, data.byteOffset, data.byteLength);
+    }
     return new Plan(gpu, graph, allBindings as Binding[], owned, pipelines, bindGroups, uniforms, options, allocated);
   }
 

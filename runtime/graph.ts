@@ -22,6 +22,8 @@ export class Graph {
   readonly nodes: GraphNode[] = [];
   /** Named tap points: a name → the tensor that holds that activation once its producer ran. */
   readonly taps = new Map<string, number>();
+  /** Contents of constant tensors (index lists, masks' bit sets), written once when a plan is compiled. */
+  readonly constants = new Map<number, Float32Array | Uint32Array | Int32Array>();
   private readonly byName = new Map<string, number>();
 
   tensor(name: string, shape: number[], dtype: DType, role: TensorRole): number {
@@ -60,6 +62,14 @@ export class Graph {
 
   state(name: string, shape: number[], dtype: DType = "f32"): number {
     return this.tensor(name, shape, dtype, "state");
+  }
+
+  /** A tensor whose contents are fixed when the graph is built (stored as `state`, written at compile time). */
+  constant(name: string, shape: number[], dtype: DType, data: Float32Array | Uint32Array | Int32Array): number {
+    const id = this.tensor(name, shape, dtype, "state");
+    if (data.length !== elementCount(shape)) throw new Error(`constant ${name}: ${data.length} values for shape ${shapeString(shape)}`);
+    this.constants.set(id, data);
+    return id;
   }
 
   find(name: string): number | undefined {
@@ -120,6 +130,15 @@ export class Graph {
     return this.nodes.findIndex((n) =>
       n.kernel.bindings.some((b) => b.access === "read_write" && this.rootOf(n.bindings[b.name]) === root)
     );
+  }
+
+  /** Run `build` (which appends nodes with the usual builders) and move what it appended to just after `index`. */
+  insertBuilt<T>(index: number, build: () => T): T {
+    const mark = this.nodes.length;
+    const result = build();
+    const added = this.nodes.splice(mark);
+    this.insertAfter(index, added);
+    return result;
   }
 
   /** Insert nodes right after position `index` in the dispatch order. */

@@ -1,0 +1,59 @@
+// kleinscope's command line: `deno task <command>` or `deno run -A cli.ts <command> [options]`.
+// Each command lives in cli/<command>.ts and is loaded only when used.
+
+const COMMANDS: Record<string, { module: string; summary: string }> = {
+  demo: { module: "./cli/demo.ts", summary: "text-to-image and an edit on the bundled tiny checkpoint" },
+  generate: { module: "./cli/generate.ts", summary: "text-to-image" },
+  edit: { module: "./cli/generate.ts", summary: "in-context editing with one or more reference images" },
+  run: { module: "./cli/run.ts", summary: "run an experiment spec (JSON)" },
+  knockout: { module: "./cli/shortcuts.ts", summary: "attention knockout between token groups" },
+  patch: { module: "./cli/shortcuts.ts", summary: "I2I-to-I2I activation patching" },
+  lens: { module: "./cli/shortcuts.ts", summary: "decode text-token activations through a text-to-image run" },
+  capture: { module: "./cli/shortcuts.ts", summary: "capture activations to safetensors" },
+  audit: { module: "./cli/audit.ts", summary: "every kernel against its float64 reference" },
+  conformance: { module: "./cli/conformance.ts", summary: "replay reference cases and compare" },
+  inspect: { module: "./cli/inspect.ts", summary: "list a checkpoint's tensors" },
+  download: { module: "./cli/download.ts", summary: "fetch a FLUX.2 klein repository" },
+};
+
+export function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
+  return [
+    "kleinscope — FLUX.2 klein on WebGPU, open to experiment",
+    "",
+    "usage: deno task <command> [options]     (or: deno run -A cli.ts <command> [options])",
+    "",
+    ...Object.entries(COMMANDS).map(([k, v]) => `  ${k.padEnd(width)}  ${v.summary}`),
+    "",
+    "Every command explains its options with --help.",
+  ].join("\n");
+}
+
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (!command || command === "--help" || command === "-h" || command === "help") {
+    console.log(usage());
+    return command ? 0 : 2;
+  }
+  const entry = COMMANDS[command];
+  if (!entry) {
+    console.error(`unknown command "${command}"\n\n${usage()}`);
+    return 2;
+  }
+  const mod = await import(entry.module);
+  return await mod.main(rest, command);
+}
+
+if (import.meta.main) {
+  let code: number;
+  try {
+    code = await main(Deno.args);
+  } catch (e) {
+    // Errors at the boundary are one line for the user; set KLEINSCOPE_DEBUG=1 for the stack.
+    const err = e as Error;
+    console.error(`error: ${err.message}`);
+    if (Deno.env.get("KLEINSCOPE_DEBUG")) console.error(err.stack);
+    code = 1;
+  }
+  Deno.exit(code);
+}

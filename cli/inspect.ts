@@ -1,0 +1,3 @@
+// `deno task inspect <path>`
+
+export { inspectMain as main } from "../weights/inspect.ts";

@@ -1,0 +1,102 @@
+// A loaded FLUX.2 transformer: its configuration, its weights on the GPU (from a diffusers folder or a Black Forest
+// Labs single file, detected automatically) and the float64 tables its forward needs (RoPE, timestep features).
+
+import { join } from "node:path";
+import type { GpuContext } from "../../runtime/device.ts";
+import type { Graph } from "../../runtime/graph.ts";
+import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
+import { type UploadProgress, WeightStore } from "../../weights/store.ts";
+import { fluxRopeTables } from "../../kernels/rope_tables.ts";
+import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
+import { checkpointProblems, detectLayout, type Flux2Layout, flux2GraphWeights, inferBflConfig } from "./weights.ts";
+import { buildFlux2Forward, type Flux2Outputs } from "./graph.ts";
+import { timestepFeatures } from "./timestep.ts";
+
+export interface Flux2LoadOptions {
+  /** A config.json to use instead of the one beside the weights (or instead of inferring a single file's). */
+  configPath?: string;
+  onProgress?: (p: UploadProgress) => void;
+}
+
+/** Names of the per-run input tensors of a transformer graph. */
+export const FLUX_INPUTS = {
+  tembIn: "flux.temb_in",
+  ropeCos: "flux.rope_cos",
+  ropeSin: "flux.rope_sin",
+} as const;
+
+export class Flux2Transformer {
+  private constructor(
+    readonly config: Flux2Config,
+    readonly layout: Flux2Layout,
+    readonly store: WeightStore,
+    readonly source: string,
+  ) {}
+
+  /** Open, validate and upload. `path` is a transformer folder (config.json + weights) or a safetensors file. */
+  static async load(gpu: GpuContext, path: string, options: Flux2LoadOptions = {}): Promise<Flux2Transformer> {
+    const ckpt = await Checkpoint.open(path);
+    try {
+      const layout = detectLayout(ckpt.names(), path);
+      let rawConfig: unknown;
+      let configWhere: string;
+      if (options.configPath) {
+        rawConfig = await readJson(options.configPath);
+        configWhere = options.configPath;
+      } else if (ckpt.layout !== "file") {
+        configWhere = join(path, "config.json");
+        rawConfig = await readJson(configWhere);
+      } else if (layout === "bfl") {
+        rawConfig = inferBflConfig(ckpt, path);
+        configWhere = `${path} (configuration inferred from tensor shapes)`;
+      } else {
+        throw new Error(`${path}: a single diffusers-layout file carries no configuration; pass its config.json`);
+      }
+      const config = parseFlux2Config(rawConfig, configWhere);
+      const { weights, expected } = flux2GraphWeights(config, layout);
+      const problems = checkpointProblems(ckpt, expected);
+      if (problems.length) {
+        throw new Error(`${path} does not match its configuration (${configWhere}):\n  - ${problems.join("\n  - ")}`);
+      }
+      const store = new WeightStore(gpu);
+      for (const w of weights) {
+        store.add(w.name, { shape: w.shape, dtype: "bf16", pieces: w.pieces.map((p) => ({ checkpoint: ckpt, ...p })) });
+      }
+      await store.upload({ onProgress: options.onProgress });
+      return new Flux2Transformer(config, layout, store, path);
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  blockNames(): string[] {
+    return blockNames(this.config);
+  }
+
+  /** Build the forward graph for a sequence of `textRows` text and `imageRows` image rows. Inputs are created as
+   * `input` tensors unless given. */
+  buildForward(g: Graph, textRows: number, imageRows: number, given: { x?: number; ctx?: number; output?: number } = {}): Flux2Outputs {
+    const c = this.config;
+    const x = given.x ?? g.input("flux.x", [imageRows, c.inChannels]);
+    const ctx = given.ctx ?? g.input("flux.ctx", [textRows, c.jointAttentionDim]);
+    const tembIn = g.input(FLUX_INPUTS.tembIn, [1, c.timestepChannels]);
+    const ropeCos = g.input(FLUX_INPUTS.ropeCos, [textRows + imageRows, c.headDim / 2]);
+    const ropeSin = g.input(FLUX_INPUTS.ropeSin, [textRows + imageRows, c.headDim / 2]);
+    return buildFlux2Forward(g, c, { x, ctx, tembIn, ropeCos, ropeSin }, given.output);
+  }
+
+  /** RoPE tables for position ids [S, 4] of the [text ; image] sequence. */
+  ropeTables(ids: Float64Array): { cos: Float32Array; sin: Float32Array } {
+    return fluxRopeTables(ids, ids.length / 4, this.config.axesDimsRope, this.config.ropeTheta);
+  }
+
+  /** Timestep features for the model's timestep t = 1000·σ (the schedule's `timesteps`); the model rounds t to
+   * float32 before the sinusoids, as the reference does. */
+  timestepInput(timestep: number): Float32Array {
+    return timestepFeatures(timestep, this.config.timestepChannels);
+  }
+
+  release(): void {
+    this.store.release();
+  }
+}
