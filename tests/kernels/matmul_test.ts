@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { getGpu } from "../../runtime/device.ts";
+import { Graph } from "../../runtime/graph.ts";
+import { formatAuditTable, runAuditCase } from "../../kernels/audit.ts";
+import { matmulAuditCases } from "../../kernels/reference/matmul.ts";
+import {
+  DEFAULT_MATMUL_CONFIG,
+  FEW_ROWS_MATMUL_CONFIG,
+  matmul,
+  matmulConfigFor,
+  matmulShapeClass,
+  matmulWorkgroupBytes,
+  setMatmulDevice,
+  validateMatmulConfig,
+} from "../../kernels/matmul.ts";
+
+Deno.test("matmul: every audit case matches the float64 reference", async () => {
+  const gpu = await getGpu();
+  const results = [];
+  for (const c of matmulAuditCases) results.push(await runAuditCase(gpu, c));
+  console.log(formatAuditTable(results));
+  const failed = results.filter((r) => !r.pass);
+  assert.equal(failed.length, 0, `failed: ${failed.map((r) => `${r.label} (rel L2 ${r.relL2})`).join("; ")}`);
+});
+
+Deno.test("matmul: K of x and of the weight must agree, checked when the graph is built", () => {
+  const g = new Graph();
+  const x = g.input("x", [4, 8]);
+  const w = g.input("w", [5, 9], "bf16");
+  assert.throws(() => matmul(g, "proj", x, w), /proj: x x \[4×8\] has K = 8 but weight w \[5×9\] has K = 9/);
+  assert.equal(g.nodes.length, 0);
+});
+
+Deno.test("matmul: bad operands are refused with the tensor named", () => {
+  const g = new Graph();
+  const x = g.input("x", [4, 8]);
+  const w = g.input("w", [5, 8], "bf16");
+  assert.throws(() => matmul(g, "p1", x, w, { bias: g.input("b", [4]) }), /p1: bias b \[4\] must have N = 5 elements/);
+  assert.throws(() => matmul(g, "p2", x, w, { out: g.state("o", [4, 6]) }), /p2: out o must be f32 \[4×5\]/);
+  assert.throws(() => matmul(g, "p3", x, w, { accumulate: true }), /p3: accumulate needs an out tensor/);
+  assert.throws(() => matmul(g, "p4", g.input("x3", [2, 4, 8]), w), /p4: x x3 must be 2-D/);
+  assert.throws(() => matmul(g, "p5", x, w, { config: { bm: 128, bn: 128, bk: 8, tm: 16, tn: 16 } }), /p5: .*threads|p5: .*accumulators/);
+});
+
+Deno.test("matmul: configuration choice — defaults fit 16 KiB, unknown device or class falls back", () => {
+  validateMatmulConfig(DEFAULT_MATMUL_CONFIG);
+  assert.ok(matmulWorkgroupBytes(DEFAULT_MATMUL_CONFIG) <= 16384);
+  assert.ok(matmulWorkgroupBytes(FEW_ROWS_MATMUL_CONFIG) <= 16384);
+  assert.equal(matmulShapeClass(2560, 4096, 4096, "bf16"), "bf16.m4096.n4096.k4096");
+  assert.equal(matmulShapeClass(1, 18432, 3072, "f32"), "f32.m64.nbig.k4096");
+  setMatmulDevice({ adapterDescription: "no such device", limits: { maxComputeWorkgroupStorageSize: 16384 } });
+  try {
+    assert.deepEqual(matmulConfigFor(2560, 4096, 4096, "bf16"), DEFAULT_MATMUL_CONFIG);
+    assert.deepEqual(matmulConfigFor(1, 4096, 4096, "bf16"), FEW_ROWS_MATMUL_CONFIG);
+  } finally {
+    setMatmulDevice(null);
+  }
+});
