@@ -101,3 +101,30 @@ export function decodeToF32(bytes: Uint8Array, dtype: StoredDType): Float32Array
   }
   return out;
 }
+
+/** GPU element types a stored tensor can be uploaded as (bf16: packed pairs, element 2i in the low half). */
+export type UploadDType = "bf16" | "f32";
+
+/** Stored types that convert to an upload type (exactly, or bf16 by round-to-nearest-even). */
+export function canUpload(from: StoredDType): boolean {
+  return from === "BF16" || from === "F16" || from === "F32";
+}
+
+/** Little-endian bytes of `src` (elements of `from`) as little-endian bytes of `to`. Same type: `src` itself. */
+export function convertForUpload(src: Uint8Array, from: StoredDType, to: UploadDType): Uint8Array {
+  if ((from === "BF16" && to === "bf16") || (from === "F32" && to === "f32")) return src;
+  if (!canUpload(from)) throw new Error(`cannot convert ${from} to ${to}`);
+  const dv = new DataView(src.buffer, src.byteOffset, src.byteLength);
+  const n = src.byteLength / DTYPE_BYTES[from];
+  if (to === "f32") {
+    const out = new Float32Array(n);
+    const out32 = new Uint32Array(out.buffer);
+    if (from === "BF16") { for (let i = 0; i < n; i++) out32[i] = dv.getUint16(2 * i, true) << 16; }
+    else for (let i = 0; i < n; i++) out[i] = f16ToF32(dv.getUint16(2 * i, true));
+    return new Uint8Array(out.buffer);
+  }
+  const out = new Uint16Array(n);
+  if (from === "F32") { for (let i = 0; i < n; i++) out[i] = f32ToBf16(dv.getFloat32(4 * i, true)); }
+  else for (let i = 0; i < n; i++) out[i] = f32ToBf16(f16ToF32(dv.getUint16(2 * i, true)));
+  return new Uint8Array(out.buffer);
+}
