@@ -15,7 +15,7 @@ export class ChunkedUploader {
       padded.set(bytes);
       bytes = padded;
     }
-    this.gpu.device.queue.writeBuffer(buffer, offset, bytes, 0, bytes.byteLength);
+    this.gpu.device.queue.writeBuffer(buffer, offset, bytes as Uint8Array<ArrayBuffer>, 0, bytes.byteLength);
     this.pending += bytes.byteLength;
     if (this.pending >= this.flushBytes) await this.flush();
   }

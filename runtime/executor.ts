@@ -224,7 +224,7 @@ export class Plan {
     if (uniforms) gpu.device.queue.writeBuffer(uniforms, 0, arena);
     for (const [id, data] of graph.constants) {
       const b = allBindings[id];
-      if (b) gpu.device.queue.writeBuffer(b.buffer, b.offset, data.buffer, data.byteOffset, data.byteLength);
+      if (b) gpu.device.queue.writeBuffer(b.buffer, b.offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     }
     return new Plan(gpu, graph, allBindings as Binding[], owned, pipelines, bindGroups, uniforms, options, allocated);
   }
@@ -244,7 +244,7 @@ export class Plan {
     if (data.byteLength !== tensorBytes(t)) {
       throw new Error(`input ${name} ${shapeString(t.shape)} ${t.dtype} needs ${tensorBytes(t)} bytes, got ${data.byteLength}`);
     }
-    this.gpu.device.queue.writeBuffer(b.buffer, b.offset, data.buffer, data.byteOffset, data.byteLength);
+    this.gpu.device.queue.writeBuffer(b.buffer, b.offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   }
 
   /** Read a tensor (state or input; activations only while still live) as f32. */

@@ -25,8 +25,22 @@ export class Graph {
   /** Contents of constant tensors (index lists, masks' bit sets), written once when a plan is compiled. */
   readonly constants = new Map<number, Float32Array | Uint32Array | Int32Array>();
   private readonly byName = new Map<string, number>();
+  /** Prefix of names created inside `scoped` (weights are shared and never prefixed). */
+  private scope = "";
+
+  /** Build a second copy of a subgraph (e.g. the unconditional forward of guidance) under a name prefix. */
+  scoped<T>(prefix: string, build: () => T): T {
+    const saved = this.scope;
+    this.scope = saved + prefix;
+    try {
+      return build();
+    } finally {
+      this.scope = saved;
+    }
+  }
 
   tensor(name: string, shape: number[], dtype: DType, role: TensorRole): number {
+    if (role !== "weight") name = this.scope + name;
     if (shape.some((d) => !Number.isInteger(d) || d <= 0)) {
       throw new Error(`tensor ${name}: invalid shape ${shapeString(shape)}`);
     }
@@ -48,7 +62,13 @@ export class Graph {
 
   weight(name: string, shape: number[], dtype: DType = "bf16"): number {
     const existing = this.byName.get(name);
-    if (existing !== undefined) return existing;
+    if (existing !== undefined) {
+      const t = this.tensors[existing];
+      if (t.role !== "weight" || t.dtype !== dtype || t.shape.join() !== shape.join()) {
+        throw new Error(`weight ${name} ${shapeString(shape)} ${dtype} conflicts with tensor ${shapeString(t.shape)} ${t.dtype} of that name`);
+      }
+      return existing;
+    }
     return this.tensor(name, shape, dtype, "weight");
   }
 
@@ -94,11 +114,12 @@ export class Graph {
       const v = node.params[p.name];
       if (v === undefined || !Number.isFinite(v)) throw new Error(`node ${node.name}: parameter ${p.name} is ${v}`);
     }
-    this.nodes.push(node);
+    this.nodes.push(this.scope ? { ...node, name: this.scope + node.name } : node);
   }
 
   /** Register a named tap point for a tensor. */
   tap(name: string, id: number): number {
+    name = this.scope + name;
     if (this.taps.has(name)) throw new Error(`tap point ${name} is declared twice`);
     this.taps.set(name, id);
     return id;
