@@ -116,6 +116,11 @@ export function loadMatmulTuning(file: URL = TUNING_FILE): MatmulTuningTable {
   return table;
 }
 
+/** Replace the tuning table read from kernels/matmul_tuned.json (null: read the file again when next needed). */
+export function setMatmulTuning(table: MatmulTuningTable | null): void {
+  tuningTable = table;
+}
+
 /** Choose the device whose tuned configurations matmul() uses (null: defaults only). */
 export function setMatmulDevice(gpu: { adapterDescription: string; limits: { maxComputeWorkgroupStorageSize: number } } | null): void {
   activeDevice = gpu ? { description: gpu.adapterDescription, workgroupBytes: gpu.limits.maxComputeWorkgroupStorageSize } : null;

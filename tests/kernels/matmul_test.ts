@@ -6,11 +6,13 @@ import { matmulAuditCases } from "../../kernels/reference/matmul.ts";
 import {
   DEFAULT_MATMUL_CONFIG,
   FEW_ROWS_MATMUL_CONFIG,
+  loadMatmulTuning,
   matmul,
   matmulConfigFor,
   matmulShapeClass,
   matmulWorkgroupBytes,
   setMatmulDevice,
+  setMatmulTuning,
   validateMatmulConfig,
 } from "../../kernels/matmul.ts";
 
@@ -54,5 +56,28 @@ Deno.test("matmul: configuration choice — defaults fit 16 KiB, unknown device 
     assert.deepEqual(matmulConfigFor(1, 4096, 4096, "bf16"), FEW_ROWS_MATMUL_CONFIG);
   } finally {
     setMatmulDevice(null);
+  }
+});
+
+Deno.test("matmul: a tuning file entry for the active device and shape class is used when it fits", () => {
+  const path = Deno.makeTempFileSync({ suffix: ".json" });
+  try {
+    const tuned = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+    const big = { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
+    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "bf16.m1024.n1024.k1024": tuned, "f32.m1024.n1024.k1024": big } }));
+    setMatmulTuning(loadMatmulTuning(new URL(`file://${path}`)));
+    setMatmulDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 16384 } });
+    const g = new Graph();
+    matmul(g, "proj", g.input("x", [300, 512]), g.input("w", [700, 512], "bf16"));
+    assert.deepEqual([g.nodes[0].variant.BM, g.nodes[0].variant.BN, g.nodes[0].variant.BK], [64, 64, 16]);
+    // 32 KiB of workgroup memory does not fit a 16 KiB device: the default is used instead.
+    assert.deepEqual(matmulConfigFor(300, 700, 512, "f32"), DEFAULT_MATMUL_CONFIG);
+    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "bf16.m64.n64.k64": { bm: 12, bn: 64, bk: 8, tm: 8, tn: 8 } } }));
+    assert.throws(() => loadMatmulTuning(new URL(`file://${path}`)), /bf16\.m64\.n64\.k64.*bm must be a multiple of tm/);
+    assert.deepEqual(loadMatmulTuning(new URL("file:///nonexistent/matmul_tuned.json")), {});
+  } finally {
+    setMatmulDevice(null);
+    setMatmulTuning(null);
+    Deno.removeSync(path);
   }
 });

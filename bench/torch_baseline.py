@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""PyTorch baselines for the WebGPU kernels, timed on CUDA with events (median of several runs).
+
+    python3 bench/torch_baseline.py matmul --shapes "2560,4096,4096;8704,4096,36864" --iters 20
+
+Each benchmark is a sub-command: a function that adds its arguments and a function that runs it, registered in
+BENCHMARKS. Shapes follow bench/*.ts: "M,K,N" triples separated by ';'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable
+
+GPU_MATMUL_SHAPES = "2560,4096,4096;8704,4096,36864;2560,3072,9216"
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        dims = [d.strip() for d in part.split(",")]
+        if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise SystemExit(f'--shapes: "{part}" is not M,K,N with three positive integers')
+        shapes.append((int(dims[0]), int(dims[1]), int(dims[2])))
+    return shapes
+
+
+def median_ms(torch, device: str, fn: Callable[[], object], iters: int, warmup: int) -> float:
+    """Median time of one call of fn, in milliseconds: CUDA events on a GPU, the wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        for _ in range(iters):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def print_table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
+
+
+def import_torch(device: str):
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("PyTorch is not installed: these baselines need it (pip install torch)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available to PyTorch: run on the GPU machine, or pass --device cpu")
+    return torch
+
+
+# ---- matmul ---------------------------------------------------------------------------------------------------
+
+
+def add_matmul_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shapes", default=GPU_MATMUL_SHAPES, help='"M,K,N;..." (default: %(default)s)')
+    p.add_argument("--modes", default="fp32,bf16", help="fp32 (TF32 off), tf32, bf16; comma-separated (default: %(default)s)")
+
+
+MATMUL_MODES = ("fp32", "tf32", "bf16")
+
+
+def run_matmul(args: argparse.Namespace) -> None:
+    """y = x · Wᵀ with W stored [N, K] (torch.nn.functional.linear), as the WebGPU kernel computes it."""
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MATMUL_MODES:
+            raise SystemExit(f'--modes: "{m}" is not one of {", ".join(MATMUL_MODES)}')
+    shapes = parse_shapes(args.shapes)
+    torch = import_torch(args.device)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, median of {args.iters} runs")
+    rows = []
+    for m, k, n in shapes:
+        row = [f"{m}×{k}×{n}"]
+        for mode in modes:
+            dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+            # TF32 would round the fp32 operands to 10-bit mantissas: the fp32 baseline keeps full precision.
+            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+            gen = torch.Generator(device=args.device).manual_seed(0)
+            x = torch.randn(m, k, device=args.device, dtype=dtype, generator=gen)
+            w = torch.randn(n, k, device=args.device, dtype=dtype, generator=gen)
+            ms = median_ms(torch, args.device, lambda: torch.nn.functional.linear(x, w), args.iters, args.warmup)
+            row.append(f"{2 * m * n * k / (ms * 1e-3) / 1e12:.2f} ({ms:.3f} ms)")
+            del x, w
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rows.append(row)
+        print("  ".join(row), flush=True)
+    print()
+    print_table(["M×K×N"] + [f"{mode} TFLOP/s" for mode in modes], rows)
+
+
+# ---- registry -------------------------------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
+    "matmul": ("x[M,K] · W[N,K]ᵀ in fp32 (TF32 off) and bf16", add_matmul_args, run_matmul),
+}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    for name, (help_text, add_args, run) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--iters", type=int, default=20, help="timed runs (default: %(default)s)")
+        p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
+        p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a quick check")
+        add_args(p)
+        p.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    if args.iters < 1:
+        raise SystemExit("--iters must be at least 1")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
