@@ -4,14 +4,15 @@
 import type { Graph } from "../runtime/graph.ts";
 import type { Plan } from "../runtime/executor.ts";
 import type { RunLayout } from "./groups.ts";
+import type { AttentionArgs } from "../kernels/attention.ts";
 
 export interface RunContext {
   layout: RunLayout;
   /** Block names in absolute order (double.0 … single.N). */
   blocks: string[];
   steps: number;
-  /** Names of the attention nodes, in block order. */
-  attentionNodes: string[];
+  /** The attention node of every block, in block order, with the arguments it was built from. */
+  attention: { node: string; args: AttentionArgs & { out: number } }[];
 }
 
 export interface Intervention {

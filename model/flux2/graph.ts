@@ -7,7 +7,7 @@ import { matmul } from "../../kernels/matmul.ts";
 import { layerNormModulate, rmsNorm } from "../../kernels/norm.ts";
 import { rope } from "../../kernels/rope.ts";
 import { concatRows, copyCols, sliceCols } from "../../kernels/rows.ts";
-import { attention } from "../../kernels/attention.ts";
+import { attention, type AttentionArgs } from "../../kernels/attention.ts";
 import { gatedSum, silu, swiglu } from "../../kernels/elementwise.ts";
 import type { Flux2Config } from "./config.ts";
 
@@ -26,8 +26,9 @@ export interface Flux2Inputs {
 export interface Flux2Outputs {
   /** Velocity for every image row [imageRows, out_channels]. */
   output: number;
-  /** Names of the attention nodes in block order (knockout attaches its masks there). */
-  attentionNodes: string[];
+  /** The attention nodes in block order, with the arguments they were built from (knockout rebuilds them with a
+   * group mask). */
+  attention: { node: string; args: AttentionArgs & { out: number } }[];
 }
 
 /** Byte offset of row `row` in an f32 tensor of `cols` columns (views need 256-byte alignment). */
@@ -40,8 +41,14 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
   const [imageRows] = g.shape(inp.x);
   const [textRows] = g.shape(inp.ctx);
   const S = textRows + imageRows;
-  const w = (name: string, shape: number[]) => g.weight(name, shape, "bf16");
-  const attentionNodes: string[] = [];
+  const w = (name: string, shape: number[]) => g.weight(`${name}.weight`, shape, "bf16");
+  const attentionNodes: Flux2Outputs["attention"] = [];
+  const attend = (b: string, q: number, k: number, v: number) => {
+    const args = { q, k, v, heads: H, kvHeads: H, headDim: hd };
+    const out = g.tap(`${b}.attn.out`, attention(g, `${b}.attn`, args));
+    attentionNodes.push({ node: g.nodes[g.nodes.length - 1].name, args: { ...args, out } });
+    return out;
+  };
 
   // Timestep embedding and the shared modulations.
   const t1 = matmul(g, "time.linear_1", inp.tembIn, w("time.linear_1", [D, cfg.timestepChannels]));
@@ -75,8 +82,7 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     const q = g.tap(`${b}.attn.q`, ropeAll(`${b}.q_rope`, concatRows(g, `${b}.q_joint`, [qTxt, qImg])));
     const k = g.tap(`${b}.attn.k`, ropeAll(`${b}.k_rope`, concatRows(g, `${b}.k_joint`, [kTxt, kImg])));
     const v = g.tap(`${b}.attn.v`, concatRows(g, `${b}.v_joint`, [vTxt, vImg]));
-    const a = g.tap(`${b}.attn.out`, attention(g, `${b}.attn`, { q, k, v, heads: H, kvHeads: H, headDim: hd }));
-    attentionNodes.push(`${b}.attn`);
+    const a = attend(b, q, k, v);
     const aTxt = g.view(`${b}.attn.out_txt`, a, 0, [textRows, D]);
     const aImg = g.view(`${b}.attn.out_img`, a, rowOffset(textRows, D), [imageRows, D]);
     // Image stream: gated attention residual, then the modulated SwiGLU feed-forward.
@@ -104,8 +110,7 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     const q = g.tap(`${b}.attn.q`, ropeAll(`${b}.q_rope`, headNorm(`${b}.q_norm`, sliceCols(g, `${b}.q`, p, 0, D), `${b}.norm_q`)));
     const k = g.tap(`${b}.attn.k`, ropeAll(`${b}.k_rope`, headNorm(`${b}.k_norm`, sliceCols(g, `${b}.k`, p, D, D), `${b}.norm_k`)));
     const v = g.tap(`${b}.attn.v`, sliceCols(g, `${b}.v`, p, 2 * D, D));
-    const a = g.tap(`${b}.attn.out`, attention(g, `${b}.attn`, { q, k, v, heads: H, kvHeads: H, headDim: hd }));
-    attentionNodes.push(`${b}.attn`);
+    const a = attend(b, q, k, v);
     const mlp = swiglu(g, `${b}.swiglu`, sliceCols(g, `${b}.mlp_in`, p, 3 * D, 2 * F));
     const cat = g.activation(`${b}.attn_mlp`, [S, D + F]);
     copyCols(g, `${b}.cat_attn`, a, cat, { dstCol: 0 });
@@ -119,5 +124,5 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
   const nf = layerNormModulate(g, "final.norm", imageStream, modFinal, { eps, scaleOffset: 0, shiftOffset: D });
   const output = matmul(g, "proj_out", nf, w("proj_out", [cfg.outChannels, D]), outputTensor === undefined ? undefined : { out: outputTensor });
   g.tap("output", output);
-  return { output, attentionNodes };
+  return { output, attention: attentionNodes };
 }

@@ -9,7 +9,7 @@ import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
 import { checkpointProblems, detectLayout, type Flux2Layout, flux2GraphWeights, inferBflConfig } from "./weights.ts";
-import { buildFlux2Forward, type Flux2Outputs } from "./graph.ts";
+import { buildFlux2Forward, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
 import { timestepFeatures } from "./timestep.ts";
 
 export interface Flux2LoadOptions {
@@ -75,14 +75,18 @@ export class Flux2Transformer {
 
   /** Build the forward graph for a sequence of `textRows` text and `imageRows` image rows. Inputs are created as
    * `input` tensors unless given. */
-  buildForward(g: Graph, textRows: number, imageRows: number, given: { x?: number; ctx?: number; output?: number } = {}): Flux2Outputs {
+  buildForward(g: Graph, textRows: number, imageRows: number, given: Partial<Flux2Inputs> & { output?: number } = {}): Flux2Outputs & {
+    inputs: Flux2Inputs;
+  } {
     const c = this.config;
-    const x = given.x ?? g.input("flux.x", [imageRows, c.inChannels]);
-    const ctx = given.ctx ?? g.input("flux.ctx", [textRows, c.jointAttentionDim]);
-    const tembIn = g.input(FLUX_INPUTS.tembIn, [1, c.timestepChannels]);
-    const ropeCos = g.input(FLUX_INPUTS.ropeCos, [textRows + imageRows, c.headDim / 2]);
-    const ropeSin = g.input(FLUX_INPUTS.ropeSin, [textRows + imageRows, c.headDim / 2]);
-    return buildFlux2Forward(g, c, { x, ctx, tembIn, ropeCos, ropeSin }, given.output);
+    const inputs: Flux2Inputs = {
+      x: given.x ?? g.input("flux.x", [imageRows, c.inChannels]),
+      ctx: given.ctx ?? g.input("flux.ctx", [textRows, c.jointAttentionDim]),
+      tembIn: given.tembIn ?? g.input(FLUX_INPUTS.tembIn, [1, c.timestepChannels]),
+      ropeCos: given.ropeCos ?? g.input(FLUX_INPUTS.ropeCos, [textRows + imageRows, c.headDim / 2]),
+      ropeSin: given.ropeSin ?? g.input(FLUX_INPUTS.ropeSin, [textRows + imageRows, c.headDim / 2]),
+    };
+    return { ...buildFlux2Forward(g, c, inputs, given.output), inputs };
   }
 
   /** RoPE tables for position ids [S, 4] of the [text ; image] sequence. */

@@ -14,7 +14,7 @@ export interface SourcePiece {
 }
 
 export interface GraphWeight {
-  /** Graph-side name, e.g. "double.3.img_qkv". */
+  /** Graph-side name, e.g. "double.3.img_qkv.weight". */
   name: string;
   shape: number[];
   /** Concatenated along rows, in order. */
@@ -67,7 +67,7 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
     expected.set(tensor, shape);
     return { tensor, rowStart, rowCount };
   };
-  const one = (name: string, shape: number[], tensor: string) => weights.push({ name, shape, pieces: [src(tensor, shape)] });
+  const one = (name: string, shape: number[], tensor: string) => weights.push({ name: `${name}.weight`, shape, pieces: [src(tensor, shape)] });
   const bfl = layout === "bfl";
   one("time.linear_1", [D, cfg.timestepChannels], bfl ? "time_in.in_layer.weight" : "time_guidance_embed.timestep_embedder.linear_1.weight");
   one("time.linear_2", [D, D], bfl ? "time_in.out_layer.weight" : "time_guidance_embed.timestep_embedder.linear_2.weight");
@@ -77,7 +77,7 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
   if (bfl) {
     // BFL stores (shift, scale); the graph wants (scale, shift) like diffusers' AdaLayerNormContinuous.
     const t = "final_layer.adaLN_modulation.1.weight";
-    weights.push({ name: "mod.final", shape: [2 * D, D], pieces: [src(t, [2 * D, D], D, D), src(t, [2 * D, D], 0, D)] });
+    weights.push({ name: "mod.final.weight", shape: [2 * D, D], pieces: [src(t, [2 * D, D], D, D), src(t, [2 * D, D], 0, D)] });
   } else {
     one("mod.final", [2 * D, D], "norm_out.linear.weight");
   }
@@ -101,9 +101,9 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
       one(`${g}.txt_ff_out`, [D, F], `${b}.txt_mlp.2.weight`);
     } else {
       const b = `transformer_blocks.${i}`;
-      weights.push({ name: `${g}.img_qkv`, shape: [3 * D, D], pieces: ["to_q", "to_k", "to_v"].map((p) => src(`${b}.attn.${p}.weight`, [D, D])) });
+      weights.push({ name: `${g}.img_qkv.weight`, shape: [3 * D, D], pieces: ["to_q", "to_k", "to_v"].map((p) => src(`${b}.attn.${p}.weight`, [D, D])) });
       weights.push({
-        name: `${g}.txt_qkv`,
+        name: `${g}.txt_qkv.weight`,
         shape: [3 * D, D],
         pieces: ["add_q_proj", "add_k_proj", "add_v_proj"].map((p) => src(`${b}.attn.${p}.weight`, [D, D])),
       });
