@@ -1,0 +1,173 @@
+// The Qwen3 text encoder's weights as the graph names them, and where each comes from in a transformers checkpoint
+// (`model.layers.N.self_attn.q_proj.weight`, …). q/k/v are fused into one [q + k + v, hidden] matrix and gate/up into
+// one [2·intermediate, hidden] matrix (gate first, as `swiglu` expects), by concatenating checkpoint rows in the
+// weight store. Only the embedding table and the first QWEN3_LAYERS_USED layers are read: no final norm, no LM head.
+
+import type { GpuContext } from "../../runtime/device.ts";
+import type { Checkpoint } from "../../weights/checkpoint.ts";
+import { type UploadProgress, WeightStore } from "../../weights/store.ts";
+import type { UploadDType } from "../../weights/dtypes.ts";
+import { type Qwen3Config, QWEN3_LAYERS_USED } from "./config.ts";
+
+/** Per-layer weights of the graph, in the order a layer uses them. */
+export type Qwen3LayerWeight =
+  | "input_layernorm"
+  | "qkv_proj"
+  | "q_norm"
+  | "k_norm"
+  | "o_proj"
+  | "post_attention_layernorm"
+  | "gate_up_proj"
+  | "down_proj";
+
+/** Where each layer weight sits in the layer, as in the checkpoint's module paths; the graph node that applies a
+ * weight carries the same path (`qwen3.layers.3.self_attn.qkv_proj` applies `qwen3.layers.3.self_attn.qkv_proj.weight`). */
+export const QWEN3_LAYER_MODULES: Record<Qwen3LayerWeight, string> = {
+  input_layernorm: "input_layernorm",
+  qkv_proj: "self_attn.qkv_proj",
+  q_norm: "self_attn.q_norm",
+  k_norm: "self_attn.k_norm",
+  o_proj: "self_attn.o_proj",
+  post_attention_layernorm: "post_attention_layernorm",
+  gate_up_proj: "mlp.gate_up_proj",
+  down_proj: "mlp.down_proj",
+};
+
+export const QWEN3_EMBED_WEIGHT = "qwen3.embed_tokens.weight";
+
+/** Graph name of a layer's module, e.g. "qwen3.layers.3.self_attn.qkv_proj" (N is the checkpoint's layer index). */
+export function qwen3LayerModule(layer: number, part: Qwen3LayerWeight): string {
+  return `qwen3.layers.${layer}.${QWEN3_LAYER_MODULES[part]}`;
+}
+
+/** Graph name of a layer weight, e.g. "qwen3.layers.3.self_attn.qkv_proj.weight". */
+export function qwen3LayerWeight(layer: number, part: Qwen3LayerWeight): string {
+  return `${qwen3LayerModule(layer, part)}.weight`;
+}
+
+export interface Qwen3SourcePiece {
+  tensor: string;
+}
+
+export interface Qwen3GraphWeight {
+  name: string;
+  shape: number[];
+  /** Checkpoint tensors concatenated along rows, in order. */
+  pieces: Qwen3SourcePiece[];
+}
+
+/** Shapes of a layer's weights in the graph. */
+export function qwen3LayerShapes(cfg: Qwen3Config): Record<Qwen3LayerWeight, number[]> {
+  const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;
+  const qCols = cfg.heads * hd, kvCols = cfg.kvHeads * hd;
+  return {
+    input_layernorm: [D],
+    qkv_proj: [qCols + 2 * kvCols, D],
+    q_norm: [hd],
+    k_norm: [hd],
+    o_proj: [D, qCols],
+    post_attention_layernorm: [D],
+    gate_up_proj: [2 * I, D],
+    down_proj: [D, I],
+  };
+}
+
+/** Whether checkpoint tensor names carry the `model.` prefix of Qwen3ForCausalLM (a bare Qwen3Model has none). */
+export function detectQwen3Prefix(names: Iterable<string>, where: string): string {
+  const set = new Set(names);
+  if (set.has("model.embed_tokens.weight")) return "model.";
+  if (set.has("embed_tokens.weight")) return "";
+  throw new Error(
+    `${where}: not a Qwen3 checkpoint: neither model.embed_tokens.weight (Qwen3ForCausalLM) nor embed_tokens.weight (Qwen3Model) is present`,
+  );
+}
+
+/** The graph weights of the encoder and the checkpoint tensor each piece reads, with its expected shape. */
+export function qwen3GraphWeights(cfg: Qwen3Config, prefix = "model."): { weights: Qwen3GraphWeight[]; expected: Map<string, number[]> } {
+  const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;
+  const qCols = cfg.heads * hd, kvCols = cfg.kvHeads * hd;
+  const expected = new Map<string, number[]>();
+  const src = (tensor: string, shape: number[]): Qwen3SourcePiece => {
+    expected.set(prefix + tensor, shape);
+    return { tensor: prefix + tensor };
+  };
+  const shapes = qwen3LayerShapes(cfg);
+  const weights: Qwen3GraphWeight[] = [{ name: QWEN3_EMBED_WEIGHT, shape: [cfg.vocabSize, D], pieces: [src("embed_tokens.weight", [cfg.vocabSize, D])] }];
+  for (let i = 0; i < QWEN3_LAYERS_USED; i++) {
+    const l = `layers.${i}`;
+    const add = (part: Qwen3LayerWeight, pieces: Qwen3SourcePiece[]) => weights.push({ name: qwen3LayerWeight(i, part), shape: shapes[part], pieces });
+    add("input_layernorm", [src(`${l}.input_layernorm.weight`, [D])]);
+    add("qkv_proj", [
+      src(`${l}.self_attn.q_proj.weight`, [qCols, D]),
+      src(`${l}.self_attn.k_proj.weight`, [kvCols, D]),
+      src(`${l}.self_attn.v_proj.weight`, [kvCols, D]),
+    ]);
+    add("q_norm", [src(`${l}.self_attn.q_norm.weight`, [hd])]);
+    add("k_norm", [src(`${l}.self_attn.k_norm.weight`, [hd])]);
+    add("o_proj", [src(`${l}.self_attn.o_proj.weight`, [D, qCols])]);
+    add("post_attention_layernorm", [src(`${l}.post_attention_layernorm.weight`, [D])]);
+    add("gate_up_proj", [src(`${l}.mlp.gate_proj.weight`, [I, D]), src(`${l}.mlp.up_proj.weight`, [I, D])]);
+    add("down_proj", [src(`${l}.mlp.down_proj.weight`, [D, I])]);
+  }
+  return { weights, expected };
+}
+
+const FLOAT_DTYPES = new Set(["BF16", "F16", "F32"]);
+
+/** Every problem of a checkpoint against the expected tensors, all at once (empty when it fits). Tensors the
+ * encoder does not read (later layers, the final norm, an LM head) are ignored. */
+export function qwen3CheckpointProblems(ckpt: Checkpoint, expected: Map<string, number[]>): string[] {
+  const problems: string[] = [];
+  for (const [name, shape] of expected) {
+    if (!ckpt.has(name)) {
+      problems.push(`missing tensor ${name} (expected shape [${shape.join(", ")}])`);
+      continue;
+    }
+    const info = ckpt.info(name);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      problems.push(`tensor ${name} has shape [${info.shape.join(", ")}], expected [${shape.join(", ")}]`);
+    }
+    if (!FLOAT_DTYPES.has(info.dtype)) problems.push(`tensor ${name} is ${info.dtype}, expected BF16, F16 or F32`);
+  }
+  return problems;
+}
+
+/** GPU type of a graph weight: bf16 when every piece is stored as BF16, else f32 (F16 and F32 widen exactly;
+ * rounding them to bf16 would change the model). */
+export function uploadDType(ckpt: Checkpoint, w: Qwen3GraphWeight): UploadDType {
+  return w.pieces.every((p) => ckpt.info(p.tensor).dtype === "BF16") ? "bf16" : "f32";
+}
+
+export interface Qwen3LoadedWeights {
+  store: WeightStore;
+  /** GPU type of each graph weight, for the graph builder. */
+  dtypes: Map<string, UploadDType>;
+}
+
+/** Check the checkpoint against the configuration (every problem listed at once), then stream the weights to the GPU. */
+export async function uploadQwen3Weights(
+  gpu: GpuContext,
+  ckpt: Checkpoint,
+  cfg: Qwen3Config,
+  options: { where?: string; onProgress?: (p: UploadProgress) => void } = {},
+): Promise<Qwen3LoadedWeights> {
+  const where = options.where ?? ckpt.path;
+  const prefix = detectQwen3Prefix(ckpt.names(), where);
+  const { weights, expected } = qwen3GraphWeights(cfg, prefix);
+  const problems = qwen3CheckpointProblems(ckpt, expected);
+  if (problems.length) throw new Error(`${where} does not match its Qwen3 configuration:\n  - ${problems.join("\n  - ")}`);
+  const store = new WeightStore(gpu);
+  const dtypes = new Map<string, UploadDType>();
+  try {
+    for (const w of weights) {
+      const dtype = uploadDType(ckpt, w);
+      dtypes.set(w.name, dtype);
+      store.add(w.name, { shape: w.shape, dtype, pieces: w.pieces.map((p) => ({ checkpoint: ckpt, tensor: p.tensor })) });
+    }
+    await store.upload({ onProgress: options.onProgress });
+  } catch (e) {
+    store.release();
+    throw e;
+  }
+  return { store, dtypes };
+}
