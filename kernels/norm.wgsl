@@ -1,6 +1,6 @@
 // Normalisation family: one workgroup per group of `groupSize` contiguous values (a row, or one head of a row),
 // parallel reduction in workgroup memory, all statistics in f32.
-//   {{LAYER}} true:  v = (x − mean) / sqrt(var + eps), biased variance, computed in two passes (LayerNorm)
+//   {{LAYER}} true:  v = (x − mean) / sqrt(var + eps), biased variance, corrected two-pass (LayerNorm)
 //   {{LAYER}} false: v = x / sqrt(mean(x²) + eps)                                             (RMSNorm)
 //   {{AFFINE}}: an expression of `v` and the in-group index `k`, e.g. `v`, `v * weightBf16(k)` or a modulation.
 // Binding `p` holds the optional per-column parameters (weight or modulation vector) as 32-bit words, so that the
@@ -9,9 +9,10 @@
 
 const WG: u32 = {{WG}}u;
 
-var<workgroup> partial: array<f32, {{WG}}>;
+var<workgroup> partial: array<vec2<f32>, {{WG}}>;
 
-fn reduceSum(value: f32, lid: u32) -> f32 {
+// Sum of a pair of per-thread values over the workgroup (every thread gets the total).
+fn reduceSum(value: vec2<f32>, lid: u32) -> vec2<f32> {
   partial[lid] = value;
   workgroupBarrier();
   var stride = WG / 2u;
@@ -46,27 +47,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
   var scale: f32;
   var center: f32 = 0.0;
+  var residual: f32 = 0.0;
   if ({{LAYER}}) {
     var s: f32 = 0.0;
     for (var k = lid; k < n; k += WG) { s += x[base + k]; }
-    center = reduceSum(s, lid) / count;
-    var q: f32 = 0.0;
+    center = reduceSum(vec2<f32>(s, 0.0), lid).x / count;
+    // Corrected two-pass: the mean of the deviations from the rounded first mean (`residual`) is subtracted from
+    // each deviation, so a row with a large offset keeps full precision: x − center is exact, and the mean is
+    // never rounded to a single f32.
+    var moments = vec2<f32>(0.0, 0.0);
     for (var k = lid; k < n; k += WG) {
       let d = x[base + k] - center;
-      q += d * d;
+      moments += vec2<f32>(d, d * d);
     }
-    scale = 1.0 / sqrt(reduceSum(q, lid) / count + params.eps);
+    let sums = reduceSum(moments, lid);
+    residual = sums.x / count;
+    let variance = max(sums.y - sums.x * sums.x / count, 0.0) / count;
+    scale = 1.0 / sqrt(variance + params.eps);
   } else {
     var q: f32 = 0.0;
     for (var k = lid; k < n; k += WG) {
       let xv = x[base + k];
       q += xv * xv;
     }
-    scale = 1.0 / sqrt(reduceSum(q, lid) / count + params.eps);
+    scale = 1.0 / sqrt(reduceSum(vec2<f32>(q, 0.0), lid).x / count + params.eps);
   }
 
   for (var k = lid; k < n; k += WG) {
-    let v = (x[base + k] - center) * scale;
+    let v = ((x[base + k] - center) - residual) * scale;
     out[base + k] = {{AFFINE}};
   }
 }

@@ -113,6 +113,7 @@ export const normAuditCases: AuditCase[] = [
   layerNormCase(37, 53, 1e-6),
   layerNormCase(3, 4100, 1e-6),
   layerNormCase(29, 129, 1e-5, 40),
+  layerNormCase(5, 3072, 1e-6, 1000),
   layerNormModulateCase(37, 129),
   layerNormModulateCase(5, 3072),
   rmsNormCase(37, 300, 300, "bf16"),
