@@ -111,6 +111,9 @@ export function loadMatmulTuning(file: URL = TUNING_FILE): MatmulTuningTable {
   }
   const table = parsed as MatmulTuningTable;
   for (const [device, classes] of Object.entries(table)) {
+    if (typeof classes !== "object" || classes === null || Array.isArray(classes)) {
+      throw new Error(`${file.pathname} [${device}]: expected {shape class: configuration}`);
+    }
     for (const [shapeClass, config] of Object.entries(classes)) validateMatmulConfig(config, `${file.pathname} [${device}][${shapeClass}]`);
   }
   return table;
@@ -254,6 +257,11 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
     const os = g.get(opts.out);
     if (os.dtype !== "f32" || os.shape.length !== 2 || os.shape[0] !== m || os.shape[1] !== n) {
       throw new Error(`${name}: out ${os.name} must be f32 [${m}×${n}], got ${os.dtype} ${shapeString(os.shape)}`);
+    }
+    for (const operand of [x, w, opts.bias]) {
+      if (operand !== undefined && g.rootOf(operand) === g.rootOf(opts.out)) {
+        throw new Error(`${name}: out ${os.name} shares memory with operand ${g.get(operand).name}; a matmul cannot run in place`);
+      }
     }
     out = opts.out;
   } else {

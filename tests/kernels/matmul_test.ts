@@ -40,6 +40,8 @@ Deno.test("matmul: bad operands are refused with the tensor named", () => {
   assert.throws(() => matmul(g, "p1", x, w, { bias: g.input("b", [4]) }), /p1: bias b \[4\] must have N = 5 elements/);
   assert.throws(() => matmul(g, "p2", x, w, { out: g.state("o", [4, 6]) }), /p2: out o must be f32 \[4×5\]/);
   assert.throws(() => matmul(g, "p3", x, w, { accumulate: true }), /p3: accumulate needs an out tensor/);
+  const square = g.state("square", [4, 8]);
+  assert.throws(() => matmul(g, "p6", square, g.input("w8", [8, 8]), { out: square, accumulate: true }), /p6: out square shares memory/);
   assert.throws(() => matmul(g, "p4", g.input("x3", [2, 4, 8]), w), /p4: x x3 must be 2-D/);
   assert.throws(() => matmul(g, "p5", x, w, { config: { bm: 128, bn: 128, bk: 8, tm: 16, tn: 16 } }), /p5: .*threads|p5: .*accumulators/);
 });
