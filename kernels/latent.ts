@@ -61,6 +61,13 @@ function checkLayout(g: Graph, name: string, l: LatentLayout): void {
   }
 }
 
+function checkShape(g: Graph, name: string, label: string, id: number, want: number[]): void {
+  const s = g.shape(id);
+  if (s.length !== want.length || s.some((d, i) => d !== want[i])) {
+    throw new Error(`${name}: ${label} must be [${want.join("×")}], got [${s.join("×")}]`);
+  }
+}
+
 function addNode(g: Graph, name: string, op: "patchify" | "unpatchify", x: number, out: number, l: LatentLayout): void {
   const count = g.elementCount(out);
   g.add({
@@ -73,20 +80,24 @@ function addNode(g: Graph, name: string, op: "patchify" | "unpatchify", x: numbe
   });
 }
 
-/** Latent x [C' ≥ C, h·w] (its first C channels) → packed tokens [(h/2)·(w/2), 4C], normalised when `stats` is given. */
-export function patchifyLatents(g: Graph, name: string, x: number, l: LatentLayout): number {
+/** Latent x [C' ≥ C, h·w] (its first C channels) → packed tokens [(h/2)·(w/2), 4C], normalised when `stats` is given.
+ * Writes into `out` when given, else into a new activation. */
+export function patchifyLatents(g: Graph, name: string, x: number, l: LatentLayout, out?: number): number {
   checkLayout(g, name, l);
   const xs = g.shape(x);
   if (xs.length !== 2 || xs[0] < l.channels || xs[1] !== l.height * l.width) {
     throw new Error(`${name}: latent must be [≥${l.channels}, ${l.height}·${l.width}], got [${xs.join("×")}]`);
   }
-  const out = g.activation(name, [(l.height / 2) * (l.width / 2), 4 * l.channels]);
-  addNode(g, name, "patchify", x, out, l);
-  return out;
+  const shape = [(l.height / 2) * (l.width / 2), 4 * l.channels];
+  const target = out ?? g.activation(name, shape);
+  checkShape(g, name, "output", target, shape);
+  addNode(g, name, "patchify", x, target, l);
+  return target;
 }
 
-/** Packed tokens [(h/2)·(w/2), 4C] → latent [C, h·w], denormalised when `stats` is given. */
-export function unpatchifyTokens(g: Graph, name: string, tokens: number, l: LatentLayout): number {
+/** Packed tokens [(h/2)·(w/2), 4C] → latent [C, h·w], denormalised when `stats` is given.
+ * Writes into `out` when given, else into a new activation. */
+export function unpatchifyTokens(g: Graph, name: string, tokens: number, l: LatentLayout, out?: number): number {
   checkLayout(g, name, l);
   const ts = g.shape(tokens);
   const want = [(l.height / 2) * (l.width / 2), 4 * l.channels];
@@ -95,7 +106,9 @@ export function unpatchifyTokens(g: Graph, name: string, tokens: number, l: Late
       `${name}: tokens must be [${want.join("×")}] for a ${l.channels}-channel ${l.height}×${l.width} latent, got [${ts.join("×")}]`,
     );
   }
-  const out = g.activation(name, [l.channels, l.height * l.width]);
-  addNode(g, name, "unpatchify", tokens, out, l);
-  return out;
+  const shape = [l.channels, l.height * l.width];
+  const target = out ?? g.activation(name, shape);
+  checkShape(g, name, "output", target, shape);
+  addNode(g, name, "unpatchify", tokens, target, l);
+  return target;
 }
