@@ -94,7 +94,9 @@ export function parseQwen3Config(raw: unknown, where: string): Qwen3Config {
   if (Array.isArray(raw.layer_types)) {
     const other = (raw.layer_types as unknown[]).slice(0, QWEN3_LAYERS_USED).findIndex((t) => t !== "full_attention");
     if (other >= 0) {
-      problems.push(`layer_types[${other}] is ${JSON.stringify((raw.layer_types as unknown[])[other])}; only "full_attention" is supported`);
+      problems.push(
+        `layer_types[${other}] is ${JSON.stringify((raw.layer_types as unknown[])[other])}; only "full_attention" is supported`,
+      );
     }
   }
 

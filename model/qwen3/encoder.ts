@@ -28,8 +28,8 @@ import { rope } from "../../kernels/rope.ts";
 import { qwenRopeTables } from "../../kernels/rope_tables.ts";
 import { attention } from "../../kernels/attention.ts";
 import { add, swiglu } from "../../kernels/elementwise.ts";
-import { promptEmbedWidth, type Qwen3Config, QWEN3_EMBED_HIDDEN_STATES, QWEN3_LAYERS_USED } from "./config.ts";
-import { QWEN3_EMBED_WEIGHT, qwen3LayerModule, type Qwen3LayerWeight, qwen3LayerShapes, qwen3LayerWeight } from "./weights.ts";
+import { promptEmbedWidth, QWEN3_EMBED_HIDDEN_STATES, QWEN3_LAYERS_USED, type Qwen3Config } from "./config.ts";
+import { QWEN3_EMBED_WEIGHT, qwen3LayerModule, qwen3LayerShapes, type Qwen3LayerWeight, qwen3LayerWeight } from "./weights.ts";
 
 /** Names of the tensors a caller writes or reads around a run. */
 export const QWEN3_TENSORS = {
@@ -87,7 +87,10 @@ export function buildQwen3Encoder(g: Graph, cfg: Qwen3Config, options: Qwen3Enco
   const ropeSin = g.constant("qwen3.rope_sin", [S, hd / 2], "f32", tables.sin);
   const promptEmbeds = g.state(QWEN3_TENSORS.promptEmbeds, [S, promptEmbedWidth(cfg)]);
 
-  let x = g.tap("qwen3.embed", embedding(g, "qwen3.embed_tokens", g.weight(QWEN3_EMBED_WEIGHT, [cfg.vocabSize, D], dtypeOf(QWEN3_EMBED_WEIGHT)), ids));
+  let x = g.tap(
+    "qwen3.embed",
+    embedding(g, "qwen3.embed_tokens", g.weight(QWEN3_EMBED_WEIGHT, [cfg.vocabSize, D], dtypeOf(QWEN3_EMBED_WEIGHT)), ids),
+  );
   const attentionNodes: string[] = [];
   for (let i = 0; i < QWEN3_LAYERS_USED; i++) {
     const node = (part: Qwen3LayerWeight) => qwen3LayerModule(i, part);
@@ -100,8 +103,14 @@ export function buildQwen3Encoder(g: Graph, cfg: Qwen3Config, options: Qwen3Enco
     const v = g.tap(`${l}.attn.v`, sliceCols(g, `${l}.self_attn.v`, qkv, qCols + kvCols, kvCols));
     const qNorm = rmsNorm(g, node("q_norm"), qRaw, layerWeight(i, "q_norm"), { eps, groupSize: hd });
     const kNorm = rmsNorm(g, node("k_norm"), kRaw, layerWeight(i, "k_norm"), { eps, groupSize: hd });
-    const q = g.tap(`${l}.attn.q`, rope(g, `${l}.self_attn.q_rope`, qNorm, ropeCos, ropeSin, { heads: H, headDim: hd, layout: "rotate_half" }));
-    const k = g.tap(`${l}.attn.k`, rope(g, `${l}.self_attn.k_rope`, kNorm, ropeCos, ropeSin, { heads: Hkv, headDim: hd, layout: "rotate_half" }));
+    const q = g.tap(
+      `${l}.attn.q`,
+      rope(g, `${l}.self_attn.q_rope`, qNorm, ropeCos, ropeSin, { heads: H, headDim: hd, layout: "rotate_half" }),
+    );
+    const k = g.tap(
+      `${l}.attn.k`,
+      rope(g, `${l}.self_attn.k_rope`, kNorm, ropeCos, ropeSin, { heads: Hkv, headDim: hd, layout: "rotate_half" }),
+    );
     const attnName = `${l}.self_attn.attn`;
     const a = g.tap(
       `${l}.attn.out`,

@@ -62,7 +62,9 @@ export class Qwen3TextEncoder {
     const config = await loadQwen3Config(join(encoderDir, "config.json"));
     const [tokenizer, template] = await Promise.all([loadQwen3Tokenizer(tokenizerDir), loadChatTemplate(tokenizerDir)]);
     if (tokenizer.padTokenId >= config.vocabSize) {
-      throw new Error(`${tokenizerDir}: pad token id ${tokenizer.padTokenId} is outside the text encoder's vocabulary of ${config.vocabSize}`);
+      throw new Error(
+        `${tokenizerDir}: pad token id ${tokenizer.padTokenId} is outside the text encoder's vocabulary of ${config.vocabSize}`,
+      );
     }
     const ckpt = await Checkpoint.open(encoderDir);
     let store: WeightStore;

@@ -7,7 +7,7 @@ import type { GpuContext } from "../../runtime/device.ts";
 import type { Checkpoint } from "../../weights/checkpoint.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import type { UploadDType } from "../../weights/dtypes.ts";
-import { type Qwen3Config, QWEN3_LAYERS_USED } from "./config.ts";
+import { QWEN3_LAYERS_USED, type Qwen3Config } from "./config.ts";
 
 /** Per-layer weights of the graph, in the order a layer uses them. */
 export type Qwen3LayerWeight =
@@ -92,10 +92,15 @@ export function qwen3GraphWeights(cfg: Qwen3Config, prefix = "model."): { weight
     return { tensor: prefix + tensor };
   };
   const shapes = qwen3LayerShapes(cfg);
-  const weights: Qwen3GraphWeight[] = [{ name: QWEN3_EMBED_WEIGHT, shape: [cfg.vocabSize, D], pieces: [src("embed_tokens.weight", [cfg.vocabSize, D])] }];
+  const weights: Qwen3GraphWeight[] = [{
+    name: QWEN3_EMBED_WEIGHT,
+    shape: [cfg.vocabSize, D],
+    pieces: [src("embed_tokens.weight", [cfg.vocabSize, D])],
+  }];
   for (let i = 0; i < QWEN3_LAYERS_USED; i++) {
     const l = `layers.${i}`;
-    const add = (part: Qwen3LayerWeight, pieces: Qwen3SourcePiece[]) => weights.push({ name: qwen3LayerWeight(i, part), shape: shapes[part], pieces });
+    const add = (part: Qwen3LayerWeight, pieces: Qwen3SourcePiece[]) =>
+      weights.push({ name: qwen3LayerWeight(i, part), shape: shapes[part], pieces });
     add("input_layernorm", [src(`${l}.input_layernorm.weight`, [D])]);
     add("qkv_proj", [
       src(`${l}.self_attn.q_proj.weight`, [qCols, D]),
