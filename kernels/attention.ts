@@ -1,0 +1,402 @@
+// Flash attention with masks given as rules (causal, right padding, token-group knockout), never as an S×S tensor.
+// One WGSL family; the variant key is the head dimension, the tile configuration and whether a group mask is bound.
+// The tile configuration comes from the caller, else from kernels/attention_tuned.json for the device chosen with
+// setAttentionDevice, else from a default that fits 32 KiB of workgroup memory.
+//
+// A query row whose keys are all masked has no probability mass: the kernel writes zeros for it rather than NaN.
+// Such a mask is almost always a mistake, so callers refuse it beforehand with fullyMaskedQueries().
+
+import type { Graph, GraphNode } from "../runtime/graph.ts";
+import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/kernel.ts";
+import { shapeString } from "../runtime/tensor.ts";
+
+/** Tile configuration. Threads form (blockQ / 4) query groups × keyGroups key groups; each thread owns 4 query rows. */
+export interface AttentionConfig {
+  /** Query rows per workgroup (multiple of 4). */
+  blockQ: number;
+  /** Threads along the keys: a key block holds 4·keyGroups keys, and the same threads split the output columns. */
+  keyGroups: number;
+  /** Head-dim columns of q and k staged per step of q·kᵀ; equal to the head dim, q stays staged for all key blocks. */
+  dChunk: number;
+  /** Keys of v staged per step of p·v (divides the key block). */
+  keyChunk: number;
+  /** Most output columns per workgroup; larger head dims are split over workgroups that each recompute the scores. */
+  maxDv: number;
+}
+
+/** Knockout rule: the queries listed may not read the keys listed. */
+export interface GroupRule {
+  queries: number[];
+  keys: number[];
+}
+
+/** Per-token rule bits, as bound to the kernel: key j is masked for query i iff (queryBits[i] & keyBits[j]) != 0. */
+export interface GroupMaskBits {
+  queryBits: Uint32Array;
+  keyBits: Uint32Array;
+}
+
+export interface AttentionArgs {
+  /** f32 [Sq, heads·headDim]. */
+  q: number;
+  /** f32 [Sk, kvHeads·headDim]. */
+  k: number;
+  /** f32 [Sk, kvHeads·headDim]. */
+  v: number;
+  heads: number;
+  /** Key/value heads; heads must be a multiple (query head h reads kv head floor(h / (heads / kvHeads))). */
+  kvHeads: number;
+  headDim: number;
+  /** Default 1/√headDim. */
+  scale?: number;
+  /** Key j is visible to query i only if j ≤ i. */
+  causal?: boolean;
+  /** Keys j ≥ keyLength are masked (right padding). */
+  keyLength?: number;
+  /** u32 tensors [Sq] and [Sk] of rule bits (see groupMaskBits). */
+  groupMask?: { queryBits: number; keyBits: number };
+  /** Write into this f32 [Sq, heads·headDim] tensor instead of a new activation. */
+  out?: number;
+  /** Tile configuration; default: tuned for the active device and head dim, else defaultAttentionConfig(headDim). */
+  config?: AttentionConfig;
+}
+
+const MAX_THREADS = 256;
+const MAX_OUTPUT_REGISTERS = 128;
+const MAX_RULES = 32;
+
+// ---- Configurations -------------------------------------------------------------------------------------------
+
+/** A configuration that fits 32 KiB of workgroup memory and 256 threads, for any head dim that is a multiple of 4. */
+export function defaultAttentionConfig(headDim: number): AttentionConfig {
+  if (headDim % 32 === 0) return { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 };
+  if (headDim % 16 === 0) return { blockQ: 64, keyGroups: 4, dChunk: 16, keyChunk: 16, maxDv: 128 };
+  return { blockQ: 64, keyGroups: 1, dChunk: 4, keyChunk: 4, maxDv: 128 };
+}
+
+/** The configurations a tuning sweep tries for head dims that are multiples of 32 (too large ones are skipped). */
+export const ATTENTION_SWEEP_CONFIGS: readonly Readonly<AttentionConfig>[] = [
+  { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, keyGroups: 8, dChunk: 64, keyChunk: 32, maxDv: 128 },
+  { blockQ: 128, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 128, keyGroups: 8, dChunk: 16, keyChunk: 16, maxDv: 128 },
+  { blockQ: 64, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
+  { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 64 },
+  { blockQ: 32, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+];
+
+/** The shader's compile-time sizes for one head dim. */
+export interface AttentionTiles {
+  headDim: number;
+  blockQ: number;
+  keyGroups: number;
+  blockK: number;
+  dChunk: number;
+  keyChunk: number;
+  /** Output columns per workgroup. */
+  dv: number;
+  threads: number;
+}
+
+export function attentionConfigName(c: AttentionConfig): string {
+  return `q${c.blockQ}.kg${c.keyGroups}.dc${c.dChunk}.kc${c.keyChunk}.dv${c.maxDv}`;
+}
+
+/** Resolve a configuration against a head dim; throws when the shader cannot be instantiated with it. */
+export function attentionTiles(c: AttentionConfig, headDim: number, where = "attention"): AttentionTiles {
+  const name = `${where}: configuration ${JSON.stringify(c)} for head dim ${headDim}`;
+  for (const key of ["blockQ", "keyGroups", "dChunk", "keyChunk", "maxDv"] as const) {
+    if (!Number.isInteger(c[key]) || c[key] <= 0) throw new Error(`${name}: ${key} must be a positive integer, got ${c[key]}`);
+  }
+  if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 4 !== 0) {
+    throw new Error(`${where}: head dim must be a positive multiple of 4, got ${headDim}`);
+  }
+  if (c.blockQ % 4 !== 0) throw new Error(`${name}: blockQ must be a multiple of 4`);
+  const blockK = 4 * c.keyGroups;
+  const dChunk = Math.min(c.dChunk, headDim);
+  if (dChunk % 4 !== 0 || headDim % dChunk !== 0) throw new Error(`${name}: dChunk must be a multiple of 4 that divides the head dim`);
+  if (blockK % c.keyChunk !== 0) throw new Error(`${name}: keyChunk must divide the key block of ${blockK}`);
+  const colGroup = 4 * c.keyGroups;
+  if (headDim % colGroup !== 0) throw new Error(`${name}: the head dim must be a multiple of 4·keyGroups = ${colGroup}`);
+  // Widest divisor of the head dim that is a multiple of 4·keyGroups and at most maxDv.
+  let dv = colGroup;
+  for (let t = headDim / colGroup; t >= 1; t--) {
+    if ((headDim / colGroup) % t === 0 && colGroup * t <= Math.max(c.maxDv, colGroup)) {
+      dv = colGroup * t;
+      break;
+    }
+  }
+  const threads = (c.blockQ / 4) * c.keyGroups;
+  if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
+  if (4 * (dv / c.keyGroups) > MAX_OUTPUT_REGISTERS) {
+    throw new Error(`${name}: ${4 * (dv / c.keyGroups)} output accumulators per thread exceed ${MAX_OUTPUT_REGISTERS}; lower maxDv`);
+  }
+  return { headDim, blockQ: c.blockQ, keyGroups: c.keyGroups, blockK, dChunk, keyChunk: c.keyChunk, dv, threads };
+}
+
+/** Workgroup memory of a configuration for a head dim, in bytes (mirrors the declarations in attention.wgsl). */
+export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): number {
+  const t = attentionTiles(c, headDim);
+  const qt = t.dChunk * (t.blockQ / 4), kt = t.dChunk * (t.blockK / 4), vs = t.keyChunk * (t.dv / 4);
+  const vOffset = t.dChunk === headDim ? qt : 0;
+  const stage = Math.max(qt + kt, vOffset + vs);
+  const probs = t.blockK * (t.blockQ / 4);
+  return (stage + probs) * 16 + t.blockQ * t.keyGroups * 4;
+}
+
+// ---- Tuned configurations -------------------------------------------------------------------------------------
+
+/** kernels/attention_tuned.json: device description → head dim → configuration. */
+export type AttentionTuningTable = Record<string, Record<string, AttentionConfig>>;
+
+const TUNING_FILE = new URL("./attention_tuned.json", import.meta.url);
+let tuningTable: AttentionTuningTable | null = null;
+let activeDevice: { description: string; workgroupBytes: number } | null = null;
+
+/** Read a tuning file; a missing file means no tuned configurations. */
+export function loadAttentionTuning(file: URL = TUNING_FILE): AttentionTuningTable {
+  if (file.protocol !== "file:") return {};
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return {};
+    throw e;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${file.pathname}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new Error(`${file.pathname}: expected {device description: {head dim: configuration}}`);
+  }
+  const table = parsed as AttentionTuningTable;
+  for (const [device, dims] of Object.entries(table)) {
+    for (const [dim, config] of Object.entries(dims)) attentionTiles(config, Number(dim), `${file.pathname} [${device}][${dim}]`);
+  }
+  return table;
+}
+
+/** Replace the tuning table (null: read kernels/attention_tuned.json again on next use). */
+export function setAttentionTuning(table: AttentionTuningTable | null): void {
+  tuningTable = table;
+}
+
+/** Choose the device whose tuned configurations attention() uses (null: defaults only). */
+export function setAttentionDevice(gpu: { adapterDescription: string; limits: { maxComputeWorkgroupStorageSize: number } } | null): void {
+  activeDevice = gpu ? { description: gpu.adapterDescription, workgroupBytes: gpu.limits.maxComputeWorkgroupStorageSize } : null;
+}
+
+/** The configuration attention() uses for this head dim on the active device. */
+export function attentionConfigFor(headDim: number): AttentionConfig {
+  if (activeDevice) {
+    tuningTable ??= loadAttentionTuning();
+    const tuned = tuningTable[activeDevice.description]?.[String(headDim)];
+    if (tuned && attentionWorkgroupBytes(tuned, headDim) <= activeDevice.workgroupBytes) return { ...tuned };
+  }
+  return defaultAttentionConfig(headDim);
+}
+
+// ---- Kernel declaration ---------------------------------------------------------------------------------------
+
+export const attentionKernel: KernelSpec = {
+  name: "attention",
+  source: new URL("./attention.wgsl", import.meta.url),
+  bindings: [
+    { name: "q", type: "array<vec4<f32>>", access: "read" },
+    { name: "k", type: "array<vec4<f32>>", access: "read" },
+    { name: "v", type: "array<vec4<f32>>", access: "read" },
+    { name: "queryBits", type: "array<u32>", access: "read" },
+    { name: "keyBits", type: "array<u32>", access: "read" },
+    { name: "out", type: "array<vec4<f32>>", access: "read_write" },
+  ],
+  params: [
+    { name: "sq", type: "u32" },
+    { name: "keyEnd", type: "u32" },
+    { name: "causal", type: "u32" },
+    { name: "qRow4", type: "u32" },
+    { name: "kvRow4", type: "u32" },
+    { name: "groupSize", type: "u32" },
+    { name: "dChunks", type: "u32" },
+    { name: "scaleLog2", type: "f32" },
+  ],
+};
+
+// ---- Builders -------------------------------------------------------------------------------------------------
+
+/** out[Sq, H·D] = softmax(q·kᵀ·scale + mask)·v per head. Returns the output tensor id. */
+export function attention(g: Graph, name: string, args: AttentionArgs): number {
+  const { q, k, v, heads, kvHeads, headDim } = args;
+  for (const [label, value] of [["heads", heads], ["kvHeads", kvHeads], ["headDim", headDim]] as const) {
+    if (!Number.isInteger(value) || value <= 0) throw new Error(`${name}: ${label} must be a positive integer, got ${value}`);
+  }
+  if (heads % kvHeads !== 0) throw new Error(`${name}: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+  const qs = g.get(q), ks = g.get(k), vs = g.get(v);
+  for (const t of [qs, ks, vs]) {
+    if (t.dtype !== "f32") throw new Error(`${name}: ${t.name} must be f32, got ${t.dtype}`);
+    if (t.shape.length !== 2) throw new Error(`${name}: ${t.name} must be 2-D [tokens, heads·headDim], got ${shapeString(t.shape)}`);
+  }
+  const [sq, qCols] = qs.shape;
+  const [sk, kCols] = ks.shape;
+  if (qCols !== heads * headDim) {
+    throw new Error(
+      `${name}: q ${qs.name} ${shapeString(qs.shape)} must have heads·headDim = ${heads}·${headDim} = ${heads * headDim} columns`,
+    );
+  }
+  if (kCols !== kvHeads * headDim) {
+    throw new Error(
+      `${name}: k ${ks.name} ${shapeString(ks.shape)} must have kvHeads·headDim = ${kvHeads}·${headDim} = ${kvHeads * headDim} columns`,
+    );
+  }
+  if (vs.shape[0] !== sk || vs.shape[1] !== kCols) {
+    throw new Error(`${name}: v ${vs.name} ${shapeString(vs.shape)} must match k ${ks.name} ${shapeString(ks.shape)}`);
+  }
+  const keyLength = args.keyLength ?? sk;
+  if (!Number.isInteger(keyLength) || keyLength < 1 || keyLength > sk) {
+    throw new Error(`${name}: keyLength must be an integer in [1, ${sk}], got ${args.keyLength}`);
+  }
+  const scale = args.scale ?? 1 / Math.sqrt(headDim);
+  if (!Number.isFinite(scale)) throw new Error(`${name}: scale must be finite, got ${scale}`);
+  if (args.groupMask) checkGroupMaskTensors(g, name, args.groupMask, sq, sk);
+
+  let out: number;
+  if (args.out !== undefined) {
+    const os = g.get(args.out);
+    if (os.dtype !== "f32" || os.shape.length !== 2 || os.shape[0] !== sq || os.shape[1] !== qCols) {
+      throw new Error(`${name}: out ${os.name} must be f32 [${sq}×${qCols}], got ${os.dtype} ${shapeString(os.shape)}`);
+    }
+    out = args.out;
+  } else {
+    out = g.activation(name, [sq, qCols]);
+  }
+
+  const tiles = attentionTiles(args.config ?? attentionConfigFor(headDim), headDim, name);
+  const dChunks = headDim / tiles.dv;
+  const queryBlocks = ceilDiv(sq, tiles.blockQ);
+  if (queryBlocks > MAX_WORKGROUPS_PER_DIM || heads * dChunks > MAX_WORKGROUPS_PER_DIM) {
+    throw new Error(
+      `${name}: ${queryBlocks} query blocks × ${heads * dChunks} head chunks exceed ${MAX_WORKGROUPS_PER_DIM} workgroups per dimension`,
+    );
+  }
+  const flops = 4 * sq * sk * headDim * heads;
+  g.add({
+    name,
+    kernel: attentionKernel,
+    variant: {
+      D: headDim,
+      BQ: tiles.blockQ,
+      NKG: tiles.keyGroups,
+      DC: tiles.dChunk,
+      KC: tiles.keyChunk,
+      DV: tiles.dv,
+      GROUP_MASK: args.groupMask !== undefined,
+    },
+    // Without a group mask, q stands in for the bit bindings (the shader never reads them).
+    bindings: { q, k, v, queryBits: args.groupMask?.queryBits ?? q, keyBits: args.groupMask?.keyBits ?? q, out },
+    params: {
+      sq,
+      keyEnd: keyLength,
+      causal: args.causal ? 1 : 0,
+      qRow4: qCols / 4,
+      kvRow4: kCols / 4,
+      groupSize: heads / kvHeads,
+      dChunks,
+      scaleLog2: scale * Math.LOG2E,
+    },
+    workgroups: [queryBlocks, heads * dChunks, 1],
+    flops: args.causal ? flops / 2 : flops,
+  });
+  return out;
+}
+
+function checkGroupMaskTensors(g: Graph, name: string, mask: { queryBits: number; keyBits: number }, sq: number, sk: number): void {
+  for (const [label, id, n] of [["queryBits", mask.queryBits, sq], ["keyBits", mask.keyBits, sk]] as const) {
+    const t = g.get(id);
+    if (t.dtype !== "u32" || g.elementCount(id) !== n) {
+      throw new Error(`${name}: group mask ${label} ${t.name} must be u32 with ${n} elements, got ${t.dtype} ${shapeString(t.shape)}`);
+    }
+  }
+}
+
+/** Attach (or replace) a group mask on an attention node already in the graph: the knockout rewrite. */
+export function setAttentionGroupMask(g: Graph, nodeName: string, mask: { queryBits: number; keyBits: number }): GraphNode {
+  const node = g.nodes.find((n) => n.name === nodeName);
+  if (!node) throw new Error(`no node named ${nodeName} in the graph`);
+  if (node.kernel !== attentionKernel) throw new Error(`node ${nodeName} is a ${node.kernel.name} node, not attention`);
+  const sq = node.params.sq;
+  const sk = g.shape(node.bindings.k)[0];
+  checkGroupMaskTensors(g, nodeName, mask, sq, sk);
+  node.variant = { ...node.variant, GROUP_MASK: true };
+  node.bindings = { ...node.bindings, queryBits: mask.queryBits, keyBits: mask.keyBits };
+  return node;
+}
+
+// ---- Mask rules on the host -----------------------------------------------------------------------------------
+
+/** Pack up to 32 knockout rules into per-token bits: rule r sets bit r on its queries and on its keys. */
+export function groupMaskBits(sq: number, sk: number, rules: GroupRule[]): GroupMaskBits {
+  if (rules.length > MAX_RULES) {
+    throw new Error(`group mask: ${rules.length} rules given, at most ${MAX_RULES} fit in the 32 bits per token`);
+  }
+  const queryBits = new Uint32Array(sq), keyBits = new Uint32Array(sk);
+  rules.forEach((rule, r) => {
+    const bit = (1 << r) >>> 0;
+    for (const [label, list, n, bits] of [["queries", rule.queries, sq, queryBits], ["keys", rule.keys, sk, keyBits]] as const) {
+      for (const i of list) {
+        if (!Number.isInteger(i) || i < 0 || i >= n) throw new Error(`group mask rule ${r}: ${label} index ${i} is outside [0, ${n})`);
+        bits[i] |= bit;
+      }
+    }
+  });
+  return { queryBits, keyBits };
+}
+
+/** Mask rules as the host sees them, to check before a run. */
+export interface AttentionMaskRules {
+  causal?: boolean;
+  keyLength?: number;
+  /** Knockout rules, or their packed bits. */
+  rules?: GroupRule[];
+  bits?: GroupMaskBits;
+}
+
+/** Query indices that would see no key at all. Keys are grouped by bit pattern, so the cost is
+ * O(Sq + Sk + distinct query patterns × distinct key patterns), not O(Sq·Sk). */
+export function fullyMaskedQueries(sq: number, sk: number, mask: AttentionMaskRules = {}): number[] {
+  const keyEnd = Math.min(sk, mask.keyLength ?? sk);
+  const bits = mask.bits ?? (mask.rules ? groupMaskBits(sq, sk, mask.rules) : null);
+  if (bits && (bits.queryBits.length !== sq || bits.keyBits.length !== sk)) {
+    throw new Error(
+      `fullyMaskedQueries: bits cover ${bits.queryBits.length} queries and ${bits.keyBits.length} keys, expected ${sq} and ${sk}`,
+    );
+  }
+  // The keys visible before rules form a prefix [0, end); a query is fully masked iff every key pattern that first
+  // occurs inside its prefix shares a bit with the query's pattern.
+  const firstKeyOfPattern = new Map<number, number>();
+  if (bits) {
+    for (let j = 0; j < keyEnd; j++) {
+      if (!firstKeyOfPattern.has(bits.keyBits[j])) firstKeyOfPattern.set(bits.keyBits[j], j);
+    }
+  }
+  const firstVisibleByQueryPattern = new Map<number, number>();
+  const firstVisibleKey = (pattern: number): number => {
+    let first = firstVisibleByQueryPattern.get(pattern);
+    if (first === undefined) {
+      first = Infinity;
+      for (const [keyPattern, j] of firstKeyOfPattern) if ((keyPattern & pattern) === 0 && j < first) first = j;
+      firstVisibleByQueryPattern.set(pattern, first);
+    }
+    return first;
+  };
+  const masked: number[] = [];
+  for (let i = 0; i < sq; i++) {
+    const end = mask.causal ? Math.min(keyEnd, i + 1) : keyEnd;
+    const first = bits ? firstVisibleKey(bits.queryBits[i]) : 0;
+    if (first >= end) masked.push(i);
+  }
+  return masked;
+}

@@ -1,0 +1,274 @@
+import assert from "node:assert/strict";
+import { getGpu } from "../../runtime/device.ts";
+import { Graph } from "../../runtime/graph.ts";
+import { Plan } from "../../runtime/executor.ts";
+import { Rng } from "../../runtime/random.ts";
+import { formatAuditTable, runAuditCase } from "../../kernels/audit.ts";
+import { attentionAuditCases, attentionCase, attentionReference } from "../../kernels/reference/attention.ts";
+import {
+  attention,
+  attentionConfigFor,
+  attentionTiles,
+  attentionWorkgroupBytes,
+  defaultAttentionConfig,
+  fullyMaskedQueries,
+  groupMaskBits,
+  loadAttentionTuning,
+  setAttentionDevice,
+  setAttentionGroupMask,
+  setAttentionTuning,
+} from "../../kernels/attention.ts";
+
+const range = (start: number, end: number) => Array.from({ length: end - start }, (_, i) => start + i);
+
+Deno.test("attention: every audit case matches the float64 reference", async () => {
+  const gpu = await getGpu();
+  const results = [];
+  for (const c of attentionAuditCases) results.push(await runAuditCase(gpu, c));
+  console.log(formatAuditTable(results));
+  const failed = results.filter((r) => !r.pass);
+  assert.equal(failed.length, 0, `failed: ${failed.map((r) => `${r.label} (rel L2 ${r.relL2})`).join("; ")}`);
+});
+
+Deno.test("attention: other tile configurations (q resident, wide key blocks, split output columns) agree", async () => {
+  const gpu = await getGpu();
+  const configs = [
+    { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
+    { blockQ: 32, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
+    { blockQ: 16, keyGroups: 8, dChunk: 64, keyChunk: 8, maxDv: 64 },
+  ];
+  const results = [];
+  for (const config of configs) {
+    results.push(
+      await runAuditCase(
+        gpu,
+        attentionCase({
+          label: `D128 H2 S131 causal ${JSON.stringify(config)}`,
+          sq: 131,
+          sk: 131,
+          heads: 2,
+          kvHeads: 1,
+          headDim: 128,
+          causal: true,
+          config,
+        }),
+      ),
+    );
+  }
+  console.log(formatAuditTable(results));
+  for (const r of results) assert.ok(r.pass, `${r.label}: rel L2 ${r.relL2}`);
+});
+
+Deno.test("attention: a query row with no visible key is written as zeros, the others are exact", async () => {
+  const gpu = await getGpu();
+  const [sq, sk, heads, d] = [37, 41, 2, 32];
+  const rng = new Rng(3);
+  const q = rng.normalArray(sq * heads * d), k = rng.normalArray(sk * heads * d), v = rng.normalArray(sk * heads * d);
+  // Rule 0: queries 5..9 may not read any key; rule 1: queries 20..29 may not read keys 0..19.
+  const bits = groupMaskBits(sq, sk, [{ queries: range(5, 10), keys: range(0, sk) }, { queries: range(20, 30), keys: range(0, 20) }]);
+  assert.deepEqual(fullyMaskedQueries(sq, sk, { bits }), [5, 6, 7, 8, 9]);
+  const g = new Graph();
+  const out = g.state("out", [sq, heads * d]);
+  attention(g, "attn", {
+    q: g.input("q", [sq, heads * d]),
+    k: g.input("k", [sk, heads * d]),
+    v: g.input("v", [sk, heads * d]),
+    heads,
+    kvHeads: heads,
+    headDim: d,
+    groupMask: { queryBits: g.input("qb", [sq], "u32"), keyBits: g.input("kb", [sk], "u32") },
+    out,
+  });
+  const plan = await Plan.compile(gpu, g, null);
+  try {
+    plan.write("q", q);
+    plan.write("k", k);
+    plan.write("v", v);
+    plan.write("qb", bits.queryBits);
+    plan.write("kb", bits.keyBits);
+    plan.write("out", new Float32Array(sq * heads * d).fill(NaN));
+    await plan.run();
+    const got = await plan.read("out");
+    const want = attentionReference(q, k, v, { sq, sk, heads, kvHeads: heads, headDim: d, bits });
+    for (let i = 0; i < got.length; i++) {
+      const row = Math.floor(i / (heads * d));
+      if (row >= 5 && row < 10) assert.equal(got[i], 0, `row ${row} must be zeros`);
+      else assert.ok(Math.abs(got[i] - want[i]) < 1e-5, `element ${i} (row ${row}): ${got[i]} vs ${want[i]}`);
+    }
+  } finally {
+    plan.destroy();
+  }
+});
+
+Deno.test("attention: a group mask attached to an existing node changes its variant and bindings", () => {
+  const g = new Graph();
+  const q = g.input("q", [10, 64]), k = g.input("k", [12, 64]), v = g.input("v", [12, 64]);
+  attention(g, "block.attn", { q, k, v, heads: 1, kvHeads: 1, headDim: 64 });
+  assert.equal(g.nodes[0].variant.GROUP_MASK, false);
+  const qb = g.input("qb", [10], "u32"), kb = g.input("kb", [12], "u32");
+  setAttentionGroupMask(g, "block.attn", { queryBits: qb, keyBits: kb });
+  assert.equal(g.nodes[0].variant.GROUP_MASK, true);
+  assert.equal(g.nodes[0].bindings.queryBits, qb);
+  assert.equal(g.nodes[0].bindings.keyBits, kb);
+  assert.throws(() => setAttentionGroupMask(g, "block.attn", { queryBits: kb, keyBits: qb }), /queryBits kb must be u32 with 10 elements/);
+  assert.throws(() => setAttentionGroupMask(g, "nope", { queryBits: qb, keyBits: kb }), /no node named nope/);
+});
+
+Deno.test("attention: shapes and arguments are checked when the graph is built", () => {
+  const g = new Graph();
+  const q = g.input("q", [10, 256]), k = g.input("k", [12, 128]), v = g.input("v", [12, 128]);
+  assert.throws(
+    () => attention(g, "a1", { q, k, v, heads: 2, kvHeads: 1, headDim: 64 }),
+    /a1: q q \[10×256\] must have heads·headDim = 2·64 = 128 columns/,
+  );
+  assert.throws(
+    () => attention(g, "a2", { q, k, v, heads: 4, kvHeads: 3, headDim: 64 }),
+    /a2: heads \(4\) must be a multiple of kvHeads \(3\)/,
+  );
+  assert.throws(
+    () => attention(g, "a3", { q, k, v, heads: 2, kvHeads: 2, headDim: 128 }),
+    /a3: k k \[12×128\] must have kvHeads·headDim = 2·128 = 256 columns/,
+  );
+  assert.throws(
+    () => attention(g, "a4", { q, k, v: g.input("v2", [11, 128]), heads: 2, kvHeads: 1, headDim: 128 }),
+    /a4: v v2 \[11×128\] must match k/,
+  );
+  assert.throws(
+    () => attention(g, "a5", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, keyLength: 13 }),
+    /a5: keyLength must be an integer in \[1, 12\]/,
+  );
+  assert.throws(
+    () => attention(g, "a6", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, out: g.state("o", [10, 128]) }),
+    /a6: out o must be f32 \[10×256\]/,
+  );
+  assert.throws(
+    () =>
+      attention(g, "a7", {
+        q,
+        k,
+        v,
+        heads: 2,
+        kvHeads: 1,
+        headDim: 128,
+        groupMask: { queryBits: g.input("qb", [10], "u32"), keyBits: g.input("kb", [10], "u32") },
+      }),
+    /a7: group mask keyBits kb must be u32 with 12 elements/,
+  );
+  assert.throws(
+    () => attention(g, "a8", { q: g.input("q3", [10, 2, 128]), k, v, heads: 2, kvHeads: 1, headDim: 128 }),
+    /a8: q3 must be 2-D/,
+  );
+  assert.throws(
+    () =>
+      attention(g, "a9", {
+        q,
+        k,
+        v,
+        heads: 2,
+        kvHeads: 1,
+        headDim: 128,
+        config: { blockQ: 128, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
+      }),
+    /a9: .*512 threads/,
+  );
+  assert.throws(
+    () =>
+      attention(g, "a10", {
+        q: g.input("q6", [10, 12]),
+        k: g.input("k6", [12, 6]),
+        v: g.input("v6", [12, 6]),
+        heads: 2,
+        kvHeads: 1,
+        headDim: 6,
+      }),
+    /a10: head dim must be a positive multiple of 4/,
+  );
+  assert.equal(g.nodes.length, 0);
+  attention(g, "ok", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, causal: true });
+  assert.equal(g.nodes[0].flops, (4 * 10 * 12 * 128 * 2) / 2);
+  assert.deepEqual(g.nodes[0].workgroups, [1, 2, 1]);
+});
+
+Deno.test("attention: fullyMaskedQueries follows causal, keyLength and rules", () => {
+  assert.deepEqual(fullyMaskedQueries(8, 8, {}), []);
+  assert.deepEqual(fullyMaskedQueries(8, 8, { causal: true }), []);
+  // Query i sees keys 0..i; a rule hiding keys 0..2 from queries 0..4 leaves queries 0..2 blind.
+  assert.deepEqual(fullyMaskedQueries(8, 8, { causal: true, rules: [{ queries: range(0, 5), keys: range(0, 3) }] }), [0, 1, 2]);
+  // Right padding: only keys 0..3 exist; hiding them all from queries 6, 7 leaves exactly those blind.
+  assert.deepEqual(fullyMaskedQueries(8, 10, { keyLength: 4, rules: [{ queries: [6, 7], keys: range(0, 4) }] }), [6, 7]);
+  // Two rules that together cover every key for query 1, while each alone does not.
+  const rules = [{ queries: [1, 2], keys: [0, 1, 2] }, { queries: [1, 3], keys: [3, 4, 5] }];
+  assert.deepEqual(fullyMaskedQueries(4, 6, { rules }), [1]);
+  // The knockout layout "ref->text" never blinds anyone (text still sees text).
+  const text = range(0, 512), ref = range(6656, 8704);
+  assert.deepEqual(fullyMaskedQueries(8704, 8704, { rules: [{ queries: text, keys: ref }] }), []);
+  // Agreement with a direct O(S²) scan on random rules.
+  const rng = new Rng(11);
+  for (let trial = 0; trial < 20; trial++) {
+    const sq = 1 + rng.int(40), sk = 1 + rng.int(40);
+    const randomRules = Array.from({ length: 1 + rng.int(5) }, () => ({
+      queries: range(0, sq).filter(() => rng.uniform() < 0.5),
+      keys: range(0, sk).filter(() => rng.uniform() < 0.7),
+    }));
+    const causal = rng.uniform() < 0.5, keyLength = 1 + rng.int(sk);
+    const bits = groupMaskBits(sq, sk, randomRules);
+    const direct = range(0, sq).filter((i) => {
+      for (let j = 0; j < keyLength; j++) if ((!causal || j <= i) && (bits.queryBits[i] & bits.keyBits[j]) === 0) return false;
+      return true;
+    });
+    assert.deepEqual(fullyMaskedQueries(sq, sk, { causal, keyLength, rules: randomRules }), direct, `trial ${trial}`);
+  }
+});
+
+Deno.test("attention: groupMaskBits sets one bit per rule and refuses more than 32 rules or bad indices", () => {
+  const bits = groupMaskBits(4, 5, [{ queries: [0, 1], keys: [4] }, { queries: [1], keys: [0, 4] }]);
+  assert.deepEqual([...bits.queryBits], [1, 3, 0, 0]);
+  assert.deepEqual([...bits.keyBits], [2, 0, 0, 0, 3]);
+  const many = Array.from({ length: 32 }, (_, r) => ({ queries: [r % 4], keys: [r % 5] }));
+  assert.equal(groupMaskBits(4, 5, many).queryBits[3], 0x88888888);
+  assert.throws(() => groupMaskBits(4, 5, [...many, { queries: [0], keys: [0] }]), /33 rules given, at most 32/);
+  assert.throws(() => groupMaskBits(4, 5, [{ queries: [4], keys: [0] }]), /rule 0: queries index 4 is outside \[0, 4\)/);
+});
+
+Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are used only where they fit", () => {
+  for (const d of [16, 32, 64, 128, 256, 512, 80, 12]) {
+    const tiles = attentionTiles(defaultAttentionConfig(d), d);
+    assert.ok(attentionWorkgroupBytes(defaultAttentionConfig(d), d) <= 32768, `head dim ${d}`);
+    assert.ok(tiles.threads <= 256);
+    assert.equal(d % tiles.dv, 0);
+  }
+  assert.equal(attentionTiles(defaultAttentionConfig(512), 512).dv, 128);
+  const path = Deno.makeTempFileSync({ suffix: ".json" });
+  try {
+    const small = { blockQ: 32, keyGroups: 8, dChunk: 32, keyChunk: 16, maxDv: 128 };
+    const big = { blockQ: 128, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 };
+    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": small, "64": big } }));
+    setAttentionTuning(loadAttentionTuning(new URL(`file://${path}`)));
+    setAttentionDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 32768 } });
+    assert.deepEqual(attentionConfigFor(128), small);
+    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 40 KiB entry does not fit 32 KiB");
+    assert.deepEqual(attentionConfigFor(32), defaultAttentionConfig(32));
+    const g = new Graph();
+    attention(g, "attn", {
+      q: g.input("q", [50, 128]),
+      k: g.input("k", [50, 128]),
+      v: g.input("v", [50, 128]),
+      heads: 1,
+      kvHeads: 1,
+      headDim: 128,
+    });
+    assert.equal(g.nodes[0].variant.BQ, 32);
+    setAttentionDevice({ adapterDescription: "other adapter", limits: { maxComputeWorkgroupStorageSize: 65536 } });
+    assert.deepEqual(attentionConfigFor(128), defaultAttentionConfig(128));
+    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": { ...small, keyChunk: 24 } } }));
+    assert.throws(
+      () => loadAttentionTuning(new URL(`file://${path}`)),
+      /\[test adapter\]\[128\].*keyChunk must divide the key block of 32/,
+    );
+    assert.deepEqual(loadAttentionTuning(new URL("file:///nonexistent/attention_tuned.json")), {});
+  } finally {
+    setAttentionDevice(null);
+    setAttentionTuning(null);
+    Deno.removeSync(path);
+  }
+});
