@@ -120,4 +120,6 @@ export const normAuditCases: AuditCase[] = [
   rmsNormCase(29, 5 * 37, 37, "f32"),
   rmsNormCase(53, 3 * 128, 128, "bf16"),
   rmsNormCase(2, 4099, 4099, "f32"),
+  // 70 000 groups: more workgroups than one grid dimension holds (65 535), so the dispatch spans x and y.
+  rmsNormCase(7, 20000, 2, "f32"),
 ];
