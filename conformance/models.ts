@@ -3,8 +3,21 @@
 import { join } from "node:path";
 import { getGpu } from "../runtime/device.ts";
 import { Flux2Transformer } from "../model/flux2/transformer.ts";
+import { Flux2KleinPipeline } from "../model/pipeline.ts";
 
 const transformers = new Map<string, Promise<Flux2Transformer>>();
+const pipelines = new Map<string, Promise<Flux2KleinPipeline>>();
+
+/** A pipeline that keeps its text encoder loaded between cases (cases share prompts). */
+export function sharedPipeline(dir: string): Promise<Flux2KleinPipeline> {
+  let p = pipelines.get(dir);
+  if (!p) {
+    p = Flux2KleinPipeline.load(dir, { keepTextEncoder: true });
+    p.catch(() => pipelines.delete(dir));
+    pipelines.set(dir, p);
+  }
+  return p;
+}
 
 export function sharedTransformer(path: string): Promise<Flux2Transformer> {
   let t = transformers.get(path);
@@ -24,4 +37,6 @@ export function transformerDir(modelDir: string): string {
 export async function releaseShared(): Promise<void> {
   for (const t of transformers.values()) (await t.catch(() => null))?.release();
   transformers.clear();
+  for (const p of pipelines.values()) (await p.catch(() => null))?.release();
+  pipelines.clear();
 }

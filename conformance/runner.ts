@@ -36,6 +36,8 @@ export interface CaseContext {
   tensor(name: string): Promise<Float32Array>;
   /** An integer tensor of the case file as exact 64-bit integers. */
   intTensor(name: string): Promise<BigInt64Array>;
+  /** A tensor of another case of the suite (interventions that take a source run). */
+  caseTensor(other: GoldenCase, name: string): Promise<Float32Array>;
 }
 
 export interface KindHandler {
@@ -134,6 +136,16 @@ export async function runCase(suite: GoldenSuite, c: GoldenCase, handler: KindHa
         const info = file.tensors.get(name);
         if (!info) throw new Error(`case ${c.name}: its file has no tensor ${name}`);
         return decodeToF32(await file.readBytes(name), info.dtype);
+      },
+      caseTensor: async (other, name) => {
+        const f = await SafetensorsFile.open(join(suite.dir, other.file));
+        try {
+          const info = f.tensors.get(name);
+          if (!info) throw new Error(`case ${other.name}: its file has no tensor ${name}`);
+          return decodeToF32(await f.readBytes(name), info.dtype);
+        } finally {
+          f.close();
+        }
       },
       intTensor: async (name) => {
         const info = file.tensors.get(name);

@@ -54,8 +54,8 @@ function groupNormCase(c: CaseSpec): AuditCase {
     build(g, rng) {
       const hw = c.height * c.width;
       const x = rng.normalArray(c.channels * hw, 2).map((v) => v + (c.offset ?? 0));
-      let gamma = rng.normalArray(c.channels, 0.2).map((v) => 1 + v);
-      let beta = rng.normalArray(c.channels, 0.2);
+      let gamma: Float32Array = rng.normalArray(c.channels, 0.2).map((v) => 1 + v);
+      let beta: Float32Array = rng.normalArray(c.channels, 0.2);
       if (c.bf16) {
         gamma = roundToBf16(gamma);
         beta = roundToBf16(beta);

@@ -85,8 +85,8 @@ function latentCase(c: CaseSpec): AuditCase {
       const inputs = [];
       let tStats;
       if (c.stats) {
-        let mean = rng.normalArray(f, 0.3);
-        let variance = rng.normalArray(f, 0.2).map((v) => 0.5 + Math.abs(v));
+        let mean: Float32Array = rng.normalArray(f, 0.3);
+        let variance: Float32Array = rng.normalArray(f, 0.2).map((v) => 0.5 + Math.abs(v));
         if (c.stats === "bf16") {
           mean = roundToBf16(mean);
           variance = roundToBf16(variance);

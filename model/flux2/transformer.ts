@@ -10,7 +10,7 @@ import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
 import { checkpointProblems, detectLayout, type Flux2Layout, flux2GraphWeights, inferBflConfig } from "./weights.ts";
 import { buildFlux2Forward, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
-import { timestepFeatures } from "./timestep.ts";
+import { timestepEmbedding } from "../../kernels/timestep_table.ts";
 
 export interface Flux2LoadOptions {
   /** A config.json to use instead of the one beside the weights (or instead of inferring a single file's). */
@@ -97,7 +97,7 @@ export class Flux2Transformer {
   /** Timestep features for the model's timestep t = 1000·σ (the schedule's `timesteps`); the model rounds t to
    * float32 before the sinusoids, as the reference does. */
   timestepInput(timestep: number): Float32Array {
-    return timestepFeatures(timestep, this.config.timestepChannels);
+    return timestepEmbedding(timestep, this.config.timestepChannels);
   }
 
   release(): void {
