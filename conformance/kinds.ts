@@ -3,7 +3,8 @@
 import type { KindHandler } from "./runner.ts";
 import { scheduleKind } from "./schedule.ts";
 import { ditForwardKind } from "./dit_forward.ts";
+import { vaeDecodeKind, vaeEncodeKind } from "./vae.ts";
 
 export function conformanceKinds(): Promise<KindHandler[]> {
-  return Promise.resolve([scheduleKind, ditForwardKind]);
+  return Promise.resolve([scheduleKind, ditForwardKind, vaeEncodeKind, vaeDecodeKind]);
 }
