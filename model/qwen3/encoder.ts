@@ -12,6 +12,7 @@
 // reference's causal mask combined with the padding mask gives; pad positions still produce hidden states (with right
 // padding, a pad query sees every real token). The padding mask is a per-run input — the attention kernel's group
 // mask with one rule: every query carries bit 0, and pad keys carry bit 0 — so one compiled plan serves any prompt.
+// A knockout that replaces the group mask of these attention nodes must keep that bit in its own bits.
 // RoPE positions are 0..S-1 for every row, pad rows included, as in the reference.
 //
 // Names: layer N (0-based, the checkpoint's `model.layers.N`) has nodes `qwen3.layers.N.<module path>`, e.g.
