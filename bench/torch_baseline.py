@@ -113,10 +113,58 @@ def run_matmul(args: argparse.Namespace) -> None:
     print_table(["M×K×N"] + [f"{mode} TFLOP/s" for mode in modes], rows)
 
 
+# ---- attention ------------------------------------------------------------------------------------------------
+
+
+def add_attention_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seqs", default="2560,8704", help="sequence lengths, comma-separated (default: %(default)s)")
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--modes", default="fp32,bf16", help="fp32 (TF32 off), bf16; comma-separated (default: %(default)s)")
+
+
+def run_attention(args: argparse.Namespace) -> None:
+    """SDPA at bench/attention.ts's shapes, without and with the knockout mask "ref->text" (text = the first
+    min(512, S/5) tokens may not read the last S/4) as an additive -inf mask. TFLOP/s counts 4·S²·D·H."""
+    torch = import_torch(args.device)
+    seqs = [int(s) for s in args.seqs.split(",") if s.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("fp32", "bf16"):
+            raise SystemExit(f'--modes: "{m}" is not fp32 or bf16')
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, median of {args.iters} runs")
+    h, d = args.heads, args.head_dim
+    rows = []
+    for mode in modes:
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+        for seq in seqs:
+            gen = torch.Generator(device=args.device).manual_seed(0)
+            q, k, v = (torch.rand(1, h, seq, d, device=args.device, generator=gen).mul_(2).sub_(1).to(dtype) for _ in range(3))
+            for masked in (False, True):
+                mask = None
+                if masked:
+                    text, ref = min(512, seq // 5), seq // 4
+                    mask = torch.zeros(1, 1, seq, seq, device=args.device, dtype=dtype)
+                    mask[..., :text, seq - ref:] = float("-inf")
+                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+                ms = median_ms(torch, args.device, sdpa, args.iters, args.warmup)
+                row = [mode, f"H{h} D{d} S{seq}", "ref->text" if masked else "none", f"{ms:.3f}", f"{4 * seq * seq * d * h / (ms * 1e-3) / 1e12:.2f}"]
+                rows.append(row)
+                print("  ".join(row), flush=True)
+                del mask
+            del q, k, v
+    print()
+    print_table(["mode", "shape", "mask", "median ms", "TFLOP/s"], rows)
+
+
 # ---- registry -------------------------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "matmul": ("x[M,K] · W[N,K]ᵀ in fp32 (TF32 off) and bf16", add_matmul_args, run_matmul),
+    "attention": ("SDPA (no mask / knockout mask) in fp32 (TF32 off) and bf16", add_attention_args, run_attention),
 }
 
 

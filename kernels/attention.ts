@@ -10,10 +10,12 @@ import type { Graph, GraphNode } from "../runtime/graph.ts";
 import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/kernel.ts";
 import { shapeString } from "../runtime/tensor.ts";
 
-/** Tile configuration. Threads form (blockQ / 4) query groups × keyGroups key groups; each thread owns 4 query rows. */
+/** Tile configuration. Threads form (blockQ / rowsPerThread) query groups × keyGroups key groups. */
 export interface AttentionConfig {
-  /** Query rows per workgroup (multiple of 4). */
+  /** Query rows per workgroup (multiple of rowsPerThread). */
   blockQ: number;
+  /** Query rows each thread owns: 4 (default) or 8 (fewer shared-memory reads per multiply-add, more registers). */
+  rowsPerThread?: 4 | 8;
   /** Threads along the keys: a key block holds 4·keyGroups keys, and the same threads split the output columns. */
   keyGroups: number;
   /** Head-dim columns of q and k staged per step of q·kᵀ; equal to the head dim, q stays staged for all key blocks. */
@@ -85,12 +87,20 @@ export const ATTENTION_SWEEP_CONFIGS: readonly Readonly<AttentionConfig>[] = [
   { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
   { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 64 },
   { blockQ: 32, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, keyGroups: 4, dChunk: 32, keyChunk: 16, maxDv: 128 },
+  { blockQ: 128, keyGroups: 4, dChunk: 32, keyChunk: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 16, maxDv: 64 },
 ];
 
 /** The shader's compile-time sizes for one head dim. */
 export interface AttentionTiles {
   headDim: number;
   blockQ: number;
+  rowsPerThread: 4 | 8;
   keyGroups: number;
   blockK: number;
   dChunk: number;
@@ -101,7 +111,7 @@ export interface AttentionTiles {
 }
 
 export function attentionConfigName(c: AttentionConfig): string {
-  return `q${c.blockQ}.kg${c.keyGroups}.dc${c.dChunk}.kc${c.keyChunk}.dv${c.maxDv}`;
+  return `q${c.blockQ}${c.rowsPerThread === 8 ? "r8" : ""}.kg${c.keyGroups}.dc${c.dChunk}.kc${c.keyChunk}.dv${c.maxDv}`;
 }
 
 /** Resolve a configuration against a head dim; throws when the shader cannot be instantiated with it. */
@@ -113,7 +123,9 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
   if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 4 !== 0) {
     throw new Error(`${where}: head dim must be a positive multiple of 4, got ${headDim}`);
   }
-  if (c.blockQ % 4 !== 0) throw new Error(`${name}: blockQ must be a multiple of 4`);
+  const rowsPerThread = c.rowsPerThread ?? 4;
+  if (rowsPerThread !== 4 && rowsPerThread !== 8) throw new Error(`${name}: rowsPerThread must be 4 or 8`);
+  if (c.blockQ % rowsPerThread !== 0) throw new Error(`${name}: blockQ must be a multiple of rowsPerThread (${rowsPerThread})`);
   const blockK = 4 * c.keyGroups;
   const dChunk = Math.min(c.dChunk, headDim);
   if (dChunk % 4 !== 0 || headDim % dChunk !== 0) throw new Error(`${name}: dChunk must be a multiple of 4 that divides the head dim`);
@@ -128,12 +140,13 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
       break;
     }
   }
-  const threads = (c.blockQ / 4) * c.keyGroups;
+  const threads = (c.blockQ / rowsPerThread) * c.keyGroups;
   if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
-  if (4 * (dv / c.keyGroups) > MAX_OUTPUT_REGISTERS) {
-    throw new Error(`${name}: ${4 * (dv / c.keyGroups)} output accumulators per thread exceed ${MAX_OUTPUT_REGISTERS}; lower maxDv`);
+  const accumulators = rowsPerThread * (dv / c.keyGroups);
+  if (accumulators > MAX_OUTPUT_REGISTERS) {
+    throw new Error(`${name}: ${accumulators} output accumulators per thread exceed ${MAX_OUTPUT_REGISTERS}; lower maxDv or rowsPerThread`);
   }
-  return { headDim, blockQ: c.blockQ, keyGroups: c.keyGroups, blockK, dChunk, keyChunk: c.keyChunk, dv, threads };
+  return { headDim, blockQ: c.blockQ, rowsPerThread, keyGroups: c.keyGroups, blockK, dChunk, keyChunk: c.keyChunk, dv, threads };
 }
 
 /** Workgroup memory of a configuration for a head dim, in bytes (mirrors the declarations in attention.wgsl). */
@@ -289,6 +302,7 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
     variant: {
       D: headDim,
       BQ: tiles.blockQ,
+      RV: tiles.rowsPerThread / 4,
       NKG: tiles.keyGroups,
       DC: tiles.dChunk,
       KC: tiles.keyChunk,

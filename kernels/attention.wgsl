@@ -5,9 +5,10 @@
 // reads key/value head h / groupSize (grouped-query attention).
 //
 // One workgroup computes BQ query rows of one head, for the DV output columns of its column chunk (large head dims are
-// split over several workgroups, each recomputing the scores). Threads form a grid of BQ/4 query groups × NKG key
-// groups: thread (qg, kg) owns query rows 4qg..4qg+3 and, within each block of BK = 4·NKG keys, the keys
-// kg + NKG·c (c = 0..3); in the p·v product it owns output vec4 columns kg + NKG·u (u = 0..NU-1).
+// split over several workgroups, each recomputing the scores). Threads form a grid of BQ/TQ query groups × NKG key
+// groups: thread (qg, kg) owns the TQ = 4·RV query rows TQ·qg.. (RV vec4 slots of four rows each) and, within each
+// block of BK = 4·NKG keys, the keys kg + NKG·c (c = 0..3); in the p·v product it owns output vec4 columns
+// kg + NKG·u (u = 0..NU-1).
 //
 // Per key block: q and k are staged transposed, DC head-dim columns at a time, so that one vec4 read gives four
 // query rows (or four of the thread's keys) at one head-dim index; scores are masked, the row maxima combined through
@@ -23,13 +24,15 @@
 
 const D: u32 = {{D}}u;
 const BQ: u32 = {{BQ}}u;
+const RV: u32 = {{RV}}u;
 const NKG: u32 = {{NKG}}u;
 const DC: u32 = {{DC}}u;
 const KC: u32 = {{KC}}u;
 const DV: u32 = {{DV}}u;
 const GROUP_MASK: bool = {{GROUP_MASK}};
 
-const NQG: u32 = BQ / 4u;
+const TQ: u32 = 4u * RV;
+const NQG: u32 = BQ / TQ;
 const NT: u32 = NQG * NKG;
 const BK: u32 = 4u * NKG;
 const BQ4: u32 = BQ / 4u;
@@ -49,11 +52,11 @@ const STAGE_SIZE: u32 = max(QT_SIZE + KT_SIZE, V_OFFSET + V_SIZE);
 const MASKED: f32 = -3.0e38;
 const VISIBLE_FLOOR: f32 = -1.0e38;
 
-// qᵀ chunk at [0, QT_SIZE): index d·BQ4 + qg holds rows 4qg..4qg+3 at head-dim index d0 + d.
+// qᵀ chunk at [0, QT_SIZE): index d·BQ4 + slot holds rows 4·slot..4·slot+3 at head-dim index d0 + d.
 // kᵀ chunk at [QT_SIZE, +KT_SIZE): index d·BK4 + kg holds keys kg + NKG·c (c = 0..3) at d0 + d.
 // v chunk at [V_OFFSET, +V_SIZE): index j·DV4 + c4 holds key kc0 + j, output vec4 column c4.
 var<workgroup> stage: array<vec4<f32>, STAGE_SIZE>;
-// probsᵀ: index j·BQ4 + qg holds the probabilities of rows 4qg..4qg+3 for key j of the block.
+// probsᵀ: index j·BQ4 + slot holds the probabilities of rows 4·slot..4·slot+3 for key j of the block.
 var<workgroup> probs: array<vec4<f32>, BK * BQ4>;
 // Per-row partial maxima (then partial sums) of each key group: index row·NKG + kg.
 var<workgroup> partial: array<f32, BQ * NKG>;
@@ -123,6 +126,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kvHead = head / params.groupSize;
   let qCol4 = head * D4;
   let kvCol4 = kvHead * D4;
+  // Row t of this thread (t = 0..TQ-1) is block row TQ·qg + t; its four-row slot in qᵀ and probsᵀ is RV·qg + t / 4.
+  let firstRow = TQ * qg;
+  let firstSlot = RV * qg;
 
   var kEnd = params.keyEnd;
   if (params.causal != 0u) {
@@ -130,19 +136,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let blocks = (kEnd + BK - 1u) / BK;
 
-  var rowIndex = vec4<u32>(0u);
-  var queryBitsOfRow = vec4<u32>(0u);
-  for (var r = 0u; r < 4u; r++) {
-    rowIndex[r] = q0 + 4u * qg + r;
-    if (GROUP_MASK && rowIndex[r] < params.sq) {
-      queryBitsOfRow[r] = queryBits[rowIndex[r]];
+  var queryBitsOfRow: array<u32, TQ>;
+  var m: array<f32, TQ>;
+  var l: array<f32, TQ>;
+  for (var t = 0u; t < TQ; t++) {
+    queryBitsOfRow[t] = 0u;
+    m[t] = MASKED;
+    l[t] = 0.0;
+    if (GROUP_MASK && q0 + firstRow + t < params.sq) {
+      queryBitsOfRow[t] = queryBits[q0 + firstRow + t];
     }
   }
-
-  var m = vec4<f32>(MASKED);
-  var l = vec4<f32>(0.0);
-  var o: array<vec4<f32>, 4u * NU>;
-  for (var i = 0u; i < 4u * NU; i++) {
+  var o: array<vec4<f32>, TQ * NU>;
+  for (var i = 0u; i < TQ * NU; i++) {
     o[i] = vec4<f32>(0.0);
   }
 
@@ -152,8 +158,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   for (var blk = 0u; blk < blocks; blk++) {
     let k0 = blk * BK;
-    // s[r] holds the scores of row 4qg + r against keys kg + NKG·c in component c.
-    var s = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // s[t] holds the scores of row t against keys kg + NKG·c in component c.
+    var s: array<vec4<f32>, TQ>;
+    for (var t = 0u; t < TQ; t++) {
+      s[t] = vec4<f32>(0.0);
+    }
     for (var d0 = 0u; d0 < D; d0 += DC) {
       workgroupBarrier();
       if (!Q_RESIDENT) {
@@ -162,12 +171,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       stageKeyChunk(lid, k0, kEnd, kvCol4 + d0 / 4u);
       workgroupBarrier();
       for (var d = 0u; d < DC; d++) {
-        let a = stage[d * BQ4 + qg];
         let b = stage[QT_SIZE + d * BK4 + kg];
-        s[0] = fma(vec4<f32>(a.x), b, s[0]);
-        s[1] = fma(vec4<f32>(a.y), b, s[1]);
-        s[2] = fma(vec4<f32>(a.z), b, s[2]);
-        s[3] = fma(vec4<f32>(a.w), b, s[3]);
+        for (var h = 0u; h < RV; h++) {
+          let a = stage[d * BQ4 + firstSlot + h];
+          s[4u * h + 0u] = fma(vec4<f32>(a.x), b, s[4u * h + 0u]);
+          s[4u * h + 1u] = fma(vec4<f32>(a.y), b, s[4u * h + 1u]);
+          s[4u * h + 2u] = fma(vec4<f32>(a.z), b, s[4u * h + 2u]);
+          s[4u * h + 3u] = fma(vec4<f32>(a.w), b, s[4u * h + 3u]);
+        }
       }
     }
 
@@ -180,36 +191,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         keyBitsOfKey[c] = keyBits[keyIndex[c]];
       }
     }
-    for (var r = 0u; r < 4u; r++) {
+    for (var t = 0u; t < TQ; t++) {
       var visible = keyIndex < vec4<u32>(kEnd);
       if (params.causal != 0u) {
-        visible = visible & (keyIndex <= vec4<u32>(rowIndex[r]));
+        visible = visible & (keyIndex <= vec4<u32>(q0 + firstRow + t));
       }
       if (GROUP_MASK) {
-        visible = visible & ((keyBitsOfKey & vec4<u32>(queryBitsOfRow[r])) == vec4<u32>(0u));
+        visible = visible & ((keyBitsOfKey & vec4<u32>(queryBitsOfRow[t])) == vec4<u32>(0u));
       }
-      s[r] = select(vec4<f32>(MASKED), s[r] * params.scaleLog2, visible);
-      partial[(4u * qg + r) * NKG + kg] = rowMax(s[r]);
+      s[t] = select(vec4<f32>(MASKED), s[t] * params.scaleLog2, visible);
+      partial[(firstRow + t) * NKG + kg] = rowMax(s[t]);
     }
     workgroupBarrier();
 
     // Online softmax: new row maxima, rescale what was accumulated, probabilities of this block.
-    for (var r = 0u; r < 4u; r++) {
-      var mNew = m[r];
-      for (var t = 0u; t < NKG; t++) {
-        mNew = max(mNew, partial[(4u * qg + r) * NKG + t]);
+    for (var t = 0u; t < TQ; t++) {
+      var mNew = m[t];
+      for (var g = 0u; g < NKG; g++) {
+        mNew = max(mNew, partial[(firstRow + t) * NKG + g]);
       }
-      let alpha = exp2(m[r] - mNew);
-      m[r] = mNew;
-      let p = select(vec4<f32>(0.0), exp2(s[r] - vec4<f32>(mNew)), s[r] > vec4<f32>(VISIBLE_FLOOR));
-      s[r] = p;
-      l[r] = l[r] * alpha + (p.x + p.y + p.z + p.w);
+      let alpha = exp2(m[t] - mNew);
+      m[t] = mNew;
+      let p = select(vec4<f32>(0.0), exp2(s[t] - vec4<f32>(mNew)), s[t] > vec4<f32>(VISIBLE_FLOOR));
+      s[t] = p;
+      l[t] = l[t] * alpha + (p.x + p.y + p.z + p.w);
       for (var u = 0u; u < NU; u++) {
-        o[r * NU + u] = o[r * NU + u] * alpha;
+        o[t * NU + u] = o[t * NU + u] * alpha;
       }
     }
     for (var c = 0u; c < 4u; c++) {
-      probs[(kg + NKG * c) * BQ4 + qg] = vec4<f32>(s[0][c], s[1][c], s[2][c], s[3][c]);
+      for (var h = 0u; h < RV; h++) {
+        probs[(kg + NKG * c) * BQ4 + firstSlot + h] = vec4<f32>(s[4u * h][c], s[4u * h + 1u][c], s[4u * h + 2u][c], s[4u * h + 3u][c]);
+      }
     }
 
     // o += p·v, KC keys of v at a time.
@@ -218,13 +231,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       stageValueChunk(lid, k0 + kc0, kEnd, kvCol4 + chunk * DV4);
       workgroupBarrier();
       for (var j = 0u; j < KC; j++) {
-        let p = probs[(kc0 + j) * BQ4 + qg];
-        for (var u = 0u; u < NU; u++) {
-          let vv = stage[V_OFFSET + j * DV4 + kg + NKG * u];
-          o[0u * NU + u] = fma(vec4<f32>(p.x), vv, o[0u * NU + u]);
-          o[1u * NU + u] = fma(vec4<f32>(p.y), vv, o[1u * NU + u]);
-          o[2u * NU + u] = fma(vec4<f32>(p.z), vv, o[2u * NU + u]);
-          o[3u * NU + u] = fma(vec4<f32>(p.w), vv, o[3u * NU + u]);
+        for (var h = 0u; h < RV; h++) {
+          let p = probs[(kc0 + j) * BQ4 + firstSlot + h];
+          for (var u = 0u; u < NU; u++) {
+            let vv = stage[V_OFFSET + j * DV4 + kg + NKG * u];
+            o[(4u * h + 0u) * NU + u] = fma(vec4<f32>(p.x), vv, o[(4u * h + 0u) * NU + u]);
+            o[(4u * h + 1u) * NU + u] = fma(vec4<f32>(p.y), vv, o[(4u * h + 1u) * NU + u]);
+            o[(4u * h + 2u) * NU + u] = fma(vec4<f32>(p.z), vv, o[(4u * h + 2u) * NU + u]);
+            o[(4u * h + 3u) * NU + u] = fma(vec4<f32>(p.w), vv, o[(4u * h + 3u) * NU + u]);
+          }
         }
       }
     }
@@ -232,23 +247,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   // Row sums: each key group holds the sum over its own keys, all relative to the same running maximum.
   workgroupBarrier();
-  for (var r = 0u; r < 4u; r++) {
-    partial[(4u * qg + r) * NKG + kg] = l[r];
+  for (var t = 0u; t < TQ; t++) {
+    partial[(firstRow + t) * NKG + kg] = l[t];
   }
   workgroupBarrier();
   let outCol4 = qCol4 + chunk * DV4;
-  for (var r = 0u; r < 4u; r++) {
-    if (rowIndex[r] >= params.sq) {
+  for (var t = 0u; t < TQ; t++) {
+    let row = q0 + firstRow + t;
+    if (row >= params.sq) {
       continue;
     }
     var sum = 0.0;
-    for (var t = 0u; t < NKG; t++) {
-      sum += partial[(4u * qg + r) * NKG + t];
+    for (var g = 0u; g < NKG; g++) {
+      sum += partial[(firstRow + t) * NKG + g];
     }
     // A row with no visible key has no probability mass: it is written as zeros, never NaN.
     let inv = select(0.0, 1.0 / sum, sum > 0.0);
     for (var u = 0u; u < NU; u++) {
-      out[rowIndex[r] * params.qRow4 + outCol4 + kg + NKG * u] = o[r * NU + u] * inv;
+      out[row * params.qRow4 + outCol4 + kg + NKG * u] = o[t * NU + u] * inv;
     }
   }
 }

@@ -36,6 +36,8 @@ Deno.test("attention: other tile configurations (q resident, wide key blocks, sp
     { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
     { blockQ: 32, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
     { blockQ: 16, keyGroups: 8, dChunk: 64, keyChunk: 8, maxDv: 64 },
+    { blockQ: 64, rowsPerThread: 8 as const, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
+    { blockQ: 16, rowsPerThread: 8 as const, keyGroups: 4, dChunk: 128, keyChunk: 8, maxDv: 32 },
   ];
   const results = [];
   for (const config of configs) {
@@ -182,6 +184,22 @@ Deno.test("attention: shapes and arguments are checked when the graph is built",
         headDim: 6,
       }),
     /a10: head dim must be a positive multiple of 4/,
+  );
+  const config8 = (blockQ: number, keyGroups: number) => ({
+    blockQ,
+    rowsPerThread: 8 as const,
+    keyGroups,
+    dChunk: 32,
+    keyChunk: 16,
+    maxDv: 128,
+  });
+  assert.throws(
+    () => attention(g, "a11", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, config: config8(12, 8) }),
+    /a11: .*blockQ must be a multiple of rowsPerThread \(8\)/,
+  );
+  assert.throws(
+    () => attention(g, "a12", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, config: config8(64, 4) }),
+    /a12: .*256 output accumulators per thread exceed 128/,
   );
   assert.equal(g.nodes.length, 0);
   attention(g, "ok", { q, k, v, heads: 2, kvHeads: 1, headDim: 128, causal: true });

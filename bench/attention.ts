@@ -1,0 +1,301 @@
+// Attention throughput at FLUX.2 klein joint-attention shapes (32 heads × 128, 512² and 1024² with one reference),
+// without and with a knockout group mask ("ref->text": text = the first 512 tokens, ref = the last quarter).
+// Every configuration timed is first checked against the float64 reference (a small random case in full, and
+// sampled rows of the timed case). Times are GPU timestamps around the dispatch, median of several runs.
+//
+//   deno run -A bench/attention.ts                 default / tuned configuration for this device
+//   deno run -A bench/attention.ts --small         shapes small enough for a software adapter
+//   deno run -A bench/attention.ts --sweep         try ATTENTION_SWEEP_CONFIGS, record the fastest per head dim in
+//                                                  kernels/attention_tuned.json (or --tuning-out PATH)
+//   --runs N (default 5)   --json PATH (write every measurement)
+
+import { parseArgs } from "node:util";
+import { getGpu, type GpuContext } from "../runtime/device.ts";
+import { Graph } from "../runtime/graph.ts";
+import { Plan } from "../runtime/executor.ts";
+import { relativeL2, runAuditCase } from "../kernels/audit.ts";
+import {
+  attention,
+  ATTENTION_SWEEP_CONFIGS,
+  type AttentionConfig,
+  attentionConfigFor,
+  attentionConfigName,
+  attentionWorkgroupBytes,
+  type GroupMaskBits,
+  groupMaskBits,
+  loadAttentionTuning,
+  setAttentionDevice,
+} from "../kernels/attention.ts";
+import { attentionCase, attentionReference } from "../kernels/reference/attention.ts";
+
+interface Shape {
+  label: string;
+  seq: number;
+  heads: number;
+  headDim: number;
+  /** Knockout mask: the first `text` queries may not read the last `ref` keys. */
+  masked: boolean;
+}
+
+interface Measurement {
+  shape: string;
+  seq: number;
+  heads: number;
+  headDim: number;
+  masked: boolean;
+  config: string;
+  medianMs: number;
+  tflops: number;
+  sampledRelL2: number;
+}
+
+const { values: opts } = parseArgs({
+  args: Deno.args,
+  options: {
+    small: { type: "boolean", default: false },
+    sweep: { type: "boolean", default: false },
+    runs: { type: "string", default: "5" },
+    json: { type: "string" },
+    "tuning-out": { type: "string" },
+  },
+});
+const runs = Number(opts.runs);
+if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${opts.runs}`);
+
+/** Text and reference token ranges of the knockout layout for a sequence length. */
+function knockoutLayout(seq: number): { text: number; ref: number } {
+  return { text: Math.min(512, Math.floor(seq / 5)), ref: Math.floor(seq / 4) };
+}
+
+function knockoutBits(seq: number): GroupMaskBits {
+  const { text, ref } = knockoutLayout(seq);
+  const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+  return groupMaskBits(seq, seq, [{ queries: range(0, text), keys: range(seq - ref, seq) }]);
+}
+
+/** Cheap deterministic data in [-1, 1) (xorshift32): the timed tensors hold tens of millions of values. */
+function fillUniform(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    out[i] = x / 2147483648 - 1;
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Full check of a configuration on a small random case with awkward sizes (and the group mask when asked). */
+async function checkSmall(gpu: GpuContext, config: AttentionConfig, headDim: number, masked: boolean): Promise<number> {
+  const seq = 300;
+  const c = attentionCase({
+    label: "check",
+    sq: seq,
+    sk: seq,
+    heads: 2,
+    kvHeads: 2,
+    headDim,
+    config,
+    bits: masked ? knockoutBits(seq) : undefined,
+  });
+  return (await runAuditCase(gpu, c, 5)).relL2;
+}
+
+async function measure(gpu: GpuContext, shape: Shape, config: AttentionConfig): Promise<Measurement> {
+  const { seq, heads, headDim } = shape;
+  const cols = heads * headDim;
+  const g = new Graph();
+  const bits = shape.masked ? knockoutBits(seq) : undefined;
+  const groupMask = bits ? { queryBits: g.input("queryBits", [seq], "u32"), keyBits: g.input("keyBits", [seq], "u32") } : undefined;
+  attention(g, "attn", {
+    q: g.input("q", [seq, cols]),
+    k: g.input("k", [seq, cols]),
+    v: g.input("v", [seq, cols]),
+    heads,
+    kvHeads: heads,
+    headDim,
+    groupMask,
+    out: g.state("out", [seq, cols]),
+    config,
+  });
+  const plan = await Plan.compile(gpu, g, null, { label: `bench:${shape.label}` });
+  try {
+    // Scores of O(1) keep the softmax from collapsing onto one key, so the sampled check is meaningful.
+    const q = fillUniform(seq * cols, 1), k = fillUniform(seq * cols, 2), v = fillUniform(seq * cols, 3);
+    plan.write("q", q);
+    plan.write("k", k);
+    plan.write("v", v);
+    if (bits) {
+      plan.write("queryBits", bits.queryBits);
+      plan.write("keyBits", bits.keyBits);
+    }
+    plan.write("out", new Float32Array(seq * cols).fill(NaN));
+    await plan.run();
+    const sampledRelL2 = await checkSampledRows(plan, q, k, v, shape, bits);
+    const times: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      if (gpu.hasTimestamps) {
+        times.push((await plan.profile())[0].ms);
+      } else {
+        const t0 = performance.now();
+        await plan.run();
+        times.push(performance.now() - t0);
+      }
+    }
+    const medianMs = median(times);
+    return {
+      shape: shape.label,
+      seq,
+      heads,
+      headDim,
+      masked: shape.masked,
+      config: attentionConfigName(config),
+      medianMs,
+      tflops: g.flops() / (medianMs * 1e-3) / 1e12,
+      sampledRelL2,
+    };
+  } finally {
+    plan.destroy();
+  }
+}
+
+/** Compare a few rows of the timed output (first, last, and both sides of the text/ref boundaries) with float64. */
+async function checkSampledRows(
+  plan: Plan,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  shape: Shape,
+  bits?: GroupMaskBits,
+): Promise<number> {
+  const { seq, heads, headDim } = shape;
+  const cols = heads * headDim;
+  const { text, ref } = knockoutLayout(seq);
+  const rows = [...new Set([0, text - 1, text, seq - ref - 1, seq - ref, seq - 1])].filter((r) => r >= 0 && r < seq);
+  let worst = 0;
+  for (const row of rows) {
+    const got = await plan.readRows("out", row, 1);
+    const want = attentionReference(q.subarray(row * cols, (row + 1) * cols), k, v, {
+      sq: 1,
+      sk: seq,
+      heads,
+      kvHeads: heads,
+      headDim,
+      bits: bits ? { queryBits: bits.queryBits.subarray(row, row + 1), keyBits: bits.keyBits } : undefined,
+    });
+    worst = Math.max(worst, relativeL2(got, want));
+  }
+  return worst;
+}
+
+function table(ms: Measurement[]): string {
+  const head = ["shape", "mask", "config", "median ms", "TFLOP/s", "sampled rel L2"];
+  const rows = ms.map((
+    m,
+  ) => [
+    m.shape,
+    m.masked ? "ref->text" : "none",
+    m.config,
+    m.medianMs.toFixed(3),
+    m.tflops.toPrecision(3),
+    m.sampledRelL2.toExponential(1),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ");
+  return [line(head), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+const TOLERANCE = 1e-5;
+
+const shapes: Shape[] = opts.small
+  ? [
+    { label: "H2 D128 S256", seq: 256, heads: 2, headDim: 128, masked: false },
+    { label: "H2 D128 S640", seq: 640, heads: 2, headDim: 128, masked: false },
+  ]
+  : [
+    { label: "H32 D128 S2560", seq: 2560, heads: 32, headDim: 128, masked: false },
+    { label: "H32 D128 S8704", seq: 8704, heads: 32, headDim: 128, masked: false },
+  ];
+const allShapes = shapes.flatMap((s) => [s, { ...s, masked: true }]);
+const largest = Math.max(...allShapes.map((s) => s.seq * s.heads * s.headDim * 4));
+const gpu = await getGpu({ maxBufferSize: largest, maxStorageBufferBindingSize: largest });
+setAttentionDevice(gpu);
+console.log(
+  `device: ${gpu.adapterDescription} (workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, timestamps ${gpu.hasTimestamps})`,
+);
+
+const results: Measurement[] = [];
+const failures: string[] = [];
+
+async function checkedMeasure(shape: Shape, config: AttentionConfig): Promise<Measurement | null> {
+  const small = await checkSmall(gpu, config, shape.headDim, shape.masked);
+  if (!(small <= TOLERANCE)) {
+    failures.push(`${attentionConfigName(config)} D${shape.headDim}${shape.masked ? " masked" : ""}: small-case rel L2 ${small}`);
+    return null;
+  }
+  const m = await measure(gpu, shape, config);
+  if (!(m.sampledRelL2 <= TOLERANCE)) failures.push(`${m.config} ${m.shape}${m.masked ? " masked" : ""}: sampled rel L2 ${m.sampledRelL2}`);
+  results.push(m);
+  console.log(
+    `  ${m.shape} ${m.masked ? "masked" : "plain "} ${m.config}: ${m.medianMs.toFixed(3)} ms, ${m.tflops.toPrecision(3)} TFLOP/s`,
+  );
+  return m;
+}
+
+if (opts.sweep) {
+  // Sweep on the largest plain shape per head dim, then time the winner on every shape.
+  const sweepShapes: Shape[] = [
+    shapes[shapes.length - 1],
+    opts.small
+      ? { label: "H1 D512 S256", seq: 256, heads: 1, headDim: 512, masked: false }
+      : { label: "H1 D512 S4096", seq: 4096, heads: 1, headDim: 512, masked: false },
+  ];
+  const winners: Record<string, AttentionConfig> = {};
+  for (const shape of sweepShapes) {
+    let best: { config: AttentionConfig; ms: number } | null = null;
+    for (const config of ATTENTION_SWEEP_CONFIGS) {
+      let bytes: number;
+      try {
+        bytes = attentionWorkgroupBytes(config, shape.headDim);
+      } catch {
+        continue;
+      }
+      if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+      const m = await checkedMeasure(shape, config);
+      if (m && m.sampledRelL2 <= TOLERANCE && (!best || m.medianMs < best.ms)) best = { config, ms: m.medianMs };
+    }
+    if (best) winners[String(shape.headDim)] = best.config;
+  }
+  const file = opts["tuning-out"]
+    ? new URL(opts["tuning-out"], `file://${Deno.cwd()}/`)
+    : new URL("../kernels/attention_tuned.json", import.meta.url);
+  const table_ = loadAttentionTuning(file);
+  table_[gpu.adapterDescription] = { ...table_[gpu.adapterDescription], ...winners };
+  Deno.writeTextFileSync(file, JSON.stringify(table_, null, 2) + "\n");
+  console.log(`recorded ${JSON.stringify(winners)} for "${gpu.adapterDescription}" in ${file.pathname}`);
+  for (const shape of allShapes) await checkedMeasure(shape, winners[String(shape.headDim)] ?? attentionConfigFor(shape.headDim));
+} else {
+  for (const shape of allShapes) await checkedMeasure(shape, attentionConfigFor(shape.headDim));
+}
+
+console.log(`\ndevice: ${gpu.adapterDescription}`);
+console.log(table(results));
+const pairs = shapes.map((s) => {
+  const plain = results.filter((r) => r.shape === s.label && !r.masked).at(-1);
+  const masked = results.filter((r) => r.shape === s.label && r.masked).at(-1);
+  return plain && masked ? `${s.label}: group mask costs ${((masked.medianMs / plain.medianMs - 1) * 100).toFixed(1)}%` : null;
+}).filter(Boolean);
+console.log(pairs.join("\n"));
+if (opts.json) Deno.writeTextFileSync(opts.json, JSON.stringify({ device: gpu.adapterDescription, results, failures }, null, 2) + "\n");
+if (failures.length) {
+  console.error(`FAILED checks:\n  ${failures.join("\n  ")}`);
+  Deno.exit(1);
+}
