@@ -28,9 +28,39 @@ export const conv2dKernel: KernelSpec = {
   ],
 };
 
-/** Output channels and pixels per workgroup (TM, TN in conv2d.wgsl). */
-const TILE_CHANNELS = 64;
-const TILE_PIXELS = 64;
+/** Workgroup tile: TC output channels × TP pixels, RC × RP accumulators per thread, K step BK (see conv2d.wgsl). */
+export interface Conv2dTile {
+  tc: number;
+  tp: number;
+  rc: number;
+  rp: number;
+  bk: number;
+}
+
+/** 128 channels × 128 pixels, 8×8 per thread: for the wide layers that carry almost all the work. */
+export const CONV2D_TILE_WIDE: Readonly<Conv2dTile> = { tc: 128, tp: 128, rc: 8, rp: 8, bk: 8 };
+/** 64 × 64, 4×4 per thread: layers of 33 to 127 output channels. */
+export const CONV2D_TILE_DEFAULT: Readonly<Conv2dTile> = { tc: 64, tp: 64, rc: 4, rp: 4, bk: 16 };
+/** 16 channels × 256 pixels: few output channels (an RGB output layer wastes less of the tile). */
+export const CONV2D_TILE_NARROW: Readonly<Conv2dTile> = { tc: 16, tp: 256, rc: 4, rp: 4, bk: 16 };
+
+/** The tile a layer gets by default, from its output channel count. */
+export function conv2dTileFor(cout: number): Conv2dTile {
+  return { ...(cout >= 128 ? CONV2D_TILE_WIDE : cout <= 32 ? CONV2D_TILE_NARROW : CONV2D_TILE_DEFAULT) };
+}
+
+/** Throws unless the shader can be instantiated with this tile. */
+export function validateConv2dTile(t: Conv2dTile, where: string): void {
+  const bad = (why: string) => new Error(`${where}: conv2d tile ${JSON.stringify(t)}: ${why}`);
+  for (const key of ["tc", "tp", "rc", "rp", "bk"] as const) {
+    if (!Number.isInteger(t[key]) || t[key] <= 0) throw bad(`${key} must be a positive integer`);
+  }
+  if (t.rc % 4 || t.rp % 4 || t.tc % t.rc || t.tp % t.rp) throw bad("rc and rp must be multiples of 4 dividing tc and tp");
+  if ((t.tc / t.rc) * (t.tp / t.rp) !== 256) throw bad("(tc/rc)·(tp/rp) must be 256 threads");
+  if (256 % t.tp || (t.bk * t.tc) % 256 || (t.bk * t.tp) % 256) {
+    throw bad("tp must divide 256, and bk·tc and bk·tp must be multiples of 256");
+  }
+}
 
 /** Padding in pixels: [top, bottom, left, right]. */
 export type Padding = [number, number, number, number];
@@ -53,6 +83,8 @@ export interface Conv2dOptions {
   upsample?: boolean;
   /** Added to the result (same shape as the output), e.g. a ResNet block's skip path. */
   residual?: number;
+  /** Workgroup tile; default conv2dTileFor(Cout). */
+  tile?: Conv2dTile;
 }
 
 export interface Conv2dShape {
@@ -105,12 +137,19 @@ export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Co
     }
   }
   const [top, , left] = o.padding ?? [(s.kh - 1) / 2, 0, (s.kw - 1) / 2, 0];
-  const [gx, gy] = grid1d(ceilDiv(pixels, TILE_PIXELS));
+  const tile = o.tile ?? conv2dTileFor(s.cout);
+  validateConv2dTile(tile, name);
+  const [gx, gy] = grid1d(ceilDiv(pixels, tile.tp));
   const kTotal = s.cin * s.kh * s.kw;
   g.add({
     name,
     kernel: conv2dKernel,
     variant: {
+      TC: tile.tc,
+      TP: tile.tp,
+      RC: tile.rc,
+      RP: tile.rp,
+      BK: tile.bk,
       KH: s.kh,
       KW: s.kw,
       STRIDE: o.stride ?? 1,
@@ -121,7 +160,7 @@ export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Co
     },
     bindings: { x, weight: o.weight, bias: o.bias, residual: o.residual ?? x, out },
     params: { cin: s.cin, cout: s.cout, h: o.height, w: o.width, wo: s.outWidth, pixels, kTotal, padTop: top, padLeft: left },
-    workgroups: [gx, gy, ceilDiv(s.cout, TILE_CHANNELS)],
+    workgroups: [gx, gy, ceilDiv(s.cout, tile.tc)],
     flops: 2 * s.cout * pixels * kTotal,
   });
   return s;

@@ -1,7 +1,15 @@
 // Float64 reference and audit cases for the conv2d family.
 
 import type { AuditCase } from "../audit.ts";
-import { conv2dNode, DOWNSAMPLE_PADDING, type Padding } from "../conv2d.ts";
+import {
+  CONV2D_TILE_DEFAULT,
+  CONV2D_TILE_NARROW,
+  CONV2D_TILE_WIDE,
+  conv2dNode,
+  type Conv2dTile,
+  DOWNSAMPLE_PADDING,
+  type Padding,
+} from "../conv2d.ts";
 import type { Graph } from "../../runtime/graph.ts";
 import type { Rng } from "../../runtime/random.ts";
 import { packBf16, roundToBf16 } from "../../weights/dtypes.ts";
@@ -69,6 +77,8 @@ interface CaseSpec {
   upsample?: boolean;
   residual?: boolean;
   bf16?: boolean;
+  /** Force a tile instead of the one chosen from the channel count. */
+  tile?: Conv2dTile;
 }
 
 function conv2dCase(c: CaseSpec): AuditCase {
@@ -159,4 +169,38 @@ export const conv2dAuditCases: AuditCase[] = [
   conv2dCase({ label: "3×3 5→7 13×11 +residual", cin: 5, cout: 7, height: 13, width: 11, k: 3, residual: true }),
   conv2dCase({ label: "3×3 on up×2 5→7 7×5→14×10", cin: 5, cout: 7, height: 7, width: 5, k: 3, upsample: true }),
   conv2dCase({ label: "3×3 on up×2 9→66 6×11 bf16", cin: 9, cout: 66, height: 6, width: 11, k: 3, upsample: true, bf16: true }),
+  conv2dCase({
+    label: "3×3 5→130 13×11 +residual (wide tile)",
+    cin: 5,
+    cout: 130,
+    height: 13,
+    width: 11,
+    k: 3,
+    residual: true,
+    tile: CONV2D_TILE_WIDE,
+  }),
+  conv2dCase({
+    label: "3×3 s2 pad(0,1,0,1) 3→7 13×11 (wide tile)",
+    cin: 3,
+    cout: 7,
+    height: 13,
+    width: 11,
+    k: 3,
+    stride: 2,
+    padding: DOWNSAMPLE_PADDING,
+    tile: CONV2D_TILE_WIDE,
+  }),
+  conv2dCase({ label: "3×3 on up×2 7→129 5×7 bf16 (wide tile)", cin: 7, cout: 129, height: 5, width: 7, k: 3, upsample: true, bf16: true }),
+  conv2dCase({ label: "3×3 16→3 17×23 bf16 (narrow tile)", cin: 16, cout: 3, height: 17, width: 23, k: 3, bf16: true }),
+  conv2dCase({
+    label: "1×1 13→37 13×11 +residual (narrow tile)",
+    cin: 13,
+    cout: 37,
+    height: 13,
+    width: 11,
+    k: 1,
+    residual: true,
+    tile: CONV2D_TILE_NARROW,
+  }),
+  conv2dCase({ label: "3×3 5→7 13×11 (default tile)", cin: 5, cout: 7, height: 13, width: 11, k: 3, tile: CONV2D_TILE_DEFAULT }),
 ];

@@ -23,4 +23,9 @@ Deno.test("conv2d refuses mismatched operands with the node name", () => {
   assert.throws(() => conv2d(g, "enc.conv1", x, { weight: w2, bias: bad, height: 13, width: 11 }), /enc\.conv1: bias must be \[7\]/);
   const wi = g.input("wi", [7, 5, 3, 3], "i32");
   assert.throws(() => conv2d(g, "enc.conv2", x, { weight: wi, bias: b, height: 13, width: 11 }), /must be bf16 or f32/);
+  const tile = { tc: 64, tp: 64, rc: 8, rp: 4, bk: 16 };
+  assert.throws(
+    () => conv2d(g, "enc.conv3", x, { weight: w2, bias: b, height: 13, width: 11, tile }),
+    /enc\.conv3: conv2d tile .* must be 256 threads/,
+  );
 });
