@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { getGpu } from "../runtime/device.ts";
 import { Flux2Transformer } from "../model/flux2/transformer.ts";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
+import { releaseSharedVaes } from "./vae.ts";
+import { releaseTextEncoders } from "./text_encoder.ts";
 
 const transformers = new Map<string, Promise<Flux2Transformer>>();
 const pipelines = new Map<string, Promise<Flux2KleinPipeline>>();
@@ -39,4 +41,6 @@ export async function releaseShared(): Promise<void> {
   transformers.clear();
   for (const p of pipelines.values()) (await p.catch(() => null))?.release();
   pipelines.clear();
+  await releaseSharedVaes();
+  await releaseTextEncoders();
 }

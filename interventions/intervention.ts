@@ -13,6 +13,8 @@ export interface RunContext {
   steps: number;
   /** The attention node of every block, in block order, with the arguments it was built from. */
   attention: { node: string; args: AttentionArgs & { out: number } }[];
+  /** Report something the user should know that does not stop the run (e.g. a group empty in this run). */
+  warn(message: string): void;
 }
 
 export interface Intervention {

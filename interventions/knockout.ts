@@ -47,8 +47,12 @@ export class KnockoutIntervention implements Intervention {
       const { sources, destinations } = parseSetting(s.setting);
       const keys = resolveGroups(ctx.layout, sources);
       const queries = resolveGroups(ctx.layout, destinations);
-      if (!keys.length) throw new Error(`knockout ${s.setting}: the source group ${sources} is empty in this run`);
-      if (!queries.length) throw new Error(`knockout ${s.setting}: the destination group ${destinations} is empty in this run`);
+      // A group can be legitimately empty in one run (text[content] of an empty prompt, ref in text-to-image):
+      // then the setting masks nothing and the run is exactly the plain run.
+      if (!keys.length || !queries.length) {
+        ctx.warn(`knockout ${s.setting}: group ${!keys.length ? sources : destinations} is empty in this run; this setting masks nothing`);
+        continue;
+      }
       const blocks = resolveBlocks(s.blocks ?? "all", ctx.blocks, `knockout ${s.setting}`);
       const steps = resolveSteps(s.steps, ctx.steps, `knockout ${s.setting}`);
       for (const b of blocks) {

@@ -44,8 +44,11 @@ export class PatchIntervention implements Intervention {
 
   validate(ctx: RunContext): void {
     const positions = typeof this.spec.positions === "function" ? this.spec.positions(ctx) : this.spec.positions;
-    if (!positions.length) throw new Error(`${this.label}: the patched token group is empty`);
     this.positions = positions;
+    if (!positions.length) {
+      ctx.warn(`${this.label}: the patched token group is empty in this run; nothing is patched`);
+      return;
+    }
     this.active = resolveSteps(this.spec.steps, ctx.steps, this.label);
     if (Array.isArray(this.spec.rows) && this.spec.rows.length < Math.max(...this.active) + 1) {
       throw new Error(`${this.label}: the source has ${this.spec.rows.length} step(s) but the patch is active up to step ${Math.max(...this.active)}`);
@@ -55,6 +58,7 @@ export class PatchIntervention implements Intervention {
   }
 
   rewrite(g: Graph, _ctx: RunContext): void {
+    if (!this.positions.length) return;
     const dst = g.tapTensor(this.spec.tap);
     const [tapRows, cols] = g.shape(dst);
     this.fixedWritten = false;
@@ -79,6 +83,7 @@ export class PatchIntervention implements Intervention {
   }
 
   beforeStep(plan: Plan, step: number): void {
+    if (!this.positions.length) return;
     const p = `patch${this.id}`;
     const on = this.active.has(step);
     plan.write(`${p}.control`, Float32Array.of(on ? 1 : 0, this.spec.alpha ?? 1));

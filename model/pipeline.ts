@@ -226,7 +226,13 @@ export class Flux2KleinPipeline {
     const noiseView = g.view("pipe.latents", x, 0, [noiseRows, channels]);
     const dt = g.input("pipe.dt", [1]);
     axpyInPlace(g, "pipe.euler", noiseView, g.view("pipe.velocity_noise", guided, 0, [noiseRows, cfg.outChannels]), dt);
-    const runCtx: RunContext = { layout, blocks: this.blockNames(), steps, attention: fwd.attention };
+    const runCtx: RunContext = {
+      layout,
+      blocks: this.blockNames(),
+      steps,
+      attention: fwd.attention,
+      warn: (m) => (this.options.log ?? console.warn)(`warning: ${m}`),
+    };
     const interventions = req.interventions ?? [];
     for (const iv of interventions) iv.validate(runCtx);
     for (const iv of interventions) iv.rewrite(g, runCtx);
