@@ -11,8 +11,10 @@ import { axpyInPlace, elementwiseNode } from "../kernels/elementwise.ts";
 import { Flux2Transformer, FLUX_INPUTS } from "./flux2/transformer.ts";
 import { concatIds, type Grid, imageIds, textIds } from "./flux2/positions.ts";
 import { flowSchedule, packLatents, seededNoise } from "./sampler.ts";
-import { TextEncoder } from "./qwen3/text_encoder.ts";
-import type { EncodedPrompt } from "./qwen3/prompt.ts";
+import { Qwen3TextEncoder } from "./qwen3/text_encoder.ts";
+import { type EncodedPrompt, encodePrompt, QWEN3_PROMPT_LENGTH } from "./qwen3/prompt.ts";
+import { loadQwen3Tokenizer } from "./qwen3/tokenizer.ts";
+import { loadChatTemplate } from "./qwen3/template.ts";
 import { Vae } from "./vae/vae.ts";
 import { loadImage, preprocessReference, toUnitRange } from "./images.ts";
 import type { Intervention, RunContext } from "../interventions/intervention.ts";
@@ -44,6 +46,22 @@ export interface GenerateRequest {
   /** Keep the latents after every step (costs one readback per step). */
   keepStepLatents?: boolean;
   onStep?: (info: StepInfo) => void;
+}
+
+/** A run checked and laid out on the CPU, ready for the GPU. */
+export interface PreparedRun {
+  request: GenerateRequest;
+  steps: number;
+  guidance: number;
+  refs: ReferenceImage[];
+  width: number;
+  height: number;
+  grid: Grid;
+  refGrids: Grid[];
+  layout: RunLayout;
+  prompt: EncodedPrompt;
+  interventions: Intervention[];
+  context(attention: RunContext["attention"]): RunContext;
 }
 
 export interface StepInfo {
@@ -97,7 +115,7 @@ export function checkSize(width: number, height: number, where: string): void {
 }
 
 export class Flux2KleinPipeline {
-  private textEncoder: TextEncoder | null = null;
+  private textEncoder: Qwen3TextEncoder | null = null;
   private readonly embedCache = new Map<string, { embeds: Float32Array; prompt: EncodedPrompt }>();
 
   private constructor(
@@ -133,7 +151,7 @@ export class Flux2KleinPipeline {
   async encodePrompt(prompt: string): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }> {
     const hit = this.embedCache.get(prompt);
     if (hit) return hit;
-    if (!this.textEncoder) this.textEncoder = await TextEncoder.load(this.gpu, this.dir);
+    if (!this.textEncoder) this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
     try {
       const r = await this.textEncoder.encode(prompt);
       if (r.prompt.warning) this.options.log?.(`warning: ${r.prompt.warning}`);
@@ -155,31 +173,64 @@ export class Flux2KleinPipeline {
     return { source: path, pixels: pre.pixels, width: pre.width, height: pre.height };
   }
 
-  /** Run one generation. */
-  async generate(req: GenerateRequest): Promise<GenerateResult> {
-    const t0 = performance.now();
-    const cfg = this.transformer.config;
+  /** Tokenise a prompt on the CPU (no GPU work): ids, mask and token groups. */
+  async tokenize(prompt: string): Promise<EncodedPrompt> {
+    const dir = join(this.dir, "tokenizer");
+    const [tokenizer, template] = await Promise.all([loadQwen3Tokenizer(dir), loadChatTemplate(dir)]);
+    return encodePrompt(tokenizer, template, prompt, { maxLength: QWEN3_PROMPT_LENGTH });
+  }
+
+  /** Everything about a run that can be known without the GPU: references decoded, the prompt tokenised, sizes,
+   * steps and the sequence layout — and every intervention validated against it. Bad input fails here. */
+  async prepare(req: GenerateRequest): Promise<PreparedRun> {
     const steps = req.steps ?? (this.distilled ? 4 : 50);
     if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be a positive integer, got ${steps}`);
     const guidance = req.guidance ?? (this.distilled ? 1 : 4);
+    if (!Number.isFinite(guidance)) throw new Error(`guidance must be a number, got ${guidance}`);
     if (this.distilled && guidance !== 1) {
-      throw new Error(`guidance ${guidance}: this checkpoint is guidance-distilled (model_index.json is_distilled); use the default`);
+      throw new Error(`guidance ${guidance}: this checkpoint is guidance-distilled (model_index.json is_distilled); leave guidance at 1`);
     }
-    const useCfg = !this.distilled && guidance !== 1;
-
-    // References first: their size sets the default output size.
-    const tr = performance.now();
     const refs: ReferenceImage[] = [];
     for (const r of req.refs ?? []) refs.push(typeof r === "string" ? await this.loadReference(r) : r);
     const width = req.width ?? refs[0]?.width ?? 1024;
     const height = req.height ?? refs[0]?.height ?? 1024;
     checkSize(width, height, "output size");
-    const refTokens: Float32Array[] = [];
-    const refGrids: Grid[] = [];
-    for (const r of refs) {
-      refTokens.push(await this.vae.encodeImage(r.pixels, r.width, r.height));
-      refGrids.push({ h: r.height / 16, w: r.width / 16 });
+    const prompt = await this.tokenize(req.prompt);
+    const grid: Grid = { h: height / 16, w: width / 16 };
+    const refGrids = refs.map((r) => ({ h: r.height / 16, w: r.width / 16 }));
+    const layout: RunLayout = {
+      textRows: prompt.inputIds.length,
+      noiseRows: grid.h * grid.w,
+      refRows: refGrids.map((g) => g.h * g.w),
+      prompt: prompt.groups,
+    };
+    const channels = this.transformer.config.inChannels;
+    if (req.initialLatents && req.initialLatents.length !== layout.noiseRows * channels) {
+      throw new Error(`initial latents hold ${req.initialLatents.length} values; ${width}×${height} needs ${layout.noiseRows}×${channels}`);
     }
+    const interventions = req.interventions ?? [];
+    const context = (attention: RunContext["attention"]): RunContext => ({
+      layout,
+      blocks: this.blockNames(),
+      steps,
+      attention,
+      warn: (m) => (this.options.log ?? console.warn)(`warning: ${m}`),
+    });
+    for (const iv of interventions) iv.validate(context([]));
+    return { request: req, steps, guidance, refs, width, height, grid, refGrids, layout, prompt, interventions, context };
+  }
+
+  /** Run one generation. */
+  async generate(req: GenerateRequest): Promise<GenerateResult> {
+    const t0 = performance.now();
+    const run = await this.prepare(req);
+    const { steps, guidance, refs, width, height, grid, refGrids, layout, interventions } = run;
+    const cfg = this.transformer.config;
+    const useCfg = !this.distilled && guidance !== 1;
+
+    const tr = performance.now();
+    const refTokens: Float32Array[] = [];
+    for (const r of refs) refTokens.push(await this.vae.encodeImage(r.pixels, r.width, r.height));
     const refsMs = performance.now() - tr;
 
     const tt = performance.now();
@@ -187,21 +238,10 @@ export class Flux2KleinPipeline {
     const uncond = useCfg ? await this.encodePrompt("") : null;
     const textMs = performance.now() - tt;
 
-    const grid: Grid = { h: height / 16, w: width / 16 };
-    const noiseRows = grid.h * grid.w;
+    const noiseRows = layout.noiseRows;
     const channels = cfg.inChannels;
-    let latents0: Float32Array;
-    if (req.initialLatents) {
-      if (req.initialLatents.length !== noiseRows * channels) {
-        throw new Error(`initial latents hold ${req.initialLatents.length} values; ${width}×${height} needs ${noiseRows}×${channels}`);
-      }
-      latents0 = req.initialLatents;
-    } else {
-      latents0 = seededNoise(req.seed ?? 0, noiseRows, channels);
-    }
-    const refRows = refGrids.map((g) => g.h * g.w);
-    const layout: RunLayout = { textRows: cond.embeds.length / cfg.jointAttentionDim, noiseRows, refRows, prompt: cond.prompt.groups };
-    const imageRows = noiseRows + refRows.reduce((a, b) => a + b, 0);
+    const latents0 = req.initialLatents ?? seededNoise(req.seed ?? 0, noiseRows, channels);
+    const imageRows = noiseRows + layout.refRows.reduce((a, b) => a + b, 0);
 
     // The step plan: forward(s) + Euler update, with every intervention's rewrite applied.
     const tp = performance.now();
@@ -226,14 +266,7 @@ export class Flux2KleinPipeline {
     const noiseView = g.view("pipe.latents", x, 0, [noiseRows, channels]);
     const dt = g.input("pipe.dt", [1]);
     axpyInPlace(g, "pipe.euler", noiseView, g.view("pipe.velocity_noise", guided, 0, [noiseRows, cfg.outChannels]), dt);
-    const runCtx: RunContext = {
-      layout,
-      blocks: this.blockNames(),
-      steps,
-      attention: fwd.attention,
-      warn: (m) => (this.options.log ?? console.warn)(`warning: ${m}`),
-    };
-    const interventions = req.interventions ?? [];
+    const runCtx = run.context(fwd.attention);
     for (const iv of interventions) iv.validate(runCtx);
     for (const iv of interventions) iv.rewrite(g, runCtx);
     const plan = await Plan.compile(this.gpu, g, this.transformer.store, { label: "step" });
@@ -299,4 +332,3 @@ export class Flux2KleinPipeline {
   }
 }
 
-export { packLatents };
