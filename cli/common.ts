@@ -27,8 +27,10 @@ export function parseOrUsageError<R>(parse: () => R): R {
   try {
     return parse();
   } catch (e) {
-    // parseArgs messages carry a hint about "--" that does not apply here; keep the first sentence.
-    throw new UsageError((e as Error).message.split(". ")[0].replace(/\.$/, ""));
+    // parseArgs messages run over several lines and sentences with hints that do not apply here; keep the first.
+    const first = (e as Error).message.split("\n")[0].split(". ")[0].replace(/\.$/, "");
+    const dashHint = /argument is ambiguous/.test(first) ? " (write --option=VALUE for a value that starts with -)" : "";
+    throw new UsageError(first + dashHint);
   }
 }
 
@@ -93,11 +95,13 @@ function exists(path: string): boolean {
 }
 
 /** Make sure `path` can be written before any expensive work: its folder is created if needed, must accept a new
- * file (a probe file is written and removed), and the path itself must not be a folder. Returns the absolute path. */
+ * file (a probe file is written and removed), and the path must be new or a regular file. Returns the absolute path. */
 export async function prepareOutputFile(path: string, what: string): Promise<string> {
   const abs = resolve(path);
   try {
-    if ((await Deno.stat(abs)).isDirectory) throw new Error(`${what} ${path} is a folder, expected a file name`);
+    const st = await Deno.lstat(abs);
+    if (st.isDirectory) throw new Error(`${what} ${path} is a folder, expected a file name`);
+    if (!st.isFile) throw new Error(`${what} ${path} exists and is not a regular file; refusing to replace it`);
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
       if (e instanceof Deno.errors.NotADirectory) throw new Error(`${what} ${path}: a parent of it is a file, not a folder`);
