@@ -31,6 +31,7 @@ let knockoutCounter = 0;
 export class KnockoutIntervention implements Intervention {
   readonly label: string;
   private readonly id = knockoutCounter++;
+  private readonly warned = new Set<string>();
   /** Per block: the rules active there and at which steps. */
   private perBlock = new Map<number, { rule: GroupRule; steps: Set<number> }[]>();
   private bits = new Map<number, { rules: { rule: GroupRule; steps: Set<number> }[]; s: number; prefix: string }>();
@@ -47,14 +48,16 @@ export class KnockoutIntervention implements Intervention {
       const { sources, destinations } = parseSetting(s.setting);
       const keys = resolveGroups(ctx.layout, sources);
       const queries = resolveGroups(ctx.layout, destinations);
+      const blocks = resolveBlocks(s.blocks ?? "all", ctx.blocks, `knockout ${s.setting}`);
+      const steps = resolveSteps(s.steps, ctx.steps, `knockout ${s.setting}`);
       // A group can be legitimately empty in one run (text[content] of an empty prompt, ref in text-to-image):
       // then the setting masks nothing and the run is exactly the plain run.
       if (!keys.length || !queries.length) {
-        ctx.warn(`knockout ${s.setting}: group ${!keys.length ? sources : destinations} is empty in this run; this setting masks nothing`);
+        const message = `knockout ${s.setting}: group ${!keys.length ? sources : destinations} is empty in this run; this setting masks nothing`;
+        if (!this.warned.has(message)) ctx.warn(message);
+        this.warned.add(message);
         continue;
       }
-      const blocks = resolveBlocks(s.blocks ?? "all", ctx.blocks, `knockout ${s.setting}`);
-      const steps = resolveSteps(s.steps, ctx.steps, `knockout ${s.setting}`);
       for (const b of blocks) {
         const list = this.perBlock.get(b) ?? [];
         list.push({ rule: { queries, keys }, steps });

@@ -29,6 +29,7 @@ export class PatchIntervention implements Intervention {
   private positions: number[] = [];
   private active = new Set<number>();
   private fixedWritten = false;
+  private warnedEmpty = false;
 
   constructor(readonly spec: PatchSpec) {
     this.label = spec.label ?? `patch ${spec.tap} (${spec.mode ?? "replace"})`;
@@ -45,16 +46,17 @@ export class PatchIntervention implements Intervention {
   validate(ctx: RunContext): void {
     const positions = typeof this.spec.positions === "function" ? this.spec.positions(ctx) : this.spec.positions;
     this.positions = positions;
+    this.active = resolveSteps(this.spec.steps, ctx.steps, this.label);
+    const mode = this.spec.mode ?? "replace";
+    if (mode !== "replace" && mode !== "add") throw new Error(`${this.label}: mode must be "replace" or "add", got ${mode}`);
     if (!positions.length) {
-      ctx.warn(`${this.label}: the patched token group is empty in this run; nothing is patched`);
+      if (!this.warnedEmpty) ctx.warn(`${this.label}: the patched token group is empty in this run; nothing is patched`);
+      this.warnedEmpty = true;
       return;
     }
-    this.active = resolveSteps(this.spec.steps, ctx.steps, this.label);
     if (Array.isArray(this.spec.rows) && this.spec.rows.length < Math.max(...this.active) + 1) {
       throw new Error(`${this.label}: the source has ${this.spec.rows.length} step(s) but the patch is active up to step ${Math.max(...this.active)}`);
     }
-    const mode = this.spec.mode ?? "replace";
-    if (mode !== "replace" && mode !== "add") throw new Error(`${this.label}: mode must be "replace" or "add", got ${mode}`);
   }
 
   rewrite(g: Graph, _ctx: RunContext): void {

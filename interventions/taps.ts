@@ -16,3 +16,21 @@ export function takeRows(data: Float32Array, cols: number, positions: readonly n
   });
   return out;
 }
+
+/** Every tap point of the transformer graph, for checking a spec before anything runs. */
+export function knownTaps(blocks: readonly string[]): string[] {
+  const taps = ["x_embedder", "context_embedder", "temb", "output"];
+  for (const b of blocks) {
+    if (b.startsWith("double.")) taps.push(`${b}.txt`, `${b}.img`);
+    else taps.push(b);
+    for (const p of ["q", "k", "v", "out"]) taps.push(`${b}.attn.${p}`);
+  }
+  return taps;
+}
+
+export function checkTap(tap: string, blocks: readonly string[], where: string): void {
+  const taps = knownTaps(blocks);
+  if (!taps.includes(tap)) {
+    throw new Error(`${where}: unknown tap point "${tap}" (e.g. ${blocks[0]}.txt, ${blocks[blocks.length - 1]}, context_embedder, ${blocks[0]}.attn.q)`);
+  }
+}
