@@ -165,7 +165,13 @@ export async function checkSpec(pipe: Flux2KleinPipeline, spec: RunSpec): Promis
     if (iv.schedule !== "fixed" && sourceSteps < prepared.steps) {
       throw new Error(`${where}.source.steps: a per-step patch needs a source with at least the target's ${prepared.steps} steps`);
     }
-    await pipe.prepare({ ...base, prompt: iv.source.prompt ?? spec.prompt, refs: iv.source.refs ?? spec.refs ?? [] });
+    const source = await pipe.prepare({ ...base, prompt: iv.source.prompt ?? spec.prompt, refs: iv.source.refs ?? spec.refs ?? [] });
+    const group = patchGroup(iv);
+    const [s, t] = [resolveGroups(source.layout, group).length, resolveGroups(prepared.layout, group).length];
+    if (s !== t) {
+      throw new Error(`${where}: the source run has ${s} ${group} rows and this run ${t}; patch rows are matched group by group, ` +
+        `so the counts must be equal`);
+    }
   }
 }
 
