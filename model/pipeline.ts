@@ -8,6 +8,7 @@ import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { readJson } from "../weights/checkpoint.ts";
 import { axpyInPlace, elementwiseNode } from "../kernels/elementwise.ts";
+import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { Flux2Transformer, FLUX_INPUTS } from "./flux2/transformer.ts";
 import { concatIds, type Grid, imageIds, textIds } from "./flux2/positions.ts";
 import { flowSchedule, packLatents, seededNoise } from "./sampler.ts";
@@ -138,6 +139,7 @@ export class Flux2KleinPipeline {
     if (!stat.isDirectory) throw new Error(`model folder ${dir} is not a folder`);
     const index = await readJson<ModelIndex>(join(dir, "model_index.json"));
     const gpu = await getGpu();
+    applyDeviceTuning(gpu);
     const transformer = await Flux2Transformer.load(gpu, options.transformerPath ?? join(dir, "transformer"));
     const vae = await Vae.load(gpu, join(dir, "vae"));
     return new Flux2KleinPipeline(gpu, dir, transformer, vae, index.is_distilled !== false, options);
