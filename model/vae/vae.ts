@@ -171,6 +171,13 @@ export class Vae {
     this.store.release();
   }
 
+  /** GPU bytes of the weights and of the plans currently cached (one per resolution and direction). */
+  async gpuBytes(): Promise<{ weights: number; plans: number }> {
+    let plans = 0;
+    for (const p of this.plans.values()) plans += (await p.catch(() => null))?.allocatedBytes ?? 0;
+    return { weights: this.store.bytes(), plans };
+  }
+
   private run(key: string, build: () => Graph, inputName: string, input: Float32Array, outputName: string): Promise<Float32Array> {
     const result = this.queue.catch(() => {}).then(async () => {
       this.checkLive();

@@ -1,0 +1,121 @@
+// Benchmark of a whole FLUX.2 klein edit (text encoder, VAE, transformer) and of the cost of interventions.
+//
+//   deno run -A bench/pipeline.ts --model PIPELINE_DIR | --random klein-4b|klein-9b|tiny
+//                                 [--size 1024] [--steps 4] [--overhead] [--python python3]
+//
+// Prints each stage's time (text encoding includes loading the text encoder, which is released afterwards), the
+// per-step times, and the GPU memory held: transformer and VAE weights, the text encoder while it lives, the step
+// plan and the VAE plans. --overhead also runs the same edit with a knockout (ref->text on every block) and with a
+// capture of the text rows of every block at every step, and reports their step time and memory over the plain run.
+// --random PRESET writes a random pipeline folder to /tmp/kleinscope-pipeline-PRESET with
+// bench/make_random_checkpoint.py when missing.
+
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { getGpu } from "../runtime/device.ts";
+import { Flux2KleinPipeline, type GenerateRequest, type GenerateResult } from "../model/pipeline.ts";
+import { savePng } from "../model/images.ts";
+import { Rng } from "../runtime/random.ts";
+import { KnockoutIntervention } from "../interventions/knockout.ts";
+import { CaptureIntervention } from "../interventions/capture_run.ts";
+import { textTapOfBlock } from "../interventions/taps.ts";
+import { formatGB, formatTable, median, runCommand } from "./common.ts";
+
+const CHECKPOINT_SCRIPT = fileURLToPath(new URL("./make_random_checkpoint.py", import.meta.url));
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A smooth random RGB image (the reference), written as PNG. */
+async function referenceImage(path: string, size: number): Promise<void> {
+  const rng = new Rng(11);
+  const [a, b, c] = [rng.uniform() * 6, rng.uniform() * 6, rng.uniform() * 6];
+  const chw = new Float32Array(3 * size * size);
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const u = x / size, v = y / size;
+      chw[y * size + x] = 0.5 + 0.4 * Math.sin(a * u + b * v);
+      chw[size * size + y * size + x] = 0.5 + 0.4 * Math.sin(b * u - c * v + 1);
+      chw[2 * size * size + y * size + x] = 0.5 + 0.4 * Math.cos(c * u + a * v);
+    }
+  }
+  await savePng(path, chw, size, size);
+}
+
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string" },
+      random: { type: "string" },
+      size: { type: "string", default: "1024" },
+      steps: { type: "string", default: "4" },
+      overhead: { type: "boolean" },
+      python: { type: "string", default: "python3" },
+    },
+  });
+  const size = Number(values.size), steps = Number(values.steps);
+  let model = values.model;
+  if (!model) {
+    if (!values.random) throw new Error("give --model PIPELINE_DIR or --random PRESET");
+    model = `/tmp/kleinscope-pipeline-${values.random}`;
+    if (!(await exists(model))) {
+      const t0 = performance.now();
+      const r = await runCommand(values.python!, [CHECKPOINT_SCRIPT, "--kind", "pipeline", "--preset", values.random, "--out", model]);
+      if (r.code !== 0) throw new Error(`writing the random pipeline failed:\n${r.stderr || r.stdout}`);
+      console.log(`random ${values.random} pipeline written in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    }
+  }
+  const gpu = await getGpu();
+  console.log(`device: ${gpu.adapterDescription}`);
+  const ref = join(await Deno.makeTempDir(), "reference.png");
+  await referenceImage(ref, size);
+  const tl = performance.now();
+  const pipe = await Flux2KleinPipeline.load(model, { log: (l) => console.log(l) });
+  const loadMs = performance.now() - tl;
+  const request: GenerateRequest = { prompt: "turn the scene into a watercolour painting, keep the layout", refs: [ref], width: size, height: size, steps, seed: 1 };
+  const stepLine = (label: string) => (i: { step: number; steps: number; ms: number }) => console.log(`  ${label} step ${i.step + 1}/${i.steps}: ${i.ms.toFixed(0)} ms`);
+  const plain = await pipe.generate({ ...request, onStep: stepLine("plain") });
+  const vae = await pipe.vae.gpuBytes();
+  const tWeights = pipe.transformer.store.bytes();
+  const t = plain.times;
+  console.log(formatTable(["stage", "ms"], [
+    ["load transformer + VAE", loadMs.toFixed(0)],
+    ["text encoder (load, encode, release)", t.textMs.toFixed(0)],
+    ["VAE encode of the reference", t.refsMs.toFixed(0)],
+    ["step plan (build + compile)", t.planMs.toFixed(0)],
+    ...t.stepsMs.map((ms, i) => [`step ${i + 1}`, ms.toFixed(0)]),
+    ["VAE decode", t.decodeMs.toFixed(0)],
+    ["total (without load)", t.totalMs.toFixed(0)],
+  ]));
+  console.log(`GPU memory: transformer weights ${formatGB(tWeights)}, VAE weights ${formatGB(vae.weights)}, step plan ${formatGB(plain.planBytes)}, ` +
+    `VAE plans ${formatGB(vae.plans)}; peak during the steps ≈ ${formatGB(tWeights + vae.weights + plain.planBytes + vae.plans)} ` +
+    `(the text encoder is released before the steps)`);
+  if (values.overhead) {
+    const rows: string[][] = [];
+    const row = (name: string, r: GenerateResult) => {
+      const ms = median(r.times.stepsMs.slice(1).length ? r.times.stepsMs.slice(1) : r.times.stepsMs);
+      const base = median(plain.times.stepsMs.slice(1).length ? plain.times.stepsMs.slice(1) : plain.times.stepsMs);
+      rows.push([name, ms.toFixed(0), `${(((ms - base) / base) * 100).toFixed(1)}%`, formatGB(r.planBytes), formatGB(r.planBytes - plain.planBytes)]);
+    };
+    row("plain", plain);
+    const ko = await pipe.generate({ ...request, interventions: [new KnockoutIntervention([{ setting: "ref->text", blocks: "all" }])] });
+    row("knockout ref->text, all blocks", ko);
+    const cap = new CaptureIntervention(pipe.blockNames().map((b) => ({ tap: textTapOfBlock(b), group: b.startsWith("single") ? "text" : undefined })));
+    const captured = await pipe.generate({ ...request, interventions: [cap] });
+    let capturedBytes = 0;
+    for (const c of cap.captured.values()) for (const d of c.steps.values()) capturedBytes += d.byteLength;
+    row(`capture text rows, ${pipe.blockNames().length} blocks × ${steps} steps (${formatGB(capturedBytes)} read back)`, captured);
+    console.log(formatTable(["run", "median step ms", "over plain", "plan GPU", "plan over plain"], rows));
+  }
+  pipe.release();
+}
+
+if (import.meta.main) await main(Deno.args);
