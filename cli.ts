@@ -14,6 +14,8 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   conformance: { module: "./cli/conformance.ts", summary: "replay reference cases and compare" },
   inspect: { module: "./cli/inspect.ts", summary: "list a checkpoint's tensors" },
   download: { module: "./cli/download.ts", summary: "fetch a FLUX.2 klein repository" },
+  experiment: { module: "./cli/experiment.ts", summary: "batch runs of task sets (resume, shard, merge), judge, metrics" },
+  report: { module: "./cli/report.ts", summary: "HTML report of an experiment run" },
 };
 
 export function usage(): string {

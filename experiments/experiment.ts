@@ -1,0 +1,349 @@
+// The experiment file: a checkpoint, a task file, an output folder and a list of conditions, each of which becomes one
+// RunSpec per task. Paths inside it are relative to the experiment file's folder.
+//
+//   { "model": "…/klein-4b", "tasks": "tasks.jsonl", "output": "runs/colour", "steps": 4,
+//     "conditions": [
+//       { "name": "baseline" },
+//       { "name": "t2i_clean", "textOnly": true },
+//       { "name": "ko_ref_text", "interventions": [ {"type": "knockout", "setting": "ref->text", "blocks": "all"} ] },
+//       { "name": "lens_single0", "interventions": [ {"type": "lens", "block": "single.0", "mode": "diagonal"} ] },
+//       { "name": "patch_padding", "patch": { "block": "double.1", "mode": "padding_only", "pairing": "shift" } } ],
+//     "judge": { "questions": [ {"template": "color.reference_colour", "conditions": ["baseline", "ko_ref_text"]} ] } }
+//
+// Condition fields: name (names its folder), prompt (default "{instruction}"; {metadata.KEY} also works), textOnly
+// (no reference images), steps, interventions (knockout / lens / patch with an explicit source, as in a RunSpec),
+// patch (a patch whose source run is chosen by the pairing rule, see generators.ts), captures.
+// Top-level overrides: steps, width, height (every task), guidance; refsRoot (root of the task file's relative paths);
+// strictTasks (refuse a task file with a malformed line instead of skipping it).
+
+import { dirname, resolve } from "node:path";
+import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson, type RunSpec } from "../interventions/spec.ts";
+import { checkpointFingerprint } from "../weights/fingerprint.ts";
+import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
+import type { PairingRule, TaskPair } from "./generators.ts";
+import { findTemplate } from "./judge_templates.ts";
+import type { Task } from "./tasks.ts";
+
+export interface PatchCondition {
+  block?: string;
+  tap?: string;
+  mode?: "all" | "padding_only" | "content_only" | "group";
+  group?: string;
+  op?: "replace" | "add";
+  alpha?: number;
+  steps?: string | number[];
+  schedule?: "per-step" | "fixed";
+  sourceStep?: number;
+  /** Steps of the source run (default: the condition's). */
+  sourceSteps?: number;
+  pairing?: PairingRule;
+  /** The source run's seed is the target's plus this (default 1). */
+  seedOffset?: number;
+}
+
+export interface Condition {
+  name: string;
+  prompt?: string;
+  textOnly?: boolean;
+  steps?: number;
+  interventions?: InterventionSpec[];
+  patch?: PatchCondition;
+  captures?: CaptureSpec[];
+}
+
+export interface JudgeQuestionRule {
+  template: string;
+  /** Conditions asked (default all). */
+  conditions?: string[];
+  /** Task families asked (default all). */
+  families?: string[];
+}
+
+export interface JudgeSettings {
+  url?: string;
+  model?: string;
+  /** Questions; without any, each family gets its default question (judge_templates.ts). */
+  questions?: JudgeQuestionRule[];
+}
+
+export interface Experiment {
+  model: string;
+  tasks: string;
+  output: string;
+  refsRoot?: string;
+  strictTasks?: boolean;
+  steps?: number;
+  width?: number;
+  height?: number;
+  guidance?: number;
+  conditions: Condition[];
+  judge?: JudgeSettings;
+}
+
+export interface LoadedExperiment {
+  /** The experiment file (absolute), or "(inline)". */
+  file: string;
+  /** Paths resolved to absolute ones. */
+  experiment: Experiment;
+  /** The definition as written (for the manifest). */
+  raw: Record<string, unknown>;
+}
+
+export const CONDITION_NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
+
+class ExperimentError extends Error {}
+
+function fail(path: string, message: string): never {
+  throw new ExperimentError(`experiment.${path}: ${message}`);
+}
+
+function obj(v: unknown, path: string): Record<string, unknown> {
+  if (!v || typeof v !== "object" || Array.isArray(v)) fail(path, `expected an object, got ${JSON.stringify(v)}`);
+  return v as Record<string, unknown>;
+}
+
+function only(o: Record<string, unknown>, path: string, allowed: string[]): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) fail(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(", ")})`);
+  }
+}
+
+function str(o: Record<string, unknown>, k: string, path: string, required = false): string | undefined {
+  const v = o[k];
+  if (v === undefined) {
+    if (required) fail(`${path}${k}`, "is required");
+    return undefined;
+  }
+  if (typeof v !== "string" || v === "") fail(`${path}${k}`, `expected a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function int(o: Record<string, unknown>, k: string, path: string, min: number): number | undefined {
+  const v = o[k];
+  if (v === undefined) return undefined;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
+    fail(`${path}${k}`, `expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function bool(o: Record<string, unknown>, k: string, path: string): boolean | undefined {
+  const v = o[k];
+  if (v === undefined) return undefined;
+  if (typeof v !== "boolean") fail(`${path}${k}`, `expected true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function names(o: Record<string, unknown>, k: string, path: string): string[] | undefined {
+  const v = o[k];
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) fail(`${path}${k}`, "expected a list of names");
+  return v as string[];
+}
+
+/** Validate RunSpec parts with the spec's own parser, renaming its field paths to the experiment's. */
+function viaSpecParser(probe: Partial<RunSpec>, rename: (message: string) => string): RunSpec {
+  try {
+    return parseSpec({ model: "-", prompt: "-", ...probe });
+  } catch (e) {
+    throw new ExperimentError(rename((e as Error).message));
+  }
+}
+
+function parsePatch(v: unknown, path: string): PatchCondition {
+  const o = obj(v, path);
+  const specFields = ["block", "tap", "mode", "group", "op", "alpha", "steps", "schedule", "sourceStep"];
+  only(o, path, [...specFields, "sourceSteps", "pairing", "seedOffset"]);
+  const p = `${path}.`;
+  const pairing = o.pairing ?? "shift";
+  if (pairing !== "shift") fail(`${path}.pairing`, `expected "shift" (the only pairing rule), got ${JSON.stringify(pairing)}`);
+  const seedOffset = o.seedOffset;
+  if (seedOffset !== undefined && (typeof seedOffset !== "number" || !Number.isSafeInteger(seedOffset))) {
+    fail(`${path}.seedOffset`, `expected an integer, got ${JSON.stringify(seedOffset)}`);
+  }
+  const sourceSteps = int(o, "sourceSteps", p, 1);
+  const probe = Object.fromEntries(specFields.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+  const spec = viaSpecParser(
+    { interventions: [{ type: "patch", ...probe, source: {} } as PatchSpecJson] },
+    (m) => m.replace(/^spec\.interventions\[0\]/, `experiment.${path}`),
+  );
+  const parsed = spec.interventions![0] as PatchSpecJson;
+  const { type: _t, source: _s, ...fields } = parsed;
+  return JSON.parse(JSON.stringify({ ...fields, sourceSteps, pairing, seedOffset }));
+}
+
+function parseCondition(v: unknown, i: number): Condition {
+  const path = `conditions[${i}]`;
+  const o = obj(v, path);
+  only(o, path, ["name", "prompt", "textOnly", "steps", "interventions", "patch", "captures"]);
+  const p = `${path}.`;
+  const name = str(o, "name", p, true)!;
+  if (!CONDITION_NAME_PATTERN.test(name)) fail(`${path}.name`, `"${name}" cannot name a folder (letters, digits, . _ + -)`);
+  const cond: Condition = { name, prompt: str(o, "prompt", p), textOnly: bool(o, "textOnly", p), steps: int(o, "steps", p, 1) };
+  if (o.interventions !== undefined || o.captures !== undefined) {
+    const spec = viaSpecParser(
+      { interventions: o.interventions as InterventionSpec[], captures: o.captures as CaptureSpec[] },
+      (m) => m.replace(/^spec\./, `experiment.${path}.`),
+    );
+    cond.interventions = spec.interventions;
+    cond.captures = spec.captures;
+  }
+  if (o.patch !== undefined) {
+    cond.patch = parsePatch(o.patch, `${path}.patch`);
+    if (cond.interventions?.some((iv) => iv.type === "lens")) fail(`${path}.patch`, "a lens run takes no patch");
+  }
+  return JSON.parse(JSON.stringify(cond));
+}
+
+function parseJudge(v: unknown, conditions: Condition[]): JudgeSettings {
+  const o = obj(v, "judge");
+  only(o, "judge", ["url", "model", "questions"]);
+  const out: JudgeSettings = { url: str(o, "url", "judge."), model: str(o, "model", "judge.") };
+  if (o.questions !== undefined) {
+    if (!Array.isArray(o.questions)) fail("judge.questions", "expected a list");
+    out.questions = o.questions.map((q, i) => {
+      const path = `judge.questions[${i}]`;
+      const qo = obj(q, path);
+      only(qo, path, ["template", "conditions", "families"]);
+      const template = str(qo, "template", `${path}.`, true)!;
+      try {
+        findTemplate(template, `experiment.${path}.template`);
+      } catch (e) {
+        throw new ExperimentError((e as Error).message);
+      }
+      const conds = names(qo, "conditions", `${path}.`);
+      for (const c of conds ?? []) {
+        if (!conditions.some((x) => x.name === c)) fail(`${path}.conditions`, `no condition is named "${c}"`);
+      }
+      return JSON.parse(JSON.stringify({ template, conditions: conds, families: names(qo, "families", `${path}.`) }));
+    });
+  }
+  return JSON.parse(JSON.stringify(out));
+}
+
+/** Check an experiment definition; relative paths are resolved against `baseDir`. Errors name the field. */
+export function parseExperiment(raw: unknown, baseDir: string): Experiment {
+  const o = obj(raw, "(root)");
+  only(o, "", ["model", "tasks", "output", "refsRoot", "strictTasks", "steps", "width", "height", "guidance", "conditions", "judge"]);
+  const abs = (p: string | undefined) => p === undefined ? undefined : resolve(baseDir, p);
+  const exp: Experiment = {
+    model: abs(str(o, "model", "", true))!,
+    tasks: abs(str(o, "tasks", "", true))!,
+    output: abs(str(o, "output", "", true))!,
+    refsRoot: abs(str(o, "refsRoot", "")),
+    strictTasks: bool(o, "strictTasks", ""),
+    steps: int(o, "steps", "", 1),
+    width: int(o, "width", "", 16),
+    height: int(o, "height", "", 16),
+    conditions: [],
+  };
+  for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) fail(k, `${exp[k]} is not a multiple of 16`);
+  if (o.guidance !== undefined) {
+    if (typeof o.guidance !== "number" || !Number.isFinite(o.guidance)) {
+      fail("guidance", `expected a number, got ${JSON.stringify(o.guidance)}`);
+    }
+    exp.guidance = o.guidance;
+  }
+  if (!Array.isArray(o.conditions) || o.conditions.length === 0) fail("conditions", "expected a non-empty list of conditions");
+  exp.conditions = o.conditions.map(parseCondition);
+  const seen = new Set<string>();
+  for (const [i, c] of exp.conditions.entries()) {
+    if (seen.has(c.name)) fail(`conditions[${i}].name`, `"${c.name}" is used twice`);
+    seen.add(c.name);
+  }
+  if (o.judge !== undefined) exp.judge = parseJudge(o.judge, exp.conditions);
+  return JSON.parse(JSON.stringify(exp));
+}
+
+export async function readExperiment(path: string): Promise<LoadedExperiment> {
+  const file = resolve(path);
+  const raw = await readJsonFile<Record<string, unknown>>(file);
+  try {
+    return { file, experiment: parseExperiment(raw, dirname(file)), raw };
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
+}
+
+/** What determines the outputs: the definition (without output folder and judge), the task file's bytes and the
+ * checkpoint's fingerprint. Runs and shards with different hashes are never mixed. */
+export async function experimentHash(loaded: LoadedExperiment): Promise<{ hash: string; tasksSha256: string; fingerprint: string }> {
+  const { output: _o, judge: _j, ...definition } = loaded.experiment;
+  let tasksSha256: string;
+  try {
+    tasksSha256 = await fileSha256(loaded.experiment.tasks);
+  } catch (e) {
+    throw new Error(`task file ${loaded.experiment.tasks}: cannot read it: ${(e as Error).message}`);
+  }
+  let fingerprint: string;
+  try {
+    fingerprint = await checkpointFingerprint(loaded.experiment.model);
+  } catch (e) {
+    throw new Error(`model folder ${loaded.experiment.model}: cannot read it: ${(e as Error).message}`);
+  }
+  const hash = await sha256Hex(canonicalJson({ definition, tasksSha256, fingerprint }));
+  return { hash: `sha256:${hash}`, tasksSha256: `sha256:${tasksSha256}`, fingerprint };
+}
+
+export function isPatchCondition(c: Condition): boolean {
+  return c.patch !== undefined;
+}
+
+/** A patch condition on a task that the pairing rule gives no source. */
+export class UnpairedTaskError extends Error {}
+
+function renderPrompt(template: string, task: Task, where: string): string {
+  return template.replace(/\{([a-zA-Z_.]+)\}/g, (_m, key: string) => {
+    if (key === "instruction") return task.instruction;
+    if (key.startsWith("metadata.")) {
+      const v = task.metadata[key.slice("metadata.".length)];
+      if (v === undefined || v === null) throw new Error(`${where}: task ${task.task_id} has no ${key}`);
+      return String(v);
+    }
+    throw new Error(`${where}: unknown placeholder {${key}} (use {instruction} or {metadata.KEY})`);
+  });
+}
+
+export interface SpecContext {
+  /** Patch sources by target task_id. */
+  pairs: Map<string, TaskPair>;
+  /** The reference images of a task (its refs, or its generated synthetic reference). */
+  refsOf: (task: Task) => string[];
+}
+
+/** The RunSpec of one task under one condition. */
+export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ctx: SpecContext): RunSpec {
+  const where = `condition ${cond.name}`;
+  const refs = cond.textOnly ? [] : ctx.refsOf(task);
+  const interventions: InterventionSpec[] = structuredClone(cond.interventions ?? []);
+  if (cond.patch) {
+    const pair = ctx.pairs.get(task.task_id);
+    if (!pair) {
+      throw new UnpairedTaskError(`no other task has the instruction "${task.instruction}" (${task.edit_type}) with a different reference`);
+    }
+    const { pairing: _p, seedOffset: _s, sourceSteps, ...fields } = cond.patch;
+    const sourceSeed = cond.patch.seedOffset === undefined ? pair.sourceSeed : task.noise_seed + cond.patch.seedOffset;
+    interventions.push({
+      type: "patch",
+      ...fields,
+      source: { prompt: pair.source.instruction, refs: ctx.refsOf(pair.source), seed: sourceSeed, steps: sourceSteps },
+    } as PatchSpecJson);
+  }
+  const raw: RunSpec = {
+    model: exp.model,
+    prompt: renderPrompt(cond.prompt ?? "{instruction}", task, where),
+    refs,
+    width: exp.width ?? task.width,
+    height: exp.height ?? task.height,
+    steps: cond.steps ?? exp.steps,
+    guidance: exp.guidance,
+    seed: task.noise_seed,
+    captures: cond.captures,
+    interventions,
+  };
+  try {
+    return parseSpec(JSON.parse(JSON.stringify(raw)));
+  } catch (e) {
+    throw new Error(`task ${task.task_id}, ${where}: ${(e as Error).message}`);
+  }
+}

@@ -1,0 +1,86 @@
+// File helpers shared by the experiment harness: atomic writes (temporary name + rename, so a reader or a resumed
+// run never sees half a file), content hashes and a canonical JSON form for hashing.
+
+import { basename, dirname, join } from "node:path";
+
+/** Write text beside its destination under a temporary name, then rename it into place. */
+export async function writeTextAtomic(path: string, content: string): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`);
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true });
+    await Deno.writeTextFile(tmp, content);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new Error(`cannot write ${path}: ${(e as Error).message}`);
+  }
+}
+
+export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  return writeTextAtomic(path, JSON.stringify(value, null, 2) + "\n");
+}
+
+export async function readJsonFile<T>(path: string): Promise<T> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+    throw new Error(`cannot read ${path}: ${why}`);
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`${path} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function sha256Hex(bytes: Uint8Array | string): Promise<string> {
+  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
+  const digest = await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function fileSha256(path: string): Promise<string> {
+  return sha256Hex(await Deno.readFile(path));
+}
+
+/** JSON with object keys sorted at every level, so equal values hash equally. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      return Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]));
+    }
+    return v;
+  });
+}
+
+/** Names of the entries of a folder (empty when it does not exist). */
+export async function listNames(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return names.sort();
+}
+
+/** Copy a folder tree (files and sub-folders). */
+export async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const e of Deno.readDir(from)) {
+    const src = join(from, e.name), dst = join(to, e.name);
+    if (e.isDirectory) await copyTree(src, dst);
+    else if (e.isFile) await Deno.copyFile(src, dst);
+  }
+}

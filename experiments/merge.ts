@@ -1,0 +1,233 @@
+// Combining the output folders of shards (or of separate machines) into one run folder. Every input must come from
+// the same experiment (same hash). A condition folder present in two places must be identical (same image.png and
+// spec.json bytes) — a conflicting duplicate refuses the whole merge before anything is copied. Folders arrive in the
+// destination under a partial name and are renamed when whole, like the runner's. Afterwards the coverage is checked
+// against the task file: every task × condition (except unpaired patch conditions) must be complete, and the missing
+// ones are listed in the merged manifest.
+
+import { join, resolve } from "node:path";
+import { copyTree, fileSha256, listNames, pathExists, writeJsonAtomic } from "./files.ts";
+import {
+  conditionDir,
+  isCompleteFolder,
+  manifestPath,
+  partialPrefix,
+  readManifests,
+  type RunIssue,
+  type RunManifest,
+  type ShardInfo,
+  taskDir,
+  tasksDir,
+} from "./run_folder.ts";
+import { readTaskFile } from "./tasks.ts";
+
+export interface MergeOptions {
+  /** Move folders instead of copying them (falls back to copying across file systems). */
+  move?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface MergeSummary {
+  into: string;
+  copied: number;
+  duplicates: number;
+  tasks: number;
+  expected: number;
+  complete: number;
+  missing: { task: string; condition: string }[];
+  missingShards: string[];
+  manifest: string;
+}
+
+async function sameBytes(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/** Two complete condition folders hold the same result. */
+async function sameResult(a: string, b: string): Promise<boolean> {
+  return (await sameBytes(join(a, "image.png"), join(b, "image.png"))) && (await sameBytes(join(a, "spec.json"), join(b, "spec.json")));
+}
+
+async function moveOrCopy(from: string, to: string, move: boolean): Promise<void> {
+  if (move) {
+    try {
+      await Deno.rename(from, to);
+      return;
+    } catch { /* another file system: copy */ }
+  }
+  await copyTree(from, to);
+  if (move) await Deno.remove(from, { recursive: true });
+}
+
+interface PlannedCopy {
+  from: string;
+  task: string;
+  condition: string;
+}
+
+/** Merge run folders `inputs` into `into` (which may already hold part of the same run). */
+export async function mergeRuns(inputs: string[], into: string, options: MergeOptions = {}): Promise<MergeSummary> {
+  const log = options.log ?? ((l: string) => console.error(l));
+  if (!inputs.length) throw new Error("merge needs at least one run folder");
+  into = resolve(into);
+  const all: { dir: string; manifests: RunManifest[] }[] = [];
+  for (const raw of inputs) {
+    const dir = resolve(raw);
+    if (dir === into) throw new Error(`${raw} is the destination itself; list only the folders to merge into it`);
+    const manifests = (await readManifests(dir)).map((m) => m.manifest);
+    if (!manifests.length) throw new Error(`${raw} holds no experiment manifest (manifest.json or shards/*.json)`);
+    all.push({ dir, manifests });
+  }
+  const existing = (await readManifests(into)).map((m) => m.manifest);
+  const hashes = new Map<string, string>();
+  for (const { dir, manifests } of [...all, { dir: into, manifests: existing }]) {
+    for (const m of manifests) if (!hashes.has(m.experiment.hash)) hashes.set(m.experiment.hash, dir);
+  }
+  if (hashes.size > 1) {
+    throw new Error(`these folders hold runs of different experiments: ${[...hashes].map(([h, d]) => `${d} (${h})`).join(", ")}`);
+  }
+  const reference = all[0].manifests[0];
+
+  // Plan every copy, and find conflicts, before touching the destination.
+  const planned = new Map<string, PlannedCopy>();
+  const conflicts: string[] = [];
+  let duplicates = 0;
+  const taskFiles = new Map<string, string>();
+  for (const { dir } of all) {
+    for (const id of await listNames(tasksDir(dir))) {
+      const src = taskDir(dir, id);
+      for (const file of ["task.json", "reference.png"]) {
+        const p = join(src, file);
+        if (!(await pathExists(p))) continue;
+        const key = `${id}/${file}`;
+        const other = taskFiles.get(key) ?? ((await pathExists(join(taskDir(into, id), file))) ? join(taskDir(into, id), file) : undefined);
+        if (other && file === "reference.png" && !(await sameBytes(p, other))) conflicts.push(`${key}: ${p} differs from ${other}`);
+        if (!taskFiles.has(key)) taskFiles.set(key, p);
+      }
+      for (const condition of await listNames(src)) {
+        if (condition.startsWith(".")) continue;
+        const from = join(src, condition);
+        if (!(await Deno.stat(from)).isDirectory || !(await isCompleteFolder(from))) continue;
+        const key = `${id}/${condition}`;
+        const dest = conditionDir(into, id, condition);
+        const earlier = planned.get(key)?.from ?? ((await isCompleteFolder(dest)) ? dest : undefined);
+        if (earlier) {
+          if (await sameResult(from, earlier)) duplicates++;
+          else conflicts.push(`${key}: ${from} and ${earlier} hold different results`);
+          continue;
+        }
+        planned.set(key, { from, task: id, condition });
+      }
+    }
+  }
+  if (conflicts.length) {
+    throw new Error(
+      `refusing to merge: ${conflicts.length} conflicting duplicate(s), nothing was copied:\n  ${conflicts.slice(0, 20).join("\n  ")}` +
+        (conflicts.length > 20 ? `\n  … and ${conflicts.length - 20} more` : ""),
+    );
+  }
+
+  await Deno.mkdir(tasksDir(into), { recursive: true });
+  for (const [key, from] of taskFiles) {
+    const [id, file] = key.split("/");
+    const dest = join(taskDir(into, id), file);
+    if (await pathExists(dest)) continue;
+    await Deno.mkdir(taskDir(into, id), { recursive: true });
+    const tmp = `${dest}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    await Deno.copyFile(from, tmp);
+    await Deno.rename(tmp, dest);
+  }
+  let copied = 0;
+  for (const { from, task, condition } of planned.values()) {
+    const tmp = join(taskDir(into, task), `${partialPrefix(condition)}${crypto.randomUUID().slice(0, 8)}`);
+    try {
+      await moveOrCopy(from, tmp, options.move ?? false);
+      await Deno.rename(tmp, conditionDir(into, task, condition));
+    } catch (e) {
+      await Deno.remove(tmp, { recursive: true }).catch(() => {});
+      throw new Error(`copying ${from}: ${(e as Error).message}`);
+    }
+    copied++;
+  }
+  log(
+    `merged ${all.length} folder(s) into ${into}: ${copied} condition folder(s) ${
+      options.move ? "moved" : "copied"
+    }, ${duplicates} identical duplicate(s)`,
+  );
+
+  // Coverage: the task file when it is readable and unchanged, else the union of the manifests' tasks.
+  const manifests = [...all.flatMap((a) => a.manifests), ...existing];
+  let taskIds: string[] | undefined;
+  const def = reference.experiment.definition;
+  try {
+    if (`sha256:${await fileSha256(def.tasks)}` === reference.tasksFile.sha256) {
+      const file = await readTaskFile(def.tasks, { refsRoot: def.refsRoot, checkFiles: false });
+      taskIds = file.tasks.map((t) => t.task_id);
+    }
+  } catch { /* not readable here */ }
+  if (!taskIds) {
+    log(`warning: task file ${def.tasks} is not readable here (or changed); coverage is checked against the manifests' task lists`);
+    const seen = new Set<string>();
+    taskIds = [];
+    for (const m of manifests) for (const id of m.tasks) if (!seen.has(id)) seen.add(id), taskIds.push(id);
+  }
+  const shardInfos = manifests.map((m) => m.shard).filter((s): s is ShardInfo => s !== null);
+  const missingShards: string[] = [];
+  const counts = new Set(shardInfos.map((s) => s.count));
+  if (!manifests.some((m) => !m.shard)) {
+    for (const n of counts) {
+      for (let k = 1; k <= n; k++) if (!shardInfos.some((s) => s.count === n && s.index === k)) missingShards.push(`${k}/${n}`);
+    }
+  }
+  const unpaired = new Map<string, RunIssue>();
+  for (const m of manifests) for (const u of m.unpaired) unpaired.set(`${u.task}/${u.condition}`, u);
+  const conditions = reference.conditions;
+  const missing: { task: string; condition: string }[] = [];
+  let complete = 0, expected = 0;
+  for (const task of taskIds) {
+    for (const condition of conditions) {
+      if (unpaired.has(`${task}/${condition}`)) continue;
+      expected++;
+      if (await isCompleteFolder(conditionDir(into, task, condition))) complete++;
+      else missing.push({ task, condition });
+    }
+  }
+  const failures = new Map<string, RunIssue>();
+  for (const m of manifests) for (const f of m.failures) failures.set(`${f.task}/${f.condition}`, f);
+  const now = new Date().toISOString();
+  const merged: RunManifest = {
+    ...reference,
+    shard: null,
+    tasks: taskIds,
+    started: manifests.map((m) => m.started).sort()[0] ?? now,
+    updated: now,
+    finished: missing.length === 0,
+    counts: {
+      planned: taskIds.length * conditions.length,
+      complete,
+      ranNow: 0,
+      alreadyComplete: complete,
+      failed: 0,
+      unpaired: unpaired.size,
+    },
+    failures: [...failures.values()].filter((f) => missing.some((m) => m.task === f.task && m.condition === f.condition)),
+    unpaired: [...unpaired.values()],
+    mergedFrom: [
+      ...existing.map((m) => ({ dir: into, shard: m.shard, tasks: m.tasks.length })),
+      ...all.flatMap(({ dir, manifests }) => manifests.map((m) => ({ dir, shard: m.shard, tasks: m.tasks.length }))),
+    ],
+    missing,
+  };
+  merged.counts.failed = merged.failures.length;
+  await writeJsonAtomic(manifestPath(into), merged);
+  if (missingShards.length) log(`warning: no manifest of shard(s) ${missingShards.join(", ")}`);
+  if (missing.length) {
+    log(`${missing.length} of ${expected} task × condition folder(s) missing:`);
+    for (const m of missing.slice(0, 20)) log(`  ${m.task} / ${m.condition}`);
+    if (missing.length > 20) log(`  … and ${missing.length - 20} more (listed in ${manifestPath(into)})`);
+  } else log(`coverage complete: ${complete} folder(s) for ${taskIds.length} task(s) × ${conditions.length} condition(s)`);
+  return { into, copied, duplicates, tasks: taskIds.length, expected, complete, missing, missingShards, manifest: manifestPath(into) };
+}

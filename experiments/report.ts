@@ -1,0 +1,280 @@
+// One self-contained HTML page per run: the judges' pass rates with 95% Wilson intervals per condition × family ×
+// question, judge agreement, the local metrics per cell, and an image grid per task (references, then every
+// condition) with each image's metrics and verdicts beside it, filterable by family and condition.
+//
+// Images: every picture is an inline PNG thumbnail (data URL, longest side `thumb` px, default 160; smaller images are
+// kept as they are and enlarged by the browser), so the page needs no other file and can be mailed or archived
+// alone. Each thumbnail links to its full-size file by a path relative to the page, which works while the page stays
+// where it was written (by default <run>/report.html). No external assets; the filters are a few lines of inline JS.
+
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { encodePng, Image } from "image-js";
+import { loadImage } from "../model/images.ts";
+import { pathExists, writeTextAtomic } from "./files.ts";
+import { type Judgment, readJudgments } from "./judge.ts";
+import { QUESTION_TEMPLATES } from "./judge_templates.ts";
+import { computeRunMetrics, type FolderMetrics } from "./run_metrics.ts";
+import { conditionDir, readRunFolder, type RunFolder, taskReferences } from "./run_folder.ts";
+import { cellStats, judgeAgreement } from "./stats.ts";
+
+export interface ReportOptions {
+  /** Where the page will be written (relative links are computed from it); default <run>/report.html. */
+  out?: string;
+  /** Longest side of the thumbnails, px (default 160). */
+  thumb?: number;
+  /** The condition metrics compare against (default "baseline"). */
+  baseline?: string;
+}
+
+const esc = (s: unknown) =>
+  String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+
+const fmt = (v: number | null | undefined, digits = 3) => v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits);
+const pct = (v: number) => Number.isFinite(v) ? `${(100 * v).toFixed(1)}%` : "–";
+
+/** A PNG data URL of an image file, shrunk so its longest side is at most `side`. */
+async function thumbnail(path: string, side: number): Promise<string | null> {
+  if (!(await pathExists(path))) return null;
+  let img: Image;
+  try {
+    const rgb = await loadImage(path);
+    img = new Image(rgb.width, rgb.height, { colorModel: "RGB", data: rgb.data });
+  } catch {
+    return null;
+  }
+  const scale = side / Math.max(img.width, img.height);
+  if (scale < 1) {
+    img = img.resize({ width: Math.max(1, Math.round(img.width * scale)), height: Math.max(1, Math.round(img.height * scale)) });
+  }
+  const bytes = encodePng(img);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return `data:image/png;base64,${btoa(s)}`;
+}
+
+const STYLE = `
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{margin:0 0 .3em}h2{margin:1.4em 0 .4em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0;background:#fff}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ci{display:inline-block;position:relative;width:120px;height:10px;background:#eee;vertical-align:middle}
+.ci span{position:absolute;top:0;height:10px;background:#7aa7d8}.ci i{position:absolute;top:-2px;width:2px;height:14px;background:#123}
+.meta{color:#555}.filters{position:sticky;top:0;background:#fafafa;padding:.5em 0;z-index:1;border-bottom:1px solid #ddd}
+.task{background:#fff;border:1px solid #ddd;margin:.8em 0;padding:.5em}.task h3{margin:.1em 0 .4em;font-size:15px}
+.row{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px}figure img{width:160px;height:auto;image-rendering:pixelated;border:1px solid #ccc}
+figcaption{font-size:12px}figcaption b{display:block}.m{color:#444}.pass{color:#0a6b2b;font-weight:600}.fail{color:#a11;font-weight:600}
+.na{color:#888}.missing{width:160px;height:160px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
+.swatch{display:inline-block;width:10px;height:10px;border:1px solid #999;vertical-align:middle}`;
+
+const SCRIPT = `
+function applyFilters(){
+  var f=document.getElementById('f-family').value, c=document.getElementById('f-condition').value;
+  document.querySelectorAll('[data-family],[data-condition]').forEach(function(el){
+    var okF=!f||!el.dataset.family||el.dataset.family===f, okC=!c||!el.dataset.condition||el.dataset.condition===c||el.dataset.condition==='reference';
+    el.style.display=(okF&&okC)?'':'none';
+  });
+  var shown=0;document.querySelectorAll('.task').forEach(function(t){if(t.style.display!=='none')shown++;});
+  document.getElementById('shown').textContent=shown;
+}
+document.getElementById('f-family').addEventListener('change',applyFilters);
+document.getElementById('f-condition').addEventListener('change',applyFilters);
+applyFilters();`;
+
+function ciBar(low: number, high: number, rate: number): string {
+  if (!Number.isFinite(rate)) return "";
+  return `<span class="ci" title="${pct(low)} – ${pct(high)}"><span style="left:${100 * low}%;width:${100 * (high - low)}%"></span>` +
+    `<i style="left:calc(${100 * rate}% - 1px)"></i></span>`;
+}
+
+function resultsTables(judgments: Map<string, Judgment[]>): string {
+  if (!judgments.size) return `<p class="meta">No judgments yet: run <code>deno task experiment judge &lt;run-dir&gt;</code>.</p>`;
+  const parts: string[] = [];
+  for (const [name, verdicts] of judgments) {
+    const model = verdicts[0]?.model ?? "";
+    parts.push(`<h3>Judge ${esc(name)}${model && model !== name ? ` (${esc(model)})` : ""}</h3>`);
+    parts.push(
+      `<table class="results"><tr><th>condition</th><th>family</th><th>question</th><th>a pass means</th><th>pass rate</th>` +
+        `<th>95% Wilson interval</th><th></th><th>n</th><th>passes</th><th>“yes”</th><th>excluded</th></tr>`,
+    );
+    for (const c of cellStats(verdicts)) {
+      const t = QUESTION_TEMPLATES[c.template];
+      parts.push(
+        `<tr data-family="${esc(c.family)}" data-condition="${esc(c.condition)}"><td>${esc(c.condition)}</td><td>${esc(c.family)}</td>` +
+          `<td title="${esc(t?.text ?? "")}">${esc(c.template)}</td><td>${esc(t?.passMeans ?? "")}</td>` +
+          `<td class="num">${pct(c.rate)}</td><td class="num">${Number.isFinite(c.rate) ? `${pct(c.low)} – ${pct(c.high)}` : "–"}</td>` +
+          `<td>${
+            ciBar(c.low, c.high, c.rate)
+          }</td><td class="num">${c.n}</td><td class="num">${c.passes}</td><td class="num">${c.yes}</td>` +
+          `<td class="num">${c.excluded}</td></tr>`,
+      );
+    }
+    parts.push("</table>");
+  }
+  const names = [...judgments.keys()];
+  if (names.length >= 2) {
+    parts.push(
+      `<h3>Judge agreement</h3><table><tr><th>judges</th><th>n</th><th>raw agreement</th><th>Cohen's κ</th><th>yes/yes · yes/no · no/yes · no/no</th></tr>`,
+    );
+    for (let i = 0; i < names.length; i++) {
+      for (let j = i + 1; j < names.length; j++) {
+        const a = judgeAgreement(judgments.get(names[i])!, judgments.get(names[j])!);
+        parts.push(
+          `<tr><td>${esc(names[i])} vs ${esc(names[j])}</td><td class="num">${a.n}</td><td class="num">${pct(a.agreement)}</td>` +
+            `<td class="num">${fmt(a.kappa)}</td><td class="num">${a.table.yy} · ${a.table.yn} · ${a.table.ny} · ${a.table.nn}</td></tr>`,
+        );
+      }
+    }
+    parts.push("</table>");
+  }
+  return parts.join("\n");
+}
+
+function mean(values: (number | null)[]): number | null {
+  const v = values.filter((x): x is number => x !== null && Number.isFinite(x));
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+}
+
+function metricsTable(rows: FolderMetrics[]): string {
+  if (!rows.length) return `<p class="meta">No complete folders.</p>`;
+  const cells = new Map<string, FolderMetrics[]>();
+  for (const r of rows) {
+    const k = JSON.stringify([r.condition, r.family]);
+    if (!cells.has(k)) cells.set(k, []);
+    cells.get(k)!.push(r);
+  }
+  const out = [
+    `<table class="metrics"><tr><th>condition</th><th>family</th><th>n</th><th>mean |Δpixel| vs baseline</th><th>SSIM vs baseline</th>` +
+    `<th>histogram distance</th><th>ΔE00 to reference colour</th><th>transfer index (pixels)</th><th>transfer index (colour)</th></tr>`,
+  ];
+  for (const [k, rs] of cells) {
+    const [condition, family] = JSON.parse(k);
+    out.push(
+      `<tr data-family="${esc(family)}" data-condition="${esc(condition)}"><td>${esc(condition)}</td><td>${
+        esc(family)
+      }</td><td class="num">${rs.length}</td>` +
+        [
+          mean(rs.map((r) => r.change_vs_baseline)),
+          mean(rs.map((r) => r.ssim_vs_baseline)),
+          mean(rs.map((r) => r.histogram_vs_baseline)),
+          mean(rs.map((r) => r.delta_e_reference)),
+          mean(rs.map((r) => r.transfer_pixels)),
+          mean(rs.map((r) => r.transfer_colour)),
+        ].map((v) => `<td class="num">${fmt(v, 3)}</td>`).join("") + "</tr>",
+    );
+  }
+  out.push("</table>");
+  return out.join("\n");
+}
+
+function metricLines(m: FolderMetrics | undefined): string {
+  if (!m) return "";
+  const lines = [`dominant <span class="swatch" style="background:${esc(m.dominant_hex)}"></span> ${esc(m.dominant_hex)}`];
+  if (m.delta_e_reference !== null) lines.push(`ΔE00 ref ${fmt(m.delta_e_reference, 1)}`);
+  if (m.change_vs_baseline !== null) lines.push(`|Δ| ${fmt(m.change_vs_baseline, 1)} · SSIM ${fmt(m.ssim_vs_baseline, 3)}`);
+  if (m.histogram_vs_baseline !== null) lines.push(`hist ${fmt(m.histogram_vs_baseline, 3)}`);
+  if (m.source_task) lines.push(`source ${esc(m.source_task)}`);
+  if (m.transfer_pixels !== null) lines.push(`TI pixels ${fmt(m.transfer_pixels, 2)}`);
+  if (m.transfer_colour !== null) lines.push(`TI colour ${fmt(m.transfer_colour, 2)}`);
+  return lines.map((l) => `<span class="m">${l}</span>`).join("<br>");
+}
+
+function verdictLines(verdicts: Judgment[]): string {
+  return verdicts.map((v) => {
+    const cls = v.pass === null ? "na" : v.pass ? "pass" : "fail";
+    const label = v.pass === null ? v.status : v.pass ? "pass" : "no pass";
+    return `<span class="${cls}" title="${esc(v.question)} → ${esc(v.raw)}">${esc(v.judge)}: ${esc(v.answer ?? "?")} (${label})</span>`;
+  }).join("<br>");
+}
+
+/** The report page of a run folder, as HTML text. */
+export async function buildReport(runDir: string, options: ReportOptions = {}): Promise<string> {
+  const run: RunFolder = await readRunFolder(resolve(runDir));
+  const out = resolve(options.out ?? join(run.dir, "report.html"));
+  const thumb = options.thumb ?? 160;
+  const baseline = options.baseline ?? "baseline";
+  const link = (p: string) => {
+    const r = relative(dirname(out), p);
+    return isAbsolute(r) ? `file://${r}` : r.split("/").map(encodeURIComponent).join("/");
+  };
+  const judgments = await readJudgments(run.dir);
+  const metrics = await computeRunMetrics(run, baseline);
+  const metricsOf = new Map(metrics.map((m) => [`${m.task_id}/${m.condition}`, m]));
+  const verdictsOf = new Map<string, Judgment[]>();
+  for (const vs of judgments.values()) {
+    for (const v of vs) {
+      const k = `${v.task_id}/${v.condition}`;
+      if (!verdictsOf.has(k)) verdictsOf.set(k, []);
+      verdictsOf.get(k)!.push(v);
+    }
+  }
+  const families = [...new Set(run.tasks.map((t) => t.family))].sort();
+  const main = run.manifests.find((m) => !m.manifest.shard)?.manifest ?? run.manifests[0].manifest;
+  const complete = [...run.complete.values()].reduce((a, s) => a + s.size, 0);
+  const expected = main.tasks.length * run.conditions.length - main.unpaired.length;
+
+  const grids: string[] = [];
+  for (const task of run.tasks) {
+    const figures: string[] = [];
+    for (const [i, ref] of taskReferences(run.dir, task).entries()) {
+      const data = await thumbnail(ref, thumb);
+      figures.push(
+        `<figure data-condition="reference">${
+          data ? `<a href="${esc(link(ref))}"><img src="${data}" alt="reference ${i}"></a>` : `<div class="missing">missing</div>`
+        }` +
+          `<figcaption><b>reference${task.refs.length > 1 ? ` ${i}` : ""}</b></figcaption></figure>`,
+      );
+    }
+    for (const condition of run.conditions) {
+      const dir = conditionDir(run.dir, task.task_id, condition);
+      const done = run.complete.get(task.task_id)?.has(condition);
+      const data = done ? await thumbnail(join(dir, "image.png"), thumb) : null;
+      const key = `${task.task_id}/${condition}`;
+      figures.push(
+        `<figure data-condition="${esc(condition)}">` +
+          (data
+            ? `<a href="${esc(link(join(dir, "image.png")))}"><img src="${data}" alt="${esc(condition)}"></a>`
+            : `<div class="missing">not run</div>`) +
+          `<figcaption><b>${esc(condition)}</b>${metricLines(metricsOf.get(key))}${
+            verdictsOf.has(key) ? "<br>" + verdictLines(verdictsOf.get(key)!) : ""
+          }</figcaption></figure>`,
+      );
+    }
+    grids.push(
+      `<div class="task" data-family="${esc(task.family)}"><h3>${esc(task.task_id)} <span class="meta">— ${esc(task.instruction)} · ${
+        esc(task.family)
+      }` +
+        ` · ${esc(task.edit_type)} · seed ${task.noise_seed}</span></h3><div class="row">${figures.join("")}</div></div>`,
+    );
+  }
+  const options_ = (values: string[]) => values.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kleinscope report — ${esc(run.dir.split("/").pop())}</title>
+<style>${STYLE}</style></head><body>
+<h1>Experiment report</h1>
+<p class="meta">run <code>${esc(run.dir)}</code> · experiment ${esc(run.hash.slice(0, 19))}… · model <code>${esc(main.model.path)}</code>
+(${esc(main.model.fingerprint.slice(0, 19))}…) · kleinscope ${esc(main.versions.kleinscope)} · ${run.tasks.length} task(s) ×
+${run.conditions.length} condition(s) · ${complete} of ${expected} folder(s) complete${main.device ? ` · device ${esc(main.device)}` : ""}
+· written ${esc(new Date().toISOString())}</p>
+<div class="filters">family <select id="f-family"><option value="">all</option>${options_(families)}</select>
+condition <select id="f-condition"><option value="">all</option>${options_(run.conditions)}</select>
+<span class="meta"><span id="shown">${run.tasks.length}</span> task(s) shown</span></div>
+<h2>Results</h2>
+<p class="meta">A pass means the intervention worked (what the column “a pass means” says); questions that ask whether the output
+kept something are inverted. Unparseable and failed verdicts are excluded from n.</p>
+${resultsTables(judgments)}
+<h2>Local metrics (means per cell)</h2>
+${metricsTable(metrics)}
+<h2>Images</h2>
+${grids.join("\n")}
+<script>${SCRIPT}</script>
+</body></html>
+`;
+}
+
+/** Build the report and write it (default <run>/report.html). Returns the path. */
+export async function writeReport(runDir: string, options: ReportOptions = {}): Promise<string> {
+  const out = resolve(options.out ?? join(runDir, "report.html"));
+  const html = await buildReport(runDir, { ...options, out });
+  await writeTextAtomic(out, html);
+  return out;
+}
