@@ -13,7 +13,7 @@ import { DEFAULT_OBJECTS, writeColourTasks } from "../experiments/generators.ts"
 import { integerOption, parseOrUsageError, UsageError, withUsageErrors } from "./common.ts";
 
 const HELP = `usage:
-  deno task experiment <experiment.json> [--shard k/n] [--limit N] [--output DIR] [--strict]
+  deno task experiment <experiment.json> [--shard k/n] [--limit N] [--output DIR] [--strict] [--low-memory]
   deno task experiment merge <run-dir> <run-dir> … --into DIR [--move]
   deno task experiment judge <run-dir> [--url URL] [--model NAME] [--key KEY] [--name NAME] [--concurrency N]
                                        [--cache DIR] [--timeout S] [--max-attempts N] [--retry-unparseable]
@@ -28,6 +28,7 @@ run        every task × condition of the experiment into <output>/tasks/<task_i
   --limit N     run at most N condition folders in this invocation.
   --output DIR  write here instead of the experiment's "output" (e.g. a shard's local disk, merged later).
   --strict      refuse a task file with a malformed line (default: skip the line with a warning).
+  --low-memory  release the text encoder after each prompt (default: it stays on the GPU for the whole run).
   Ctrl-C stops after the current run (twice: at once; the partial folder is cleaned up on resume).
 merge      copy (or --move) complete folders of shard outputs into DIR; identical duplicates are fine, differing ones
            refuse the merge. Writes DIR/manifest.json with the coverage; exit code 3 when folders are missing.
@@ -53,6 +54,7 @@ async function runCommand(args: string[]): Promise<number> {
         limit: { type: "string" },
         output: { type: "string" },
         strict: { type: "boolean" },
+        "low-memory": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     })
@@ -77,7 +79,13 @@ async function runCommand(args: string[]): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", onInterrupt);
   try {
-    const s = await runExperiment(loaded, { shard, limit, strictTasks: values.strict, signal: stop.signal });
+    const s = await runExperiment(loaded, {
+      shard,
+      limit,
+      strictTasks: values.strict,
+      lowMemory: values["low-memory"],
+      signal: stop.signal,
+    });
     console.log(
       `${s.ranNow} run now, ${s.alreadyComplete} already complete, ${s.failed.length} failed, ${s.unpaired.length} unpaired, ` +
         `${s.remaining} still to run — manifest ${s.manifestPath}`,

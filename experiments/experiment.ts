@@ -342,7 +342,8 @@ export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ct
     interventions,
   };
   try {
-    return parseSpec(JSON.parse(JSON.stringify(raw)));
+    // Validated, then without its undefined fields (as it is written to spec.json).
+    return JSON.parse(JSON.stringify(parseSpec(JSON.parse(JSON.stringify(raw)))));
   } catch (e) {
     throw new Error(`task ${task.task_id}, ${where}: ${(e as Error).message}`);
   }

@@ -5,7 +5,7 @@
 // against the task file: every task × condition (except unpaired patch conditions) must be complete, and the missing
 // ones are listed in the merged manifest.
 
-import { join, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { copyTree, fileSha256, listNames, pathExists, writeJsonAtomic } from "./files.ts";
 import {
   conditionDir,
@@ -16,6 +16,7 @@ import {
   type RunIssue,
   type RunManifest,
   type ShardInfo,
+  syntheticRefsDir,
   taskDir,
   tasksDir,
 } from "./run_folder.ts";
@@ -95,18 +96,20 @@ export async function mergeRuns(inputs: string[], into: string, options: MergeOp
   const planned = new Map<string, PlannedCopy>();
   const conflicts: string[] = [];
   let duplicates = 0;
-  const taskFiles = new Map<string, string>();
+  // Loose files by destination path: task.json of each task, and synthetic references (which must agree byte for byte).
+  const files = new Map<string, string>();
+  const planFile = async (from: string, dest: string, mustAgree: boolean) => {
+    const other = files.get(dest) ?? ((await pathExists(dest)) ? dest : undefined);
+    if (other && mustAgree && !(await sameBytes(from, other))) conflicts.push(`${relative(into, dest)}: ${from} differs from ${other}`);
+    if (!files.has(dest) && !other) files.set(dest, from);
+  };
   for (const { dir } of all) {
+    for (const name of await listNames(syntheticRefsDir(dir))) {
+      if (name.endsWith(".png")) await planFile(join(syntheticRefsDir(dir), name), join(syntheticRefsDir(into), name), true);
+    }
     for (const id of await listNames(tasksDir(dir))) {
       const src = taskDir(dir, id);
-      for (const file of ["task.json", "reference.png"]) {
-        const p = join(src, file);
-        if (!(await pathExists(p))) continue;
-        const key = `${id}/${file}`;
-        const other = taskFiles.get(key) ?? ((await pathExists(join(taskDir(into, id), file))) ? join(taskDir(into, id), file) : undefined);
-        if (other && file === "reference.png" && !(await sameBytes(p, other))) conflicts.push(`${key}: ${p} differs from ${other}`);
-        if (!taskFiles.has(key)) taskFiles.set(key, p);
-      }
+      if (await pathExists(join(src, "task.json"))) await planFile(join(src, "task.json"), join(taskDir(into, id), "task.json"), false);
       for (const condition of await listNames(src)) {
         if (condition.startsWith(".")) continue;
         const from = join(src, condition);
@@ -131,11 +134,8 @@ export async function mergeRuns(inputs: string[], into: string, options: MergeOp
   }
 
   await Deno.mkdir(tasksDir(into), { recursive: true });
-  for (const [key, from] of taskFiles) {
-    const [id, file] = key.split("/");
-    const dest = join(taskDir(into, id), file);
-    if (await pathExists(dest)) continue;
-    await Deno.mkdir(taskDir(into, id), { recursive: true });
+  for (const [dest, from] of files) {
+    await Deno.mkdir(dirname(dest), { recursive: true });
     const tmp = `${dest}.${crypto.randomUUID().slice(0, 8)}.tmp`;
     await Deno.copyFile(from, tmp);
     await Deno.rename(tmp, dest);

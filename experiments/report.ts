@@ -66,6 +66,7 @@ figcaption{font-size:12px}figcaption b{display:block}.m{color:#444}.pass{color:#
 .na{color:#888}.missing{width:160px;height:160px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
 .swatch{display:inline-block;width:10px;height:10px;border:1px solid #999;vertical-align:middle}`;
 
+// Filters: a family and a condition select; "#family=…&condition=…" in the address preselects them (for links).
 const SCRIPT = `
 function applyFilters(){
   var f=document.getElementById('f-family').value, c=document.getElementById('f-condition').value;
@@ -76,6 +77,9 @@ function applyFilters(){
   var shown=0;document.querySelectorAll('.task').forEach(function(t){if(t.style.display!=='none')shown++;});
   document.getElementById('shown').textContent=shown;
 }
+new URLSearchParams(location.hash.slice(1)).forEach(function(v,k){
+  var s=document.getElementById('f-'+k);if(s&&[].some.call(s.options,function(o){return o.value===v;}))s.value=v;
+});
 document.getElementById('f-family').addEventListener('change',applyFilters);
 document.getElementById('f-condition').addEventListener('change',applyFilters);
 applyFilters();`;

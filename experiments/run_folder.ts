@@ -3,7 +3,8 @@
 //   <output>/manifest.json                      an unsharded run, or the result of a merge
 //   <output>/shards/shard-<k>-of-<n>.json        the manifest of one shard's run
 //   <output>/tasks/<task_id>/task.json          the task as it ran (absolute image paths)
-//   <output>/tasks/<task_id>/reference.png      a synthetic reference, when the task asks for one
+//   <output>/refs/<task_id>.png                 a synthetic reference (generated once; a patch may need another
+//                                               shard's, so they live outside the task folders)
 //   <output>/tasks/<task_id>/<condition>/       image.png, source.png, spec.json, run.json (writeSpecOutputs);
 //                                               patch_source.json for a paired patch: the source task and seed
 //   <output>/tasks/<task_id>/.<condition>.partial-<id>/   a run in progress (or killed): never read, removed on resume
@@ -124,7 +125,9 @@ export async function readRunFolder(dir: string): Promise<RunFolder> {
   return { dir, manifests, hash: [...hashes][0], experiment: main.manifest.experiment.definition, tasks, conditions, complete };
 }
 
-/** A task's reference images inside a run: its own files, or the synthetic reference generated into its folder. */
+export const syntheticRefsDir = (out: string) => join(out, "refs");
+
+/** A task's reference images inside a run: its own files, or its generated synthetic reference. */
 export function taskReferences(out: string, task: Task): string[] {
-  return task.synthetic_ref ? [join(taskDir(out, task.task_id), "reference.png")] : task.refs;
+  return task.synthetic_ref ? [join(syntheticRefsDir(out), `${task.task_id}.png`)] : task.refs;
 }

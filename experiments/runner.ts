@@ -7,7 +7,7 @@
 // the line order or on the other tasks — so n processes given k = 1..n cover the task set exactly once, and adding
 // tasks to the file never moves the others between shards. Shards are balanced only on average.
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
 import { executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "../interventions/run_spec.ts";
@@ -68,6 +68,8 @@ export interface RunnerOptions {
   signal?: AbortSignal;
   /** A loaded pipeline to use (otherwise one is loaded, once, when there is work). */
   pipeline?: Flux2KleinPipeline;
+  /** Release the text encoder after each prompt instead of keeping it on the GPU (less memory, slower). */
+  lowMemory?: boolean;
 }
 
 export interface RunSummary {
@@ -102,7 +104,8 @@ export async function runExperiment(loaded: LoadedExperiment, options: RunnerOpt
   const taskFile = await readTaskFile(exp.tasks, { strict: options.strictTasks ?? exp.strictTasks, refsRoot: exp.refsRoot, warn: log });
   if (!taskFile.tasks.length) throw new Error(`task file ${exp.tasks} holds no valid task`);
   const { hash, tasksSha256, fingerprint } = await experimentHash(loaded);
-  for (const { path, manifest } of await readManifests(exp.output)) {
+  const existing = await readManifests(exp.output);
+  for (const { path, manifest } of existing) {
     if (manifest.experiment.hash !== hash) {
       throw new Error(
         `output folder ${exp.output} holds a run of a different experiment (${path}: ${manifest.experiment.hash}, this one ${hash}; ` +
@@ -159,6 +162,12 @@ export async function runExperiment(loaded: LoadedExperiment, options: RunnerOpt
     failures: [],
     unpaired,
   };
+  // An earlier invocation's start time and device are kept.
+  const previous = existing.find((m) => m.path === manifestFile)?.manifest;
+  if (previous) {
+    manifest.started = previous.started;
+    if (previous.device) manifest.device = previous.device;
+  }
   await Deno.mkdir(out, { recursive: true });
   await writeJsonAtomic(manifestFile, manifest);
   const limit = options.limit ?? Infinity;
@@ -181,7 +190,7 @@ export async function runExperiment(loaded: LoadedExperiment, options: RunnerOpt
       attempted++;
       if (!pipe) {
         log(`loading ${exp.model}…`);
-        pipe = await Flux2KleinPipeline.load(exp.model, { keepTextEncoder: true, log: (l) => log(`  ${l}`) });
+        pipe = await Flux2KleinPipeline.load(exp.model, { keepTextEncoder: !options.lowMemory, log: (l) => log(`  ${l}`) });
         manifest.device = pipe.gpu.adapterDescription;
       }
       const t0 = performance.now();
@@ -223,28 +232,27 @@ export async function runExperiment(loaded: LoadedExperiment, options: RunnerOpt
   return { manifestPath: manifestFile, tasks: tasks.length, planned, alreadyComplete, ranNow, failed: failures, unpaired, remaining };
 }
 
-/** task.json, and the synthetic reference of the task when it needs one (generated once, deterministically). */
-async function prepareTaskFolder(pipe: Flux2KleinPipeline, loaded: LoadedExperiment, task: Task, log: (l: string) => void): Promise<void> {
-  const out = loaded.experiment.output;
-  const dir = taskDir(out, task.task_id);
-  await Deno.mkdir(dir, { recursive: true });
-  const tj = join(dir, "task.json");
-  if (!(await pathExists(tj))) await writeJsonAtomic(tj, task);
-  if (task.synthetic_ref) {
-    const ref = taskReferences(out, task)[0];
-    if (!(await pathExists(ref))) {
-      log(`generating the synthetic reference "${task.synthetic_ref.caption}" (seed ${task.synthetic_ref.seed})`);
-      const r = await pipe.generate({
-        prompt: task.synthetic_ref.caption,
-        refs: [],
-        width: loaded.experiment.width ?? task.width,
-        height: loaded.experiment.height ?? task.height,
-        steps: loaded.experiment.steps,
-        seed: task.synthetic_ref.seed,
-      });
-      await savePng(ref, r.image, r.width, r.height);
-    }
-  }
+/** The synthetic reference of a task, generated once (deterministically: any shard that needs it makes the same). */
+async function ensureSyntheticReference(
+  pipe: Flux2KleinPipeline,
+  loaded: LoadedExperiment,
+  task: Task,
+  log: (l: string) => void,
+): Promise<void> {
+  if (!task.synthetic_ref) return;
+  const ref = taskReferences(loaded.experiment.output, task)[0];
+  if (await pathExists(ref)) return;
+  log(`generating the synthetic reference of ${task.task_id}: "${task.synthetic_ref.caption}" (seed ${task.synthetic_ref.seed})`);
+  const r = await pipe.generate({
+    prompt: task.synthetic_ref.caption,
+    refs: [],
+    width: loaded.experiment.width ?? task.width,
+    height: loaded.experiment.height ?? task.height,
+    steps: loaded.experiment.steps,
+    seed: task.synthetic_ref.seed,
+  });
+  await Deno.mkdir(dirname(ref), { recursive: true });
+  await savePng(ref, r.image, r.width, r.height);
 }
 
 async function runOne(
@@ -256,11 +264,13 @@ async function runOne(
 ): Promise<void> {
   const out = loaded.experiment.output;
   const { task, condition } = item;
-  await prepareTaskFolder(pipe, loaded, task, log);
-  const pair = condition.patch ? pairs.get(task.task_id) : undefined;
-  if (pair) await prepareTaskFolder(pipe, loaded, pair.source, log);
-  const spec = conditionToSpec(loaded.experiment, condition, task, { pairs, refsOf: (t) => taskReferences(out, t) });
   const dir = taskDir(out, task.task_id);
+  await Deno.mkdir(dir, { recursive: true });
+  if (!(await pathExists(join(dir, "task.json")))) await writeJsonAtomic(join(dir, "task.json"), task);
+  await ensureSyntheticReference(pipe, loaded, task, log);
+  const pair = condition.patch ? pairs.get(task.task_id) : undefined;
+  if (pair) await ensureSyntheticReference(pipe, loaded, pair.source, log);
+  const spec = conditionToSpec(loaded.experiment, condition, task, { pairs, refsOf: (t) => taskReferences(out, t) });
   // A partial folder of this condition is left over from a killed run: it is never complete, remove it.
   for (const name of await listNames(dir)) {
     if (name.startsWith(partialPrefix(condition.name))) await Deno.remove(join(dir, name), { recursive: true });
