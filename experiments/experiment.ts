@@ -265,10 +265,11 @@ export async function readExperiment(path: string): Promise<LoadedExperiment> {
   }
 }
 
-/** What determines the outputs: the definition (without output folder and judge), the task file's bytes and the
- * checkpoint's fingerprint. Runs and shards with different hashes are never mixed. */
+/** What determines the outputs: the definition without its paths and judge, the task file's bytes and the
+ * checkpoint's fingerprint — so machines that keep the model or the task file in different places agree. Runs and
+ * shards with different hashes are never mixed. */
 export async function experimentHash(loaded: LoadedExperiment): Promise<{ hash: string; tasksSha256: string; fingerprint: string }> {
-  const { output: _o, judge: _j, ...definition } = loaded.experiment;
+  const { output: _o, judge: _j, model: _m, tasks: _t, refsRoot: _r, ...definition } = loaded.experiment;
   let tasksSha256: string;
   try {
     tasksSha256 = await fileSha256(loaded.experiment.tasks);

@@ -126,7 +126,7 @@ Deno.test("conditions become RunSpecs: baseline, text-only with its own prompt, 
   assert.throws(() => conditionToSpec(missing, missing.conditions[0], tasks[0], ctx), /task red has no metadata\.nothing/);
 });
 
-Deno.test("experiment hash: follows the definition, the task file and the checkpoint, not the output folder or the judge", async () => {
+Deno.test("experiment hash: follows the definition, the task file's bytes and the checkpoint, not paths or the judge", async () => {
   const dir = await Deno.makeTempDir({ prefix: "ks-exp-hash-" });
   try {
     const set = await writeColourTasks({
@@ -149,6 +149,9 @@ Deno.test("experiment hash: follows the definition, the task file and the checkp
     const h0 = await write("a.json", {});
     assert.match(h0, /^sha256:[0-9a-f]{64}$/);
     assert.equal(await write("b.json", { output: "elsewhere", judge: { model: "x" } }), h0);
+    // The same model and task file reached by other paths.
+    await Deno.mkdir(join(dir, "sub"));
+    assert.equal(await write("sub/e.json", { model: `${MODEL}/../model`, tasks: "../c/tasks.jsonl" }), h0);
     assert.notEqual(await write("c.json", { steps: 2 }), h0);
     await Deno.writeTextFile(set.taskFile, (await Deno.readTextFile(set.taskFile)).replace('"noise_seed":0', '"noise_seed":1'));
     assert.notEqual(await write("d.json", {}), h0);
