@@ -13,7 +13,7 @@ export type { GenerateRequest, GenerateResult, PipelineOptions, PreparedRun, Ref
 export { Flux2Transformer } from "./model/flux2/transformer.ts";
 export { blockNames, type Flux2Config, parseFlux2Config } from "./model/flux2/config.ts";
 export { Qwen3TextEncoder } from "./model/qwen3/text_encoder.ts";
-export { encodePrompt, type EncodedPrompt } from "./model/qwen3/prompt.ts";
+export { type EncodedPrompt, encodePrompt } from "./model/qwen3/prompt.ts";
 export { loadQwen3Tokenizer } from "./model/qwen3/tokenizer.ts";
 export { loadChatTemplate } from "./model/qwen3/template.ts";
 export { Vae } from "./model/vae/vae.ts";

@@ -80,8 +80,16 @@ export async function main(args: string[]): Promise<void> {
   const tl = performance.now();
   const pipe = await Flux2KleinPipeline.load(model, { log: (l) => console.log(l) });
   const loadMs = performance.now() - tl;
-  const request: GenerateRequest = { prompt: "turn the scene into a watercolour painting, keep the layout", refs: [ref], width: size, height: size, steps, seed: 1 };
-  const stepLine = (label: string) => (i: { step: number; steps: number; ms: number }) => console.log(`  ${label} step ${i.step + 1}/${i.steps}: ${i.ms.toFixed(0)} ms`);
+  const request: GenerateRequest = {
+    prompt: "turn the scene into a watercolour painting, keep the layout",
+    refs: [ref],
+    width: size,
+    height: size,
+    steps,
+    seed: 1,
+  };
+  const stepLine = (label: string) => (i: { step: number; steps: number; ms: number }) =>
+    console.log(`  ${label} step ${i.step + 1}/${i.steps}: ${i.ms.toFixed(0)} ms`);
   const plain = await pipe.generate({ ...request, onStep: stepLine("plain") });
   const vae = await pipe.vae.gpuBytes();
   const tWeights = pipe.transformer.store.bytes();
@@ -95,20 +103,32 @@ export async function main(args: string[]): Promise<void> {
     ["VAE decode", t.decodeMs.toFixed(0)],
     ["total (without load)", t.totalMs.toFixed(0)],
   ]));
-  console.log(`GPU memory: transformer weights ${formatGB(tWeights)}, VAE weights ${formatGB(vae.weights)}, step plan ${formatGB(plain.planBytes)}, ` +
-    `VAE plans ${formatGB(vae.plans)}; peak during the steps ≈ ${formatGB(tWeights + vae.weights + plain.planBytes + vae.plans)} ` +
-    `(the text encoder is released before the steps)`);
+  console.log(
+    `GPU memory: transformer weights ${formatGB(tWeights)}, VAE weights ${formatGB(vae.weights)}, step plan ${
+      formatGB(plain.planBytes)
+    }, ` +
+      `VAE plans ${formatGB(vae.plans)}; peak during the steps ≈ ${formatGB(tWeights + vae.weights + plain.planBytes + vae.plans)} ` +
+      `(the text encoder is released before the steps)`,
+  );
   if (values.overhead) {
     const rows: string[][] = [];
     const row = (name: string, r: GenerateResult) => {
       const ms = median(r.times.stepsMs.slice(1).length ? r.times.stepsMs.slice(1) : r.times.stepsMs);
       const base = median(plain.times.stepsMs.slice(1).length ? plain.times.stepsMs.slice(1) : plain.times.stepsMs);
-      rows.push([name, ms.toFixed(0), `${(((ms - base) / base) * 100).toFixed(1)}%`, formatGB(r.planBytes), formatGB(r.planBytes - plain.planBytes)]);
+      rows.push([
+        name,
+        ms.toFixed(0),
+        `${(((ms - base) / base) * 100).toFixed(1)}%`,
+        formatGB(r.planBytes),
+        formatGB(r.planBytes - plain.planBytes),
+      ]);
     };
     row("plain", plain);
     const ko = await pipe.generate({ ...request, interventions: [new KnockoutIntervention([{ setting: "ref->text", blocks: "all" }])] });
     row("knockout ref->text, all blocks", ko);
-    const cap = new CaptureIntervention(pipe.blockNames().map((b) => ({ tap: textTapOfBlock(b), group: b.startsWith("single") ? "text" : undefined })));
+    const cap = new CaptureIntervention(
+      pipe.blockNames().map((b) => ({ tap: textTapOfBlock(b), group: b.startsWith("single") ? "text" : undefined })),
+    );
     const captured = await pipe.generate({ ...request, interventions: [cap] });
     let capturedBytes = 0;
     for (const c of cap.captured.values()) for (const d of c.steps.values()) capturedBytes += d.byteLength;

@@ -18,7 +18,10 @@ difference and the GPU time of one run, then "N passed, M failed". Exit code 1 i
 example: deno task audit --only matmul,attention`;
 
 export async function main(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { only: { type: "string" }, seed: { type: "string" }, help: { type: "boolean", short: "h" } } });
+  const { values } = parseArgs({
+    args,
+    options: { only: { type: "string" }, seed: { type: "string" }, help: { type: "boolean", short: "h" } },
+  });
   if (values.help) {
     console.log(HELP);
     return 0;

@@ -4,7 +4,7 @@ import { getGpu } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { insertCapture } from "../interventions/capture.ts";
-import { FLUX_INPUTS, type Flux2Transformer } from "../model/flux2/transformer.ts";
+import { type Flux2Transformer, FLUX_INPUTS } from "../model/flux2/transformer.ts";
 import { concatIds } from "../model/flux2/positions.ts";
 import type { KindHandler } from "./runner.ts";
 import { sharedTransformer, transformerDir } from "./models.ts";

@@ -107,7 +107,11 @@ export const knockoutKind: KindHandler = {
 };
 
 /** Text rows [512, hidden] of `block`'s output at each step of a run. */
-async function textRowsOfBlock(pipe: Flux2KleinPipeline, request: GenerateRequest, block: string): Promise<{ rows: Float32Array[]; result: GenerateResult }> {
+async function textRowsOfBlock(
+  pipe: Flux2KleinPipeline,
+  request: GenerateRequest,
+  block: string,
+): Promise<{ rows: Float32Array[]; result: GenerateResult }> {
   const tap = textTapOfBlock(block);
   const capture = new CaptureIntervention([{ tap, group: block.startsWith("single") ? "text" : undefined }]);
   const result = await pipe.generate({ ...request, interventions: [...(request.interventions ?? []), capture] });
@@ -158,15 +162,32 @@ export const patchKind: KindHandler = {
     const block = c.block_name as string;
     const sourceFile = await ctx.caseTensor(sourceCase, "initial_latents");
     const [ch, h, w] = sourceCase.tensors.initial_latents;
-    const source = await textRowsOfBlock(pipe, { ...baseRequest(sourceCase, ctx), initialLatents: packLatents(sourceFile, ch, h, w) }, block);
-    const group = c.mode === "all" ? "text" : c.mode === "padding_only" ? "text[padding]" : c.mode === "content_only" ? "text[content]" : null;
+    const source = await textRowsOfBlock(
+      pipe,
+      { ...baseRequest(sourceCase, ctx), initialLatents: packLatents(sourceFile, ch, h, w) },
+      block,
+    );
+    const group = c.mode === "all"
+      ? "text"
+      : c.mode === "padding_only"
+      ? "text[padding]"
+      : c.mode === "content_only"
+      ? "text[content]"
+      : null;
     if (!group) throw new Error(`unknown patch mode ${c.mode}`);
     const sourcePositions = resolveGroups(source.result.layout, group);
     const cols = source.rows[0].length / source.result.layout.textRows;
     const rows = source.rows.map((r) => takeRows(r, cols, sourcePositions));
     return await runWithCaptures(pipe, c, {
       request: { ...baseRequest(c, ctx), initialLatents: await initialLatents(ctx, "initial_latents") },
-      interventions: [new PatchIntervention({ tap: textTapOfBlock(block), positions: (rc) => resolveGroups(rc.layout, group), rows, label: `patch ${c.mode} at ${block}` })],
+      interventions: [
+        new PatchIntervention({
+          tap: textTapOfBlock(block),
+          positions: (rc) => resolveGroups(rc.layout, group),
+          rows,
+          label: `patch ${c.mode} at ${block}`,
+        }),
+      ],
     });
   },
 };

@@ -94,7 +94,9 @@ export async function loadSuite(dir: string): Promise<GoldenSuite> {
 
 function compare(kind: string, name: string, got: Computed, want: Float32Array | BigInt64Array, shape: number[]) {
   const n = shape.reduce((a, b) => a * b, 1);
-  if (got.length !== n) return { rel: Infinity, abs: Infinity, ok: false, why: `${name}: got ${got.length} values, expected ${n} (${shape.join("×")})` };
+  if (got.length !== n) {
+    return { rel: Infinity, abs: Infinity, ok: false, why: `${name}: got ${got.length} values, expected ${n} (${shape.join("×")})` };
+  }
   if (want instanceof BigInt64Array) {
     for (let i = 0; i < n; i++) {
       const g = typeof got[i] === "bigint" ? (got[i] as bigint) : BigInt(Math.round(Number(got[i])));
@@ -118,8 +120,11 @@ function compare(kind: string, name: string, got: Computed, want: Float32Array |
   const tol = kindTolerance(kind);
   const isImage = name === "image" && kind !== "vae_decode";
   const ok = isImage ? abs <= IMAGE_MAX_ABS && rel <= tol : rel <= tol;
-  const why = ok ? "" : isImage ? `${name}: rel L2 ${rel.toExponential(2)}, max |Δ| ${abs.toExponential(2)} (limits ${tol}, ${IMAGE_MAX_ABS})`
-  : `${name}: rel L2 ${rel.toExponential(2)} > ${tol}`;
+  const why = ok
+    ? ""
+    : isImage
+    ? `${name}: rel L2 ${rel.toExponential(2)}, max |Δ| ${abs.toExponential(2)} (limits ${tol}, ${IMAGE_MAX_ABS})`
+    : `${name}: rel L2 ${rel.toExponential(2)} > ${tol}`;
   return { rel, abs, ok, why };
 }
 
@@ -199,7 +204,16 @@ export async function runConformance(
   const results: CaseResult[] = [];
   const skippedKinds = new Set<string>();
   const widths = [28, 13, 10, 10, 9];
-  log(["case".padEnd(widths[0]), "kind".padEnd(widths[1]), "rel L2".padEnd(widths[2]), "max |Δ|".padEnd(widths[3]), "time".padEnd(widths[4]), "verdict"].join(" "));
+  log(
+    [
+      "case".padEnd(widths[0]),
+      "kind".padEnd(widths[1]),
+      "rel L2".padEnd(widths[2]),
+      "max |Δ|".padEnd(widths[3]),
+      "time".padEnd(widths[4]),
+      "verdict",
+    ].join(" "),
+  );
   for (const c of suite.cases) {
     if (options.only && !options.only.includes(c.kind)) continue;
     if (options.cases && !options.cases.includes(c.name)) continue;
@@ -207,18 +221,42 @@ export async function runConformance(
     let r: CaseResult;
     if (!handler) {
       skippedKinds.add(c.kind);
-      r = { name: c.name, kind: c.kind, verdict: "skip", worstRelL2: NaN, worstAbs: NaN, ms: 0, notes: [`kind ${c.kind} is not implemented`] };
+      r = {
+        name: c.name,
+        kind: c.kind,
+        verdict: "skip",
+        worstRelL2: NaN,
+        worstAbs: NaN,
+        ms: 0,
+        notes: [`kind ${c.kind} is not implemented`],
+      };
     } else {
       try {
         r = await runCase(suite, c, handler);
       } catch (e) {
-        r = { name: c.name, kind: c.kind, verdict: "fail", worstRelL2: Infinity, worstAbs: Infinity, ms: 0, notes: [`error: ${(e as Error).message}`] };
+        r = {
+          name: c.name,
+          kind: c.kind,
+          verdict: "fail",
+          worstRelL2: Infinity,
+          worstAbs: Infinity,
+          ms: 0,
+          notes: [`error: ${(e as Error).message}`],
+        };
       }
     }
     results.push(r);
     const fmt = (x: number) => (Number.isNaN(x) ? "-" : x.toExponential(2));
-    log([r.name.padEnd(widths[0]), r.kind.padEnd(widths[1]), fmt(r.worstRelL2).padEnd(widths[2]), fmt(r.worstAbs).padEnd(widths[3]),
-      (r.verdict === "skip" ? "-" : `${(r.ms / 1000).toFixed(2)}s`).padEnd(widths[4]), r.verdict].join(" "));
+    log(
+      [
+        r.name.padEnd(widths[0]),
+        r.kind.padEnd(widths[1]),
+        fmt(r.worstRelL2).padEnd(widths[2]),
+        fmt(r.worstAbs).padEnd(widths[3]),
+        (r.verdict === "skip" ? "-" : `${(r.ms / 1000).toFixed(2)}s`).padEnd(widths[4]),
+        r.verdict,
+      ].join(" "),
+    );
     for (const note of r.verdict === "fail" ? r.notes : []) log(`    ${note}`);
   }
   const passed = results.filter((r) => r.verdict === "pass").length;

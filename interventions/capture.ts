@@ -18,7 +18,9 @@ export interface InsertedCapture {
 export function selectionRows(sel: RowSelection, totalRows: number, where: string): { start: number; count: number } | number[] {
   if ("all" in sel) return { start: 0, count: totalRows };
   if ("start" in sel) {
-    if (!Number.isInteger(sel.start) || !Number.isInteger(sel.count) || sel.start < 0 || sel.count <= 0 || sel.start + sel.count > totalRows) {
+    if (
+      !Number.isInteger(sel.start) || !Number.isInteger(sel.count) || sel.start < 0 || sel.count <= 0 || sel.start + sel.count > totalRows
+    ) {
       throw new Error(`${where}: rows ${sel.start}..${sel.start + sel.count} are outside 0..${totalRows}`);
     }
     return { start: sel.start, count: sel.count };

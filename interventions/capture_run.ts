@@ -27,7 +27,7 @@ export interface CapturedTensor {
 
 export class CaptureIntervention implements Intervention {
   readonly label: string;
-  readonly captured = new Map<string, CapturedTensor>();
+  readonly captured: Map<string, CapturedTensor> = new Map();
   private plans: { key: string; tensor: string; steps: Set<number> }[] = [];
 
   constructor(readonly requests: CaptureRequest[]) {

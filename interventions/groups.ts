@@ -64,8 +64,10 @@ export function resolveGroup(layout: RunLayout, group: string): number[] {
     if (bad !== undefined) throw new Error(`group "${group}": text position ${bad} is outside 0..${layout.textRows - 1}`);
     return positions;
   }
-  throw new Error(`unknown token group "${group}" (known: text, text[content], text[scaffold], text[pad], text[padding], ` +
-    `text[i..j], text[i,j,…], image, ref, ref[k])`);
+  throw new Error(
+    `unknown token group "${group}" (known: text, text[content], text[scaffold], text[pad], text[padding], ` +
+      `text[i..j], text[i,j,…], image, ref, ref[k])`,
+  );
 }
 
 /** Union of groups joined by `+`. */

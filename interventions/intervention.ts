@@ -45,7 +45,7 @@ export function resolveBlocks(spec: string | (string | number)[], blocks: string
       continue;
     }
     let m: RegExpExecArray | null;
-    if (item === "all") for (let i = 0; i < n; i++) pick.add(i);
+    if (item === "all") { for (let i = 0; i < n; i++) pick.add(i); }
     else if (item === "double") blocks.forEach((b, i) => b.startsWith("double.") && pick.add(i));
     else if (item === "single") blocks.forEach((b, i) => b.startsWith("single.") && pick.add(i));
     else if ((m = /^(\d+)\.\.(\d+)$/.exec(item))) {
@@ -67,7 +67,13 @@ export function resolveBlocks(spec: string | (string | number)[], blocks: string
     } else if (/^\d+$/.test(item)) add(Number(item), item);
     else {
       const i = blocks.indexOf(item);
-      if (i < 0) throw new Error(`${where}: unknown block "${item}" (use all, double, single, an index, a..b, first:k, last:k, window:i:k or a name like ${blocks[0]})`);
+      if (i < 0) {
+        throw new Error(
+          `${where}: unknown block "${item}" (use all, double, single, an index, a..b, first:k, last:k, window:i:k or a name like ${
+            blocks[0]
+          })`,
+        );
+      }
       pick.add(i);
     }
   }
@@ -85,7 +91,9 @@ export function resolveSteps(spec: string | number[] | undefined, steps: number,
     const list = m ? Array.from({ length: Math.max(0, Number(m[2]) - Number(m[1])) }, (_, i) => Number(m![1]) + i) : [Number(item)];
     if (m && !list.length) throw new Error(`${where}: empty step range ${item}`);
     for (const s of list) {
-      if (!Number.isInteger(s) || s < 0 || s >= steps) throw new Error(`${where}: step ${item} is beyond this run's ${steps} steps (0..${steps - 1})`);
+      if (!Number.isInteger(s) || s < 0 || s >= steps) {
+        throw new Error(`${where}: step ${item} is beyond this run's ${steps} steps (0..${steps - 1})`);
+      }
       out.add(s);
     }
   }

@@ -38,7 +38,9 @@ export class KnockoutIntervention implements Intervention {
 
   constructor(readonly settings: KnockoutSetting[]) {
     if (!settings.length) throw new Error("a knockout needs at least one setting");
-    this.label = `knockout ${settings.map((s) => `${s.setting} @ ${Array.isArray(s.blocks) ? s.blocks.join(",") : s.blocks ?? "all"}`).join("; ")}`;
+    this.label = `knockout ${
+      settings.map((s) => `${s.setting} @ ${Array.isArray(s.blocks) ? s.blocks.join(",") : s.blocks ?? "all"}`).join("; ")
+    }`;
   }
 
   validate(ctx: RunContext): void {
@@ -53,7 +55,9 @@ export class KnockoutIntervention implements Intervention {
       // A group can be legitimately empty in one run (text[content] of an empty prompt, ref in text-to-image):
       // then the setting masks nothing and the run is exactly the plain run.
       if (!keys.length || !queries.length) {
-        const message = `knockout ${s.setting}: group ${!keys.length ? sources : destinations} is empty in this run; this setting masks nothing`;
+        const message = `knockout ${s.setting}: group ${
+          !keys.length ? sources : destinations
+        } is empty in this run; this setting masks nothing`;
         if (!this.warned.has(message)) ctx.warn(message);
         this.warned.add(message);
         continue;
@@ -70,8 +74,10 @@ export class KnockoutIntervention implements Intervention {
       const { queryBits, keyBits } = groupMaskBits(S, S, rules.map((r) => r.rule));
       const dead = fullyMaskedQueries(S, S, { bits: { queryBits, keyBits } });
       if (dead.length) {
-        throw new Error(`knockout at ${ctx.blocks[b]}: ${dead.length} quer${dead.length === 1 ? "y" : "ies"} (first: sequence position ` +
-          `${dead[0]}) would have no key left to attend to; such a mask is undefined (softmax over nothing)`);
+        throw new Error(
+          `knockout at ${ctx.blocks[b]}: ${dead.length} quer${dead.length === 1 ? "y" : "ies"} (first: sequence position ` +
+            `${dead[0]}) would have no key left to attend to; such a mask is undefined (softmax over nothing)`,
+        );
       }
     }
   }

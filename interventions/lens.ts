@@ -1,7 +1,7 @@
 // The T2I lens: decode the text-token activations of an editing run by running a text-to-image run in which those
 // activations replace (diagonal) the same block's text rows, or (input_to_block0) the text input of the first block.
 
-import type { GenerateRequest, GenerateResult, Flux2KleinPipeline } from "../model/pipeline.ts";
+import type { Flux2KleinPipeline, GenerateRequest, GenerateResult } from "../model/pipeline.ts";
 import { CaptureIntervention } from "./capture_run.ts";
 import { PatchIntervention } from "./patch.ts";
 import { resolveGroups } from "./groups.ts";

@@ -3,7 +3,7 @@
 
 import type { Graph } from "../runtime/graph.ts";
 import type { Plan } from "../runtime/executor.ts";
-import { patchRows, type PatchMode } from "../kernels/patch.ts";
+import { type PatchMode, patchRows } from "../kernels/patch.ts";
 import { type Intervention, resolveSteps, type RunContext } from "./intervention.ts";
 
 export interface PatchSpec {
@@ -55,7 +55,9 @@ export class PatchIntervention implements Intervention {
       return;
     }
     if (Array.isArray(this.spec.rows) && this.spec.rows.length < Math.max(...this.active) + 1) {
-      throw new Error(`${this.label}: the source has ${this.spec.rows.length} step(s) but the patch is active up to step ${Math.max(...this.active)}`);
+      throw new Error(
+        `${this.label}: the source has ${this.spec.rows.length} step(s) but the patch is active up to step ${Math.max(...this.active)}`,
+      );
     }
   }
 
@@ -69,8 +71,10 @@ export class PatchIntervention implements Intervention {
     for (const step of this.active) {
       const rows = this.rowsFor(step);
       if (rows.length !== this.positions.length * cols) {
-        throw new Error(`${this.label}: the source gives ${rows.length / cols} rows of ${cols} at step ${step}, ` +
-          `but ${this.positions.length} positions are patched (row counts must match group by group)`);
+        throw new Error(
+          `${this.label}: the source gives ${rows.length / cols} rows of ${cols} at step ${step}, ` +
+            `but ${this.positions.length} positions are patched (row counts must match group by group)`,
+        );
       }
     }
     const producer = g.producerIndex(dst);

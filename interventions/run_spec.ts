@@ -2,7 +2,7 @@
 // requested captures, and writing everything next to the image so the run can be regenerated.
 
 import { join } from "node:path";
-import { Flux2KleinPipeline, type GenerateRequest, type GenerateResult } from "../model/pipeline.ts";
+import type { Flux2KleinPipeline, GenerateRequest, GenerateResult } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
 import { packLatents } from "../model/sampler.ts";
 import { SafetensorsFile } from "../weights/safetensors.ts";
@@ -39,12 +39,16 @@ export async function readLatents(path: string, channels: number, width: number,
     const h = height / 16, w = width / 16;
     const data = await f.readF32(name);
     const s = info.shape.join("×");
-    if (info.shape.length === 3 && info.shape[0] === channels && info.shape[1] === h && info.shape[2] === w) return packLatents(data, channels, h, w);
+    if (info.shape.length === 3 && info.shape[0] === channels && info.shape[1] === h && info.shape[2] === w) {
+      return packLatents(data, channels, h, w);
+    }
     if (info.shape.length === 4 && info.shape[0] === 1 && info.shape[1] === channels && info.shape[2] === h && info.shape[3] === w) {
       return packLatents(data, channels, h, w);
     }
     if (info.shape.length === 2 && info.shape[0] === h * w && info.shape[1] === channels) return data;
-    throw new Error(`${path}: tensor ${name} has shape ${s}; ${width}×${height} needs [${channels}, ${h}, ${w}] or [${h * w}, ${channels}]`);
+    throw new Error(
+      `${path}: tensor ${name} has shape ${s}; ${width}×${height} needs [${channels}, ${h}, ${w}] or [${h * w}, ${channels}]`,
+    );
   } finally {
     f.close();
   }
@@ -117,8 +121,10 @@ async function buildPatch(pipe: Flux2KleinPipeline, spec: RunSpec, p: PatchSpecJ
     positions: (ctx) => {
       const target = resolveGroups(ctx.layout, group);
       if (target.length !== sourcePositions.length) {
-        throw new Error(`patch ${group}: the source run has ${sourcePositions.length} such rows, the target ${target.length}; ` +
-          `row counts must match group by group`);
+        throw new Error(
+          `patch ${group}: the source run has ${sourcePositions.length} such rows, the target ${target.length}; ` +
+            `row counts must match group by group`,
+        );
       }
       return target;
     },
@@ -169,8 +175,10 @@ export async function checkSpec(pipe: Flux2KleinPipeline, spec: RunSpec): Promis
     const group = patchGroup(iv);
     const [s, t] = [resolveGroups(source.layout, group).length, resolveGroups(prepared.layout, group).length];
     if (s !== t) {
-      throw new Error(`${where}: the source run has ${s} ${group} rows and this run ${t}; patch rows are matched group by group, ` +
-        `so the counts must be equal`);
+      throw new Error(
+        `${where}: the source run has ${s} ${group} rows and this run ${t}; patch rows are matched group by group, ` +
+          `so the counts must be equal`,
+      );
     }
   }
 }
@@ -185,7 +193,13 @@ export async function executeSpec(pipe: Flux2KleinPipeline, spec: RunSpec, log: 
   const base = await baseRequest(pipe, spec);
   if (lens) {
     const targetSteps = lens.targetSteps ?? (lens.mode === "diagonal" ? 1 : 4);
-    const target: GenerateRequest = { prompt: lens.targetPrompt ?? "", refs: [], steps: targetSteps, width: spec.width, height: spec.height };
+    const target: GenerateRequest = {
+      prompt: lens.targetPrompt ?? "",
+      refs: [],
+      steps: targetSteps,
+      width: spec.width,
+      height: spec.height,
+    };
     if (lens.targetLatents) {
       const prepared = await pipe.prepare({ ...base, steps: lens.sourceSteps ?? 1 });
       target.initialLatents = await readLatents(lens.targetLatents, pipe.transformer.config.inChannels, prepared.width, prepared.height);
@@ -224,7 +238,8 @@ export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<R
     kleinscope: { version: KLEINSCOPE_VERSION, spec: SPEC_VERSION, fingerprint: await checkpointFingerprint(spec.model) },
     width: spec.width ?? (spec.interventions?.some((i) => i.type === "lens") ? run.source?.width : run.result.width),
     height: spec.height ?? (spec.interventions?.some((i) => i.type === "lens") ? run.source?.height : run.result.height),
-    steps: spec.steps ?? (spec.interventions?.some((i) => i.type === "lens") ? run.source?.times.stepsMs.length : run.result.times.stepsMs.length),
+    steps: spec.steps ??
+      (spec.interventions?.some((i) => i.type === "lens") ? run.source?.times.stepsMs.length : run.result.times.stepsMs.length),
     seed: spec.latents ? undefined : spec.seed ?? 0,
   };
 }
@@ -262,7 +277,18 @@ export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise
   const r = run.result;
   await Deno.writeTextFile(
     join(dir, "run.json"),
-    JSON.stringify({ width: r.width, height: r.height, times: r.times, layout: { ...r.layout, prompt: undefined }, promptGroups: r.layout.prompt, warnings: run.warnings }, null, 1),
+    JSON.stringify(
+      {
+        width: r.width,
+        height: r.height,
+        times: r.times,
+        layout: { ...r.layout, prompt: undefined },
+        promptGroups: r.layout.prompt,
+        warnings: run.warnings,
+      },
+      null,
+      1,
+    ),
   );
   written.push(join(dir, "run.json"));
   return written;

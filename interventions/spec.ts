@@ -122,7 +122,9 @@ function str(o: Record<string, unknown>, k: string, path: string, required = fal
 function int(o: Record<string, unknown>, k: string, path: string, min: number): number | undefined {
   const v = o[k];
   if (v === undefined) return undefined;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min) fail(`${path}${k}`, `expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+    fail(`${path}${k}`, `expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  }
   return v;
 }
 
@@ -159,7 +161,12 @@ function steps(o: Record<string, unknown>, k: string, path: string): string | nu
 function oneOf<T extends string>(o: Record<string, unknown>, k: string, path: string, values: readonly T[]): T | undefined {
   const v = o[k];
   if (v === undefined) return undefined;
-  if (!values.includes(v as T)) fail(`${path}${k}`, `expected one of ${values.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(v)}`);
+  if (!values.includes(v as T)) {
+    fail(
+      `${path}${k}`,
+      `expected one of ${values.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(v)}`,
+    );
+  }
   return v as T;
 }
 
@@ -167,7 +174,13 @@ function parseSource(v: unknown, path: string): SourceRunSpec {
   const o = obj(v, path);
   only(o, path, ["prompt", "refs", "seed", "latents", "steps"]);
   const p = `${path}.`;
-  return { prompt: str(o, "prompt", p), refs: strList(o, "refs", p), seed: int(o, "seed", p, 0), latents: str(o, "latents", p), steps: int(o, "steps", p, 1) };
+  return {
+    prompt: str(o, "prompt", p),
+    refs: strList(o, "refs", p),
+    seed: int(o, "seed", p, 0),
+    latents: str(o, "latents", p),
+    steps: int(o, "steps", p, 1),
+  };
 }
 
 function parseIntervention(v: unknown, path: string): InterventionSpec {
@@ -207,7 +220,18 @@ function parseIntervention(v: unknown, path: string): InterventionSpec {
       source: parseSource(o.source, `${path}.source`),
     };
   }
-  only(o, path, ["type", "block", "mode", "sourceSteps", "sourceStep", "targetSteps", "targetPrompt", "targetSeedOffset", "targetLatents", "group"]);
+  only(o, path, [
+    "type",
+    "block",
+    "mode",
+    "sourceSteps",
+    "sourceStep",
+    "targetSteps",
+    "targetPrompt",
+    "targetSeedOffset",
+    "targetLatents",
+    "group",
+  ]);
   const mode = oneOf(o, "mode", p, ["diagonal", "input_to_block0"] as const);
   if (!mode) fail(`${path}.mode`, `is required ("diagonal" or "input_to_block0")`);
   return {
@@ -227,7 +251,21 @@ function parseIntervention(v: unknown, path: string): InterventionSpec {
 /** Check a parsed JSON value and return it as a RunSpec; every problem names its field. */
 export function parseSpec(raw: unknown): RunSpec {
   const o = obj(raw, "(root)");
-  only(o, "", ["kleinscope", "model", "prompt", "refs", "width", "height", "steps", "guidance", "seed", "latents", "captures", "interventions", "output"]);
+  only(o, "", [
+    "kleinscope",
+    "model",
+    "prompt",
+    "refs",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "seed",
+    "latents",
+    "captures",
+    "interventions",
+    "output",
+  ]);
   const spec: RunSpec = {
     model: str(o, "model", "", true)!,
     prompt: str(o, "prompt", "", true)!,

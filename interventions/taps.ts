@@ -31,6 +31,8 @@ export function knownTaps(blocks: readonly string[]): string[] {
 export function checkTap(tap: string, blocks: readonly string[], where: string): void {
   const taps = knownTaps(blocks);
   if (!taps.includes(tap)) {
-    throw new Error(`${where}: unknown tap point "${tap}" (e.g. ${blocks[0]}.txt, ${blocks[blocks.length - 1]}, context_embedder, ${blocks[0]}.attn.q)`);
+    throw new Error(
+      `${where}: unknown tap point "${tap}" (e.g. ${blocks[0]}.txt, ${blocks[blocks.length - 1]}, context_embedder, ${blocks[0]}.attn.q)`,
+    );
   }
 }

@@ -89,7 +89,9 @@ export async function runAuditCase(gpu: GpuContext, c: AuditCase, seed = 7): Pro
 }
 
 export function formatAuditTable(results: AuditResult[]): string {
-  const rows = results.map((r) => [r.kernel, r.label, r.relL2.toExponential(2), r.maxAbs.toExponential(2), r.ms.toFixed(2), r.pass ? "ok" : "FAIL"]);
+  const rows = results.map((
+    r,
+  ) => [r.kernel, r.label, r.relL2.toExponential(2), r.maxAbs.toExponential(2), r.ms.toFixed(2), r.pass ? "ok" : "FAIL"]);
   const head = ["kernel", "shape", "rel L2", "max |Δ|", "ms", "verdict"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ");

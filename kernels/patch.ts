@@ -22,7 +22,11 @@ export const patchKernel: KernelSpec = {
 export type PatchMode = "replace" | "add";
 
 /** dst[index[i]] ← src[i] (or += alpha·src[i]), in place; `control` is an f32 [2] tensor (enabled, alpha). */
-export function patchRows(g: Graph, name: string, args: { src: number; dst: number; index: number; control: number; mode: PatchMode }): void {
+export function patchRows(
+  g: Graph,
+  name: string,
+  args: { src: number; dst: number; index: number; control: number; mode: PatchMode },
+): void {
   const [count, cols] = g.shape(args.src);
   const [dstRows, dstCols] = g.shape(args.dst);
   if (cols !== dstCols) throw new Error(`${name}: patch rows have ${cols} columns, the patched tensor has ${dstCols}`);

@@ -3,7 +3,7 @@
 // Interventions rewrite the step graph once; the step loop only writes σ-dependent inputs and submits.
 
 import { join } from "node:path";
-import { type GpuContext, getGpu } from "../runtime/device.ts";
+import { getGpu, type GpuContext } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { readJson } from "../weights/checkpoint.ts";
@@ -11,7 +11,7 @@ import { axpyInPlace, elementwiseNode } from "../kernels/elementwise.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { Flux2Transformer, FLUX_INPUTS } from "./flux2/transformer.ts";
 import { concatIds, type Grid, imageIds, textIds } from "./flux2/positions.ts";
-import { flowSchedule, packLatents, seededNoise } from "./sampler.ts";
+import { flowSchedule, seededNoise } from "./sampler.ts";
 import { Qwen3TextEncoder } from "./qwen3/text_encoder.ts";
 import { type EncodedPrompt, encodePrompt, QWEN3_PROMPT_LENGTH } from "./qwen3/prompt.ts";
 import { loadQwen3Tokenizer } from "./qwen3/tokenizer.ts";
@@ -134,7 +134,9 @@ export class Flux2KleinPipeline {
     try {
       stat = await Deno.stat(dir);
     } catch {
-      throw new Error(`model folder ${dir} does not exist (download one with \`deno task download\`, or use tests/fixtures/klein-tiny/model)`);
+      throw new Error(
+        `model folder ${dir} does not exist (download one with \`deno task download\`, or use tests/fixtures/klein-tiny/model)`,
+      );
     }
     if (!stat.isDirectory) throw new Error(`model folder ${dir} is not a folder`);
     const index = await readJson<ModelIndex>(join(dir, "model_index.json"));
@@ -333,4 +335,3 @@ export class Flux2KleinPipeline {
     this.vae.release();
   }
 }
-

@@ -29,7 +29,9 @@ export interface Schedule {
 /** Shifted sigmas for `steps` Euler steps over `imageSeqLen` noise tokens. */
 export function flowSchedule(steps: number, imageSeqLen: number, muOverride?: number): Schedule {
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be a positive integer, got ${steps}`);
-  if (!Number.isInteger(imageSeqLen) || imageSeqLen < 1) throw new Error(`image sequence length must be a positive integer, got ${imageSeqLen}`);
+  if (!Number.isInteger(imageSeqLen) || imageSeqLen < 1) {
+    throw new Error(`image sequence length must be a positive integer, got ${imageSeqLen}`);
+  }
   const mu = muOverride ?? empiricalMu(imageSeqLen, steps);
   const expMu = Math.exp(mu);
   const sigmas: number[] = [];

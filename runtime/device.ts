@@ -46,10 +46,14 @@ export async function openGpu(request: DeviceRequest = {}): Promise<GpuContext> 
   if (wantBinding > a.maxStorageBufferBindingSize) {
     missing.push(`maxStorageBufferBindingSize ${wantBinding} > adapter's ${a.maxStorageBufferBindingSize}`);
   }
-  if (a.maxComputeInvocationsPerWorkgroup < 256) missing.push(`maxComputeInvocationsPerWorkgroup ${a.maxComputeInvocationsPerWorkgroup} < 256`);
+  if (a.maxComputeInvocationsPerWorkgroup < 256) {
+    missing.push(`maxComputeInvocationsPerWorkgroup ${a.maxComputeInvocationsPerWorkgroup} < 256`);
+  }
   if (a.maxComputeWorkgroupStorageSize < 16384) missing.push(`maxComputeWorkgroupStorageSize ${a.maxComputeWorkgroupStorageSize} < 16384`);
   if (missing.length) {
-    throw new Error(`The WebGPU adapter "${adapter.info.description}" is too small for this plan: ${missing.join("; ")}. ${HOW_TO_GET_AN_ADAPTER}`);
+    throw new Error(
+      `The WebGPU adapter "${adapter.info.description}" is too small for this plan: ${missing.join("; ")}. ${HOW_TO_GET_AN_ADAPTER}`,
+    );
   }
   const features: GPUFeatureName[] = [];
   const hasF16 = (request.wantF16 ?? true) && adapter.features.has("shader-f16");

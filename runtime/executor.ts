@@ -41,14 +41,16 @@ function layoutFor(gpu: GpuContext, kernel: GraphNode["kernel"]): GPUBindGroupLa
       visibility: GPUShaderStage.COMPUTE,
       buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
     }));
-    if (kernel.params.length) entries.push({ binding: kernel.bindings.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } });
+    if (kernel.params.length) {
+      entries.push({ binding: kernel.bindings.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } });
+    }
     layout = gpu.device.createBindGroupLayout({ label: kernel.name, entries });
     cache.set(kernel.name, layout);
   }
   return layout;
 }
 
-async function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeline> {
+function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeline> {
   let cache = pipelineCache.get(gpu.device);
   if (!cache) pipelineCache.set(gpu.device, cache = new Map());
   const key = variantKey(node.kernel, node.variant);
@@ -103,8 +105,10 @@ export class Plan {
     const maxBinding = gpu.limits.maxStorageBufferBindingSize;
     for (const t of tensors) {
       if (tensorBytes(t) > maxBinding) {
-        throw new Error(`tensor ${t.name} ${shapeString(t.shape)} needs ${tensorBytes(t)} bytes, more than this device's ` +
-          `maxStorageBufferBindingSize ${maxBinding}`);
+        throw new Error(
+          `tensor ${t.name} ${shapeString(t.shape)} needs ${tensorBytes(t)} bytes, more than this device's ` +
+            `maxStorageBufferBindingSize ${maxBinding}`,
+        );
       }
     }
     // Lifetimes of pooled (activation) roots: first writer .. last reader.
@@ -189,7 +193,11 @@ export class Plan {
     // Uniform arena: one 256-byte slot per node that has parameters.
     const withParams = nodes.filter((n) => n.kernel.params.length > 0).length;
     const uniforms = withParams
-      ? gpu.device.createBuffer({ label: `${label}:uniforms`, size: withParams * UNIFORM_SLOT, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST })
+      ? gpu.device.createBuffer({
+        label: `${label}:uniforms`,
+        size: withParams * UNIFORM_SLOT,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      })
       : null;
     const arena = new ArrayBuffer(withParams * UNIFORM_SLOT);
     const pipelines = await Promise.all(nodes.map((n) => pipelineFor(gpu, n)));
@@ -214,7 +222,10 @@ export class Plan {
           else if (p.type === "i32") view.setInt32(k * 4, v, true);
           else view.setUint32(k * 4, v, true);
         });
-        entries.push({ binding: n.kernel.bindings.length, resource: { buffer: uniforms!, offset: slot * UNIFORM_SLOT, size: n.kernel.params.length * 4 } });
+        entries.push({
+          binding: n.kernel.bindings.length,
+          resource: { buffer: uniforms!, offset: slot * UNIFORM_SLOT, size: n.kernel.params.length * 4 },
+        });
         slot++;
       }
       bindGroups.push(gpu.device.createBindGroup({ label: n.name, layout: layoutFor(gpu, n.kernel), entries }));

@@ -21,9 +21,9 @@ export class Graph {
   readonly tensors: TensorSpec[] = [];
   readonly nodes: GraphNode[] = [];
   /** Named tap points: a name → the tensor that holds that activation once its producer ran. */
-  readonly taps = new Map<string, number>();
+  readonly taps: Map<string, number> = new Map();
   /** Contents of constant tensors (index lists, masks' bit sets), written once when a plan is compiled. */
-  readonly constants = new Map<number, Float32Array | Uint32Array | Int32Array>();
+  readonly constants: Map<number, Float32Array | Uint32Array | Int32Array> = new Map();
   private readonly byName = new Map<string, number>();
   /** Prefix of names created inside `scoped` (weights are shared and never prefixed). */
   private scope = "";
@@ -65,7 +65,9 @@ export class Graph {
     if (existing !== undefined) {
       const t = this.tensors[existing];
       if (t.role !== "weight" || t.dtype !== dtype || t.shape.join() !== shape.join()) {
-        throw new Error(`weight ${name} ${shapeString(shape)} ${dtype} conflicts with tensor ${shapeString(t.shape)} ${t.dtype} of that name`);
+        throw new Error(
+          `weight ${name} ${shapeString(shape)} ${dtype} conflicts with tensor ${shapeString(t.shape)} ${t.dtype} of that name`,
+        );
       }
       return existing;
     }

@@ -13,7 +13,11 @@ function f64(a: ArrayLike<number>): Float64Array {
 
 const ROWS = 37, COLS = 53;
 
-function binaryCase(kernel: string, op: (g: Parameters<typeof add>[0], n: string, a: number, b: number) => number, f: (x: number, y: number) => number): AuditCase {
+function binaryCase(
+  kernel: string,
+  op: (g: Parameters<typeof add>[0], n: string, a: number, b: number) => number,
+  f: (x: number, y: number) => number,
+): AuditCase {
   return {
     kernel,
     label: `${ROWS}×${COLS}`,
@@ -23,7 +27,10 @@ function binaryCase(kernel: string, op: (g: Parameters<typeof add>[0], n: string
       const out = g.state("out", [ROWS, COLS]);
       const tmp = op(g, "op", ta, tb);
       elementwiseNode(g, "copy", { op: "scale", a: tmp, out, cols: COLS, alpha: 1 });
-      return { inputs: [{ name: "a", data: a }, { name: "b", data: b }], outputs: [{ name: "out", expected: f64(a).map((x, i) => f(x, b[i])) }] };
+      return {
+        inputs: [{ name: "a", data: a }, { name: "b", data: b }],
+        outputs: [{ name: "out", expected: f64(a).map((x, i) => f(x, b[i])) }],
+      };
     },
   };
 }
@@ -102,7 +109,10 @@ export const elementwiseAuditCases: AuditCase[] = [
       const tmp = gatedSum(g, "op", g.input("res", [ROWS, COLS]), g.input("y", [ROWS, COLS]), g.input("mod", [3 * COLS]), 2 * COLS);
       elementwiseNode(g, "copy", { op: "scale", a: tmp, out, cols: COLS, alpha: 1 });
       const exp = f64(res).map((v, i) => v + mod[2 * COLS + (i % COLS)] * y[i]);
-      return { inputs: [{ name: "res", data: res }, { name: "y", data: y }, { name: "mod", data: mod }], outputs: [{ name: "out", expected: exp }] };
+      return {
+        inputs: [{ name: "res", data: res }, { name: "y", data: y }, { name: "mod", data: mod }],
+        outputs: [{ name: "out", expected: exp }],
+      };
     },
   },
   {
@@ -117,4 +127,3 @@ export const elementwiseAuditCases: AuditCase[] = [
     },
   },
 ];
-

@@ -30,7 +30,10 @@ function patchCase(mode: PatchMode, enabled: boolean): AuditCase {
         }
       }
       return {
-        inputs: [{ name: "src", data: src }, { name: "index", data: index }, { name: "control", data: Float32Array.of(enabled ? 1 : 0, alpha) }],
+        inputs: [{ name: "src", data: src }, { name: "index", data: index }, {
+          name: "control",
+          data: Float32Array.of(enabled ? 1 : 0, alpha),
+        }],
         outputs: [{ name: "dst", expected: exp, initial: dst0 }],
       };
     },

@@ -18,12 +18,26 @@ export interface Flux2Config {
 }
 
 const KNOWN_KEYS = new Set([
-  "_class_name", "_diffusers_version", "_name_or_path", "attention_head_dim", "axes_dims_rope", "eps", "guidance_embeds",
-  "in_channels", "joint_attention_dim", "mlp_ratio", "num_attention_heads", "num_layers", "num_single_layers", "out_channels",
-  "patch_size", "rope_theta", "timestep_guidance_channels",
+  "_class_name",
+  "_diffusers_version",
+  "_name_or_path",
+  "attention_head_dim",
+  "axes_dims_rope",
+  "eps",
+  "guidance_embeds",
+  "in_channels",
+  "joint_attention_dim",
+  "mlp_ratio",
+  "num_attention_heads",
+  "num_layers",
+  "num_single_layers",
+  "out_channels",
+  "patch_size",
+  "rope_theta",
+  "timestep_guidance_channels",
 ]);
 
-function positiveInt(raw: Record<string, unknown>, key: string, fallback: number | undefined, where: string, problems: string[]): number {
+function positiveInt(raw: Record<string, unknown>, key: string, fallback: number | undefined, problems: string[]): number {
   const v = raw[key] ?? fallback;
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
     problems.push(`${key} must be a positive integer (got ${JSON.stringify(raw[key])})`);
@@ -45,10 +59,12 @@ export function parseFlux2Config(raw: unknown, where: string): Flux2Config {
   const patch = r.patch_size ?? 1;
   if (patch !== 1) problems.push(`patch_size ${patch} is not supported (FLUX.2 klein uses 1)`);
   if (r.guidance_embeds === true) problems.push("guidance_embeds=true (a guidance-distilled model) is not supported; klein has none");
-  const inChannels = positiveInt(r, "in_channels", 128, where, problems);
-  const outChannels = r.out_channels === null || r.out_channels === undefined ? inChannels : positiveInt(r, "out_channels", undefined, where, problems);
-  const heads = positiveInt(r, "num_attention_heads", 48, where, problems);
-  const headDim = positiveInt(r, "attention_head_dim", 128, where, problems);
+  const inChannels = positiveInt(r, "in_channels", 128, problems);
+  const outChannels = r.out_channels === null || r.out_channels === undefined
+    ? inChannels
+    : positiveInt(r, "out_channels", undefined, problems);
+  const heads = positiveInt(r, "num_attention_heads", 48, problems);
+  const headDim = positiveInt(r, "attention_head_dim", 128, problems);
   const axes = (r.axes_dims_rope ?? [32, 32, 32, 32]) as unknown;
   let axesDimsRope = [32, 32, 32, 32];
   if (!Array.isArray(axes) || axes.length !== 4 || axes.some((a) => !Number.isInteger(a) || a <= 0 || a % 2)) {
@@ -69,13 +85,13 @@ export function parseFlux2Config(raw: unknown, where: string): Flux2Config {
   const cfg: Flux2Config = {
     inChannels,
     outChannels,
-    numDoubleBlocks: positiveInt(r, "num_layers", 8, where, problems),
-    numSingleBlocks: positiveInt(r, "num_single_layers", 48, where, problems),
+    numDoubleBlocks: positiveInt(r, "num_layers", 8, problems),
+    numSingleBlocks: positiveInt(r, "num_single_layers", 48, problems),
     heads,
     headDim,
     hidden,
-    jointAttentionDim: positiveInt(r, "joint_attention_dim", 15360, where, problems),
-    timestepChannels: positiveInt(r, "timestep_guidance_channels", 256, where, problems),
+    jointAttentionDim: positiveInt(r, "joint_attention_dim", 15360, problems),
+    timestepChannels: positiveInt(r, "timestep_guidance_channels", 256, problems),
     mlpHidden,
     axesDimsRope,
     ropeTheta: theta as number,

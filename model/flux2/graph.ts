@@ -88,14 +88,22 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     // Image stream: gated attention residual, then the modulated SwiGLU feed-forward.
     const imgMid = gatedSum(g, `${b}.img_attn_res`, img, matmul(g, `${b}.img_out`, aImg, w(`${b}.img_out`, [D, D])), modImg, 2 * D);
     const nImg2 = layerNormModulate(g, `${b}.img_norm2`, imgMid, modImg, { eps, scaleOffset: 4 * D, shiftOffset: 3 * D });
-    const ffImg = matmul(g, `${b}.img_ff_out`, swiglu(g, `${b}.img_swiglu`, matmul(g, `${b}.img_ff_in`, nImg2, w(`${b}.img_ff_in`, [2 * F, D]))),
-      w(`${b}.img_ff_out`, [D, F]));
+    const ffImg = matmul(
+      g,
+      `${b}.img_ff_out`,
+      swiglu(g, `${b}.img_swiglu`, matmul(g, `${b}.img_ff_in`, nImg2, w(`${b}.img_ff_in`, [2 * F, D]))),
+      w(`${b}.img_ff_out`, [D, F]),
+    );
     const imgOut = gatedSum(g, `${b}.img`, imgMid, ffImg, modImg, 5 * D);
     // Text stream, the same with its own weights and modulation.
     const txtMid = gatedSum(g, `${b}.txt_attn_res`, txt, matmul(g, `${b}.txt_out`, aTxt, w(`${b}.txt_out`, [D, D])), modTxt, 2 * D);
     const nTxt2 = layerNormModulate(g, `${b}.txt_norm2`, txtMid, modTxt, { eps, scaleOffset: 4 * D, shiftOffset: 3 * D });
-    const ffTxt = matmul(g, `${b}.txt_ff_out`, swiglu(g, `${b}.txt_swiglu`, matmul(g, `${b}.txt_ff_in`, nTxt2, w(`${b}.txt_ff_in`, [2 * F, D]))),
-      w(`${b}.txt_ff_out`, [D, F]));
+    const ffTxt = matmul(
+      g,
+      `${b}.txt_ff_out`,
+      swiglu(g, `${b}.txt_swiglu`, matmul(g, `${b}.txt_ff_in`, nTxt2, w(`${b}.txt_ff_in`, [2 * F, D]))),
+      w(`${b}.txt_ff_out`, [D, F]),
+    );
     const txtOut = gatedSum(g, `${b}.txt`, txtMid, ffTxt, modTxt, 5 * D);
     img = g.tap(`${b}.img`, imgOut);
     txt = g.tap(`${b}.txt`, txtOut);
@@ -122,7 +130,13 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
   // Final modulated norm and projection over the image rows only.
   const imageStream = g.view("final.image_rows", h, rowOffset(textRows, D), [imageRows, D]);
   const nf = layerNormModulate(g, "final.norm", imageStream, modFinal, { eps, scaleOffset: 0, shiftOffset: D });
-  const output = matmul(g, "proj_out", nf, w("proj_out", [cfg.outChannels, D]), outputTensor === undefined ? undefined : { out: outputTensor });
+  const output = matmul(
+    g,
+    "proj_out",
+    nf,
+    w("proj_out", [cfg.outChannels, D]),
+    outputTensor === undefined ? undefined : { out: outputTensor },
+  );
   g.tap("output", output);
   return { output, attention: attentionNodes };
 }

@@ -8,7 +8,7 @@ import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
-import { checkpointProblems, detectLayout, type Flux2Layout, flux2GraphWeights, inferBflConfig } from "./weights.ts";
+import { checkpointProblems, detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
 import { buildFlux2Forward, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
 import { timestepEmbedding } from "../../kernels/timestep_table.ts";
 

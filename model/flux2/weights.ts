@@ -67,9 +67,14 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
     expected.set(tensor, shape);
     return { tensor, rowStart, rowCount };
   };
-  const one = (name: string, shape: number[], tensor: string) => weights.push({ name: `${name}.weight`, shape, pieces: [src(tensor, shape)] });
+  const one = (name: string, shape: number[], tensor: string) =>
+    weights.push({ name: `${name}.weight`, shape, pieces: [src(tensor, shape)] });
   const bfl = layout === "bfl";
-  one("time.linear_1", [D, cfg.timestepChannels], bfl ? "time_in.in_layer.weight" : "time_guidance_embed.timestep_embedder.linear_1.weight");
+  one(
+    "time.linear_1",
+    [D, cfg.timestepChannels],
+    bfl ? "time_in.in_layer.weight" : "time_guidance_embed.timestep_embedder.linear_1.weight",
+  );
   one("time.linear_2", [D, D], bfl ? "time_in.out_layer.weight" : "time_guidance_embed.timestep_embedder.linear_2.weight");
   one("mod.double_img", [6 * D, D], bfl ? "double_stream_modulation_img.lin.weight" : "double_stream_modulation_img.linear.weight");
   one("mod.double_txt", [6 * D, D], bfl ? "double_stream_modulation_txt.lin.weight" : "double_stream_modulation_txt.linear.weight");
@@ -101,7 +106,11 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
       one(`${g}.txt_ff_out`, [D, F], `${b}.txt_mlp.2.weight`);
     } else {
       const b = `transformer_blocks.${i}`;
-      weights.push({ name: `${g}.img_qkv.weight`, shape: [3 * D, D], pieces: ["to_q", "to_k", "to_v"].map((p) => src(`${b}.attn.${p}.weight`, [D, D])) });
+      weights.push({
+        name: `${g}.img_qkv.weight`,
+        shape: [3 * D, D],
+        pieces: ["to_q", "to_k", "to_v"].map((p) => src(`${b}.attn.${p}.weight`, [D, D])),
+      });
       weights.push({
         name: `${g}.txt_qkv.weight`,
         shape: [3 * D, D],

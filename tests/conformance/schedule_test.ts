@@ -30,11 +30,14 @@ Deno.test("schedule refuses bad step counts", () => {
 });
 
 Deno.test("a case whose expected tensor is wrong fails with a note", async () => {
-  const wrong = { ...scheduleKind, run: async (ctx: Parameters<typeof scheduleKind.run>[0]) => {
-    const out = await scheduleKind.run(ctx);
-    (out.sigmas as Float64Array)[1] += 1e-3;
-    return out;
-  } };
+  const wrong = {
+    ...scheduleKind,
+    run: async (ctx: Parameters<typeof scheduleKind.run>[0]) => {
+      const out = await scheduleKind.run(ctx);
+      (out.sigmas as Float64Array)[1] += 1e-3;
+      return out;
+    },
+  };
   const s = await runConformance(FIXTURES, [wrong], { cases: ["schedule_4steps_1024tok"] });
   assert.equal(s.failed, 1);
   assert.match(s.results[0].notes.join(" "), /sigmas: rel L2/);

@@ -57,7 +57,11 @@ Deno.test({
   async fn() {
     const pipe = await pipeline();
     const plain = await pipe.generate({ ...edit, keepStepLatents: true });
-    const late = await pipe.generate({ ...edit, keepStepLatents: true, interventions: [new KnockoutIntervention([{ setting: "ref->text", steps: [1] }])] });
+    const late = await pipe.generate({
+      ...edit,
+      keepStepLatents: true,
+      interventions: [new KnockoutIntervention([{ setting: "ref->text", steps: [1] }])],
+    });
     assert.deepEqual(bits(late.stepLatents[0]), bits(plain.stepLatents[0]));
     assert.notDeepEqual(bits(late.stepLatents[1]), bits(plain.stepLatents[1]));
   },
@@ -82,11 +86,21 @@ Deno.test({
       await refuse({ interventions: [{ type: "knockout", setting: "text+image+ref->text" }] }, /no key left to attend to/);
       await refuse({ interventions: [{ type: "knockout", setting: "ref->text", steps: [2] }] }, /step 2 is beyond this run's 2 steps/);
       await refuse(
-        { interventions: [{ type: "patch", block: "double.1", mode: "content_only", source: { prompt: "a much longer instruction than the target has" } }] },
+        {
+          interventions: [{
+            type: "patch",
+            block: "double.1",
+            mode: "content_only",
+            source: { prompt: "a much longer instruction than the target has" },
+          }],
+        },
         /counts must be equal/,
       );
       await refuse({ interventions: [{ type: "patch", tap: "single.9", source: {} }] }, /unknown tap point "single\.9"/);
-      assert.throws(() => parseSpec({ ...base, interventions: [{ type: "knockout", setting: "ref->text", blocks: { a: 1 } }] }), /spec\.interventions\[0\]\.blocks/);
+      assert.throws(
+        () => parseSpec({ ...base, interventions: [{ type: "knockout", setting: "ref->text", blocks: { a: 1 } }] }),
+        /spec\.interventions\[0\]\.blocks/,
+      );
       assert.throws(() => parseSpec({ ...base, width: 70 }), /spec\.width: 70 is not a multiple of 16/);
       assert.throws(() => parseSpec({ ...base, colour: 1 }), /spec\.colour: unknown field/);
       assert.throws(() => parseSpec({ prompt: PROMPT }), /spec\.model: is required/);

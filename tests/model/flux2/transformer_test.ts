@@ -83,14 +83,20 @@ Deno.test("a config that does not match the weights is refused", async () => {
     cfg.num_attention_heads = 3;
     const cfgPath = join(dir, "config.json");
     await Deno.writeTextFile(cfgPath, JSON.stringify(cfg));
-    await assert.rejects(() => Flux2Transformer.load(gpu, DIFFUSERS, { configPath: cfgPath }), /does not match its configuration[\s\S]*x_embedder\.weight has shape \[256, 32\], expected \[384, 32\]/);
+    await assert.rejects(
+      () => Flux2Transformer.load(gpu, DIFFUSERS, { configPath: cfgPath }),
+      /does not match its configuration[\s\S]*x_embedder\.weight has shape \[256, 32\], expected \[384, 32\]/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
 Deno.test("inconsistent or unknown configs are refused with a clear message", () => {
-  assert.throws(() => parseFlux2Config({ attention_head_dim: 128, axes_dims_rope: [32, 32, 32, 16] }, "c.json"), /axes_dims_rope sums to 112 but attention_head_dim is 128/);
+  assert.throws(
+    () => parseFlux2Config({ attention_head_dim: 128, axes_dims_rope: [32, 32, 32, 16] }, "c.json"),
+    /axes_dims_rope sums to 112 but attention_head_dim is 128/,
+  );
   assert.throws(() => parseFlux2Config({ num_layers: -1 }, "c.json"), /num_layers must be a positive integer/);
   assert.throws(() => parseFlux2Config({ bogus: 1 }, "c.json"), /unknown keys bogus/);
   assert.throws(() => parseFlux2Config({ guidance_embeds: true }, "c.json"), /guidance_embeds=true/);
