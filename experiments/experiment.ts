@@ -23,6 +23,7 @@ import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import type { PairingRule, TaskPair } from "./generators.ts";
 import { findTemplate } from "./judge_templates.ts";
 import type { Task } from "./tasks.ts";
+import { JsonFields } from "../interventions/json_fields.ts";
 
 export interface PatchCondition {
   block?: string;
@@ -91,53 +92,12 @@ export interface LoadedExperiment {
 
 export const CONDITION_NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 
-class ExperimentError extends Error {}
-
-function fail(path: string, message: string): never {
-  throw new ExperimentError(`experiment.${path}: ${message}`);
-}
-
-function obj(v: unknown, path: string): Record<string, unknown> {
-  if (!v || typeof v !== "object" || Array.isArray(v)) fail(path, `expected an object, got ${JSON.stringify(v)}`);
-  return v as Record<string, unknown>;
-}
-
-function only(o: Record<string, unknown>, path: string, allowed: string[]): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) fail(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(", ")})`);
-  }
-}
-
-function str(o: Record<string, unknown>, k: string, path: string, required = false): string | undefined {
-  const v = o[k];
-  if (v === undefined) {
-    if (required) fail(`${path}${k}`, "is required");
-    return undefined;
-  }
-  if (typeof v !== "string" || v === "") fail(`${path}${k}`, `expected a non-empty string, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, path: string, min: number): number | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
-    fail(`${path}${k}`, `expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-function bool(o: Record<string, unknown>, k: string, path: string): boolean | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (typeof v !== "boolean") fail(`${path}${k}`, `expected true or false, got ${JSON.stringify(v)}`);
-  return v;
-}
+const F: JsonFields = new JsonFields("experiment");
 
 function names(o: Record<string, unknown>, k: string, path: string): string[] | undefined {
   const v = o[k];
   if (v === undefined) return undefined;
-  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) fail(`${path}${k}`, "expected a list of names");
+  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) F.fail(`${path}${k}`, "expected a list of names");
   return v as string[];
 }
 
@@ -146,22 +106,22 @@ function viaSpecParser(probe: Partial<RunSpec>, rename: (message: string) => str
   try {
     return parseSpec({ model: "-", prompt: "-", ...probe });
   } catch (e) {
-    throw new ExperimentError(rename((e as Error).message));
+    throw new Error(rename((e as Error).message));
   }
 }
 
 function parsePatch(v: unknown, path: string): PatchCondition {
-  const o = obj(v, path);
+  const o = F.obj(v, path);
   const specFields = ["block", "tap", "mode", "group", "op", "alpha", "steps", "schedule", "sourceStep"];
-  only(o, path, [...specFields, "sourceSteps", "pairing", "seedOffset"]);
+  F.only(o, path, [...specFields, "sourceSteps", "pairing", "seedOffset"]);
   const p = `${path}.`;
   const pairing = o.pairing ?? "shift";
-  if (pairing !== "shift") fail(`${path}.pairing`, `expected "shift" (the only pairing rule), got ${JSON.stringify(pairing)}`);
+  if (pairing !== "shift") F.fail(`${path}.pairing`, `expected "shift" (the only pairing rule), got ${JSON.stringify(pairing)}`);
   const seedOffset = o.seedOffset;
   if (seedOffset !== undefined && (typeof seedOffset !== "number" || !Number.isSafeInteger(seedOffset))) {
-    fail(`${path}.seedOffset`, `expected an integer, got ${JSON.stringify(seedOffset)}`);
+    F.fail(`${path}.seedOffset`, `expected an integer, got ${JSON.stringify(seedOffset)}`);
   }
-  const sourceSteps = int(o, "sourceSteps", p, 1);
+  const sourceSteps = F.int(o, "sourceSteps", p, 1);
   const probe = Object.fromEntries(specFields.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
   const spec = viaSpecParser(
     { interventions: [{ type: "patch", ...probe, source: {} } as PatchSpecJson] },
@@ -174,12 +134,17 @@ function parsePatch(v: unknown, path: string): PatchCondition {
 
 function parseCondition(v: unknown, i: number): Condition {
   const path = `conditions[${i}]`;
-  const o = obj(v, path);
-  only(o, path, ["name", "prompt", "textOnly", "steps", "interventions", "patch", "captures"]);
+  const o = F.obj(v, path);
+  F.only(o, path, ["name", "prompt", "textOnly", "steps", "interventions", "patch", "captures"]);
   const p = `${path}.`;
-  const name = str(o, "name", p, true)!;
-  if (!CONDITION_NAME_PATTERN.test(name)) fail(`${path}.name`, `"${name}" cannot name a folder (letters, digits, . _ + -)`);
-  const cond: Condition = { name, prompt: str(o, "prompt", p), textOnly: bool(o, "textOnly", p), steps: int(o, "steps", p, 1) };
+  const name = F.str(o, "name", p, { required: true, nonEmpty: true })!;
+  if (!CONDITION_NAME_PATTERN.test(name)) F.fail(`${path}.name`, `"${name}" cannot name a folder (letters, digits, . _ + -)`);
+  const cond: Condition = {
+    name,
+    prompt: F.str(o, "prompt", p, { nonEmpty: true }),
+    textOnly: F.bool(o, "textOnly", p),
+    steps: F.int(o, "steps", p, 1),
+  };
   if (o.interventions !== undefined || o.captures !== undefined) {
     const spec = viaSpecParser(
       { interventions: o.interventions as InterventionSpec[], captures: o.captures as CaptureSpec[] },
@@ -190,30 +155,30 @@ function parseCondition(v: unknown, i: number): Condition {
   }
   if (o.patch !== undefined) {
     cond.patch = parsePatch(o.patch, `${path}.patch`);
-    if (cond.interventions?.some((iv) => iv.type === "lens")) fail(`${path}.patch`, "a lens run takes no patch");
+    if (cond.interventions?.some((iv) => iv.type === "lens")) F.fail(`${path}.patch`, "a lens run takes no patch");
   }
   return JSON.parse(JSON.stringify(cond));
 }
 
 function parseJudge(v: unknown, conditions: Condition[]): JudgeSettings {
-  const o = obj(v, "judge");
-  only(o, "judge", ["url", "model", "questions"]);
-  const out: JudgeSettings = { url: str(o, "url", "judge."), model: str(o, "model", "judge.") };
+  const o = F.obj(v, "judge");
+  F.only(o, "judge", ["url", "model", "questions"]);
+  const out: JudgeSettings = { url: F.str(o, "url", "judge.", { nonEmpty: true }), model: F.str(o, "model", "judge.", { nonEmpty: true }) };
   if (o.questions !== undefined) {
-    if (!Array.isArray(o.questions)) fail("judge.questions", "expected a list");
+    if (!Array.isArray(o.questions)) F.fail("judge.questions", "expected a list");
     out.questions = o.questions.map((q, i) => {
       const path = `judge.questions[${i}]`;
-      const qo = obj(q, path);
-      only(qo, path, ["template", "conditions", "families"]);
-      const template = str(qo, "template", `${path}.`, true)!;
+      const qo = F.obj(q, path);
+      F.only(qo, path, ["template", "conditions", "families"]);
+      const template = F.str(qo, "template", `${path}.`, { required: true, nonEmpty: true })!;
       try {
         findTemplate(template, `experiment.${path}.template`);
       } catch (e) {
-        throw new ExperimentError((e as Error).message);
+        throw new Error((e as Error).message);
       }
       const conds = names(qo, "conditions", `${path}.`);
       for (const c of conds ?? []) {
-        if (!conditions.some((x) => x.name === c)) fail(`${path}.conditions`, `no condition is named "${c}"`);
+        if (!conditions.some((x) => x.name === c)) F.fail(`${path}.conditions`, `no condition is named "${c}"`);
       }
       return JSON.parse(JSON.stringify({ template, conditions: conds, families: names(qo, "families", `${path}.`) }));
     });
@@ -223,32 +188,32 @@ function parseJudge(v: unknown, conditions: Condition[]): JudgeSettings {
 
 /** Check an experiment definition; relative paths are resolved against `baseDir`. Errors name the field. */
 export function parseExperiment(raw: unknown, baseDir: string): Experiment {
-  const o = obj(raw, "(root)");
-  only(o, "", ["model", "tasks", "output", "refsRoot", "strictTasks", "steps", "width", "height", "guidance", "conditions", "judge"]);
+  const o = F.obj(raw, "(root)");
+  F.only(o, "", ["model", "tasks", "output", "refsRoot", "strictTasks", "steps", "width", "height", "guidance", "conditions", "judge"]);
   const abs = (p: string | undefined) => p === undefined ? undefined : resolve(baseDir, p);
   const exp: Experiment = {
-    model: abs(str(o, "model", "", true))!,
-    tasks: abs(str(o, "tasks", "", true))!,
-    output: abs(str(o, "output", "", true))!,
-    refsRoot: abs(str(o, "refsRoot", "")),
-    strictTasks: bool(o, "strictTasks", ""),
-    steps: int(o, "steps", "", 1),
-    width: int(o, "width", "", 16),
-    height: int(o, "height", "", 16),
+    model: abs(F.str(o, "model", "", { required: true, nonEmpty: true }))!,
+    tasks: abs(F.str(o, "tasks", "", { required: true, nonEmpty: true }))!,
+    output: abs(F.str(o, "output", "", { required: true, nonEmpty: true }))!,
+    refsRoot: abs(F.str(o, "refsRoot", "", { nonEmpty: true })),
+    strictTasks: F.bool(o, "strictTasks", ""),
+    steps: F.int(o, "steps", "", 1),
+    width: F.int(o, "width", "", 16),
+    height: F.int(o, "height", "", 16),
     conditions: [],
   };
-  for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) fail(k, `${exp[k]} is not a multiple of 16`);
+  for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) F.fail(k, `${exp[k]} is not a multiple of 16`);
   if (o.guidance !== undefined) {
     if (typeof o.guidance !== "number" || !Number.isFinite(o.guidance)) {
-      fail("guidance", `expected a number, got ${JSON.stringify(o.guidance)}`);
+      F.fail("guidance", `expected a number, got ${JSON.stringify(o.guidance)}`);
     }
     exp.guidance = o.guidance;
   }
-  if (!Array.isArray(o.conditions) || o.conditions.length === 0) fail("conditions", "expected a non-empty list of conditions");
+  if (!Array.isArray(o.conditions) || o.conditions.length === 0) F.fail("conditions", "expected a non-empty list of conditions");
   exp.conditions = o.conditions.map(parseCondition);
   const seen = new Set<string>();
   for (const [i, c] of exp.conditions.entries()) {
-    if (seen.has(c.name)) fail(`conditions[${i}].name`, `"${c.name}" is used twice`);
+    if (seen.has(c.name)) F.fail(`conditions[${i}].name`, `"${c.name}" is used twice`);
     seen.add(c.name);
   }
   if (o.judge !== undefined) exp.judge = parseJudge(o.judge, exp.conditions);

@@ -2,6 +2,8 @@
 // steps, seed or initial latents, captures and interventions. It is validated field by field (errors name the
 // field, e.g. `interventions[1].blocks`) and written next to every output, so any image can be regenerated.
 
+import { JsonFields } from "./json_fields.ts";
+
 export const SPEC_VERSION = 1;
 
 export type Selection = string | (string | number)[];
@@ -92,62 +94,14 @@ export interface RunSpec {
   output?: string;
 }
 
-class SpecError extends Error {}
-
-function fail(path: string, message: string): never {
-  throw new SpecError(`spec.${path}: ${message}`);
-}
-
-function obj(v: unknown, path: string): Record<string, unknown> {
-  if (!v || typeof v !== "object" || Array.isArray(v)) fail(path, `expected an object, got ${JSON.stringify(v)}`);
-  return v as Record<string, unknown>;
-}
-
-function only(o: Record<string, unknown>, path: string, allowed: string[]): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) fail(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(", ")})`);
-  }
-}
-
-function str(o: Record<string, unknown>, k: string, path: string, required = false): string | undefined {
-  const v = o[k];
-  if (v === undefined) {
-    if (required) fail(`${path}${k}`, "is required");
-    return undefined;
-  }
-  if (typeof v !== "string") fail(`${path}${k}`, `expected a string, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function int(o: Record<string, unknown>, k: string, path: string, min: number): number | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
-    fail(`${path}${k}`, `expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-function num(o: Record<string, unknown>, k: string, path: string): number | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (typeof v !== "number" || !Number.isFinite(v)) fail(`${path}${k}`, `expected a number, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function strList(o: Record<string, unknown>, k: string, path: string): string[] | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) fail(`${path}${k}`, `expected a list of strings`);
-  return v as string[];
-}
+const F: JsonFields = new JsonFields("spec");
 
 function selection(o: Record<string, unknown>, k: string, path: string): Selection | undefined {
   const v = o[k];
   if (v === undefined) return undefined;
   if (typeof v === "string") return v;
   if (Array.isArray(v) && v.every((x) => typeof x === "string" || (typeof x === "number" && Number.isInteger(x)))) return v as Selection;
-  fail(`${path}${k}`, `expected "all", a string like "0..3,single" or a list of block indices/names, got ${JSON.stringify(v)}`);
+  F.fail(`${path}${k}`, `expected "all", a string like "0..3,single" or a list of block indices/names, got ${JSON.stringify(v)}`);
 }
 
 function steps(o: Record<string, unknown>, k: string, path: string): string | number[] | undefined {
@@ -155,72 +109,60 @@ function steps(o: Record<string, unknown>, k: string, path: string): string | nu
   if (v === undefined) return undefined;
   if (typeof v === "string") return v;
   if (Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isInteger(x) && x >= 0)) return v as number[];
-  fail(`${path}${k}`, `expected "all", a string like "0,2" or "1..3", or a list of step indices, got ${JSON.stringify(v)}`);
-}
-
-function oneOf<T extends string>(o: Record<string, unknown>, k: string, path: string, values: readonly T[]): T | undefined {
-  const v = o[k];
-  if (v === undefined) return undefined;
-  if (!values.includes(v as T)) {
-    fail(
-      `${path}${k}`,
-      `expected one of ${values.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(v)}`,
-    );
-  }
-  return v as T;
+  F.fail(`${path}${k}`, `expected "all", a string like "0,2" or "1..3", or a list of step indices, got ${JSON.stringify(v)}`);
 }
 
 function parseSource(v: unknown, path: string): SourceRunSpec {
-  const o = obj(v, path);
-  only(o, path, ["prompt", "refs", "seed", "latents", "steps"]);
+  const o = F.obj(v, path);
+  F.only(o, path, ["prompt", "refs", "seed", "latents", "steps"]);
   const p = `${path}.`;
   return {
-    prompt: str(o, "prompt", p),
-    refs: strList(o, "refs", p),
-    seed: int(o, "seed", p, 0),
-    latents: str(o, "latents", p),
-    steps: int(o, "steps", p, 1),
+    prompt: F.str(o, "prompt", p),
+    refs: F.strList(o, "refs", p),
+    seed: F.int(o, "seed", p, 0),
+    latents: F.str(o, "latents", p),
+    steps: F.int(o, "steps", p, 1),
   };
 }
 
 function parseIntervention(v: unknown, path: string): InterventionSpec {
-  const o = obj(v, path);
+  const o = F.obj(v, path);
   const p = `${path}.`;
-  const type = oneOf(o, "type", p, ["knockout", "patch", "lens"] as const);
-  if (!type) fail(`${path}.type`, `is required ("knockout", "patch" or "lens")`);
+  const type = F.oneOf(o, "type", p, ["knockout", "patch", "lens"] as const);
+  if (!type) F.fail(`${path}.type`, `is required ("knockout", "patch" or "lens")`);
   if (type === "knockout") {
-    only(o, path, ["type", "setting", "blocks", "steps"]);
-    const setting = str(o, "setting", p, true)!;
-    if (setting.split("->").length !== 2) fail(`${path}.setting`, `"${setting}" must look like "A->B", e.g. "ref->text"`);
+    F.only(o, path, ["type", "setting", "blocks", "steps"]);
+    const setting = F.str(o, "setting", p, { required: true })!;
+    if (setting.split("->").length !== 2) F.fail(`${path}.setting`, `"${setting}" must look like "A->B", e.g. "ref->text"`);
     return { type, setting, blocks: selection(o, "blocks", p), steps: steps(o, "steps", p) };
   }
   if (type === "patch") {
-    only(o, path, ["type", "block", "tap", "mode", "group", "op", "alpha", "steps", "schedule", "sourceStep", "source"]);
-    const block = str(o, "block", p), tap = str(o, "tap", p);
-    if (!block === !tap) fail(`${path}.block`, `give exactly one of "block" (patch that block's text rows) or "tap"`);
-    const mode = oneOf(o, "mode", p, ["all", "padding_only", "content_only", "group"] as const);
-    const group = str(o, "group", p);
-    if (mode === "group" && !group) fail(`${path}.group`, `is required with mode "group"`);
-    if (group && mode !== "group") fail(`${path}.group`, `only goes with mode "group"`);
-    if (o.source === undefined) fail(`${path}.source`, "is required (the run the rows come from)");
-    const schedule = oneOf(o, "schedule", p, ["per-step", "fixed"] as const);
-    const sourceStep = int(o, "sourceStep", p, 0);
-    if (sourceStep !== undefined && schedule !== "fixed") fail(`${path}.sourceStep`, `only goes with schedule "fixed"`);
+    F.only(o, path, ["type", "block", "tap", "mode", "group", "op", "alpha", "steps", "schedule", "sourceStep", "source"]);
+    const block = F.str(o, "block", p), tap = F.str(o, "tap", p);
+    if (!block === !tap) F.fail(`${path}.block`, `give exactly one of "block" (patch that block's text rows) or "tap"`);
+    const mode = F.oneOf(o, "mode", p, ["all", "padding_only", "content_only", "group"] as const);
+    const group = F.str(o, "group", p);
+    if (mode === "group" && !group) F.fail(`${path}.group`, `is required with mode "group"`);
+    if (group && mode !== "group") F.fail(`${path}.group`, `only goes with mode "group"`);
+    if (o.source === undefined) F.fail(`${path}.source`, "is required (the run the rows come from)");
+    const schedule = F.oneOf(o, "schedule", p, ["per-step", "fixed"] as const);
+    const sourceStep = F.int(o, "sourceStep", p, 0);
+    if (sourceStep !== undefined && schedule !== "fixed") F.fail(`${path}.sourceStep`, `only goes with schedule "fixed"`);
     return {
       type,
       block,
       tap,
       mode,
       group,
-      op: oneOf(o, "op", p, ["replace", "add"] as const),
-      alpha: num(o, "alpha", p),
+      op: F.oneOf(o, "op", p, ["replace", "add"] as const),
+      alpha: F.num(o, "alpha", p),
       steps: steps(o, "steps", p),
       schedule,
       sourceStep,
       source: parseSource(o.source, `${path}.source`),
     };
   }
-  only(o, path, [
+  F.only(o, path, [
     "type",
     "block",
     "mode",
@@ -232,26 +174,26 @@ function parseIntervention(v: unknown, path: string): InterventionSpec {
     "targetLatents",
     "group",
   ]);
-  const mode = oneOf(o, "mode", p, ["diagonal", "input_to_block0"] as const);
-  if (!mode) fail(`${path}.mode`, `is required ("diagonal" or "input_to_block0")`);
+  const mode = F.oneOf(o, "mode", p, ["diagonal", "input_to_block0"] as const);
+  if (!mode) F.fail(`${path}.mode`, `is required ("diagonal" or "input_to_block0")`);
   return {
     type,
-    block: str(o, "block", p, true)!,
+    block: F.str(o, "block", p, { required: true })!,
     mode,
-    sourceSteps: int(o, "sourceSteps", p, 1),
-    sourceStep: int(o, "sourceStep", p, 0),
-    targetSteps: int(o, "targetSteps", p, 1),
-    targetPrompt: str(o, "targetPrompt", p),
-    targetSeedOffset: int(o, "targetSeedOffset", p, -(2 ** 31)),
-    targetLatents: str(o, "targetLatents", p),
-    group: str(o, "group", p),
+    sourceSteps: F.int(o, "sourceSteps", p, 1),
+    sourceStep: F.int(o, "sourceStep", p, 0),
+    targetSteps: F.int(o, "targetSteps", p, 1),
+    targetPrompt: F.str(o, "targetPrompt", p),
+    targetSeedOffset: F.int(o, "targetSeedOffset", p, -(2 ** 31)),
+    targetLatents: F.str(o, "targetLatents", p),
+    group: F.str(o, "group", p),
   };
 }
 
 /** Check a parsed JSON value and return it as a RunSpec; every problem names its field. */
 export function parseSpec(raw: unknown): RunSpec {
-  const o = obj(raw, "(root)");
-  only(o, "", [
+  const o = F.obj(raw, "(root)");
+  F.only(o, "", [
     "kleinscope",
     "model",
     "prompt",
@@ -267,35 +209,39 @@ export function parseSpec(raw: unknown): RunSpec {
     "output",
   ]);
   const spec: RunSpec = {
-    model: str(o, "model", "", true)!,
-    prompt: str(o, "prompt", "", true)!,
-    refs: strList(o, "refs", ""),
-    width: int(o, "width", "", 16),
-    height: int(o, "height", "", 16),
-    steps: int(o, "steps", "", 1),
-    guidance: num(o, "guidance", ""),
-    seed: int(o, "seed", "", 0),
-    latents: str(o, "latents", ""),
-    output: str(o, "output", ""),
+    model: F.str(o, "model", "", { required: true })!,
+    prompt: F.str(o, "prompt", "", { required: true })!,
+    refs: F.strList(o, "refs", ""),
+    width: F.int(o, "width", "", 16),
+    height: F.int(o, "height", "", 16),
+    steps: F.int(o, "steps", "", 1),
+    guidance: F.num(o, "guidance", ""),
+    seed: F.int(o, "seed", "", 0),
+    latents: F.str(o, "latents", ""),
+    output: F.str(o, "output", ""),
   };
-  if (spec.seed !== undefined && spec.latents !== undefined) fail("latents", `give either "seed" or "latents", not both`);
-  for (const k of ["width", "height"] as const) if (spec[k] !== undefined && spec[k]! % 16) fail(k, `${spec[k]} is not a multiple of 16`);
-  if (o.kleinscope !== undefined) spec.kleinscope = obj(o.kleinscope, "kleinscope") as RunSpec["kleinscope"];
+  if (spec.seed !== undefined && spec.latents !== undefined) F.fail("latents", `give either "seed" or "latents", not both`);
+  for (const k of ["width", "height"] as const) if (spec[k] !== undefined && spec[k]! % 16) F.fail(k, `${spec[k]} is not a multiple of 16`);
+  if (o.kleinscope !== undefined) spec.kleinscope = F.obj(o.kleinscope, "kleinscope") as RunSpec["kleinscope"];
   if (o.captures !== undefined) {
-    if (!Array.isArray(o.captures)) fail("captures", "expected a list");
+    if (!Array.isArray(o.captures)) F.fail("captures", "expected a list");
     spec.captures = o.captures.map((c, i) => {
       const path = `captures[${i}]`;
-      const co = obj(c, path);
-      only(co, path, ["tap", "group", "steps"]);
-      return { tap: str(co, "tap", `${path}.`, true)!, group: str(co, "group", `${path}.`), steps: steps(co, "steps", `${path}.`) };
+      const co = F.obj(c, path);
+      F.only(co, path, ["tap", "group", "steps"]);
+      return {
+        tap: F.str(co, "tap", `${path}.`, { required: true })!,
+        group: F.str(co, "group", `${path}.`),
+        steps: steps(co, "steps", `${path}.`),
+      };
     });
   }
   if (o.interventions !== undefined) {
-    if (!Array.isArray(o.interventions)) fail("interventions", "expected a list");
+    if (!Array.isArray(o.interventions)) F.fail("interventions", "expected a list");
     spec.interventions = o.interventions.map((v, i) => parseIntervention(v, `interventions[${i}]`));
     const lenses = spec.interventions.filter((i) => i.type === "lens").length;
     if (lenses > 1 || (lenses === 1 && spec.interventions.length > 1)) {
-      fail("interventions", "a lens run takes no other intervention (its run is the lens's source; the output is the lens's target)");
+      F.fail("interventions", "a lens run takes no other intervention (its run is the lens's source; the output is the lens's target)");
     }
   }
   return spec;

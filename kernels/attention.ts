@@ -9,6 +9,7 @@
 import type { Graph, GraphNode } from "../runtime/graph.ts";
 import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/kernel.ts";
 import { shapeString } from "../runtime/tensor.ts";
+import { readTuningFile, type TuningTable } from "./tuning_file.ts";
 
 /** Tile configuration. Threads form (blockQ / rowsPerThread) query groups × keyGroups key groups. */
 export interface AttentionConfig {
@@ -162,7 +163,7 @@ export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): nu
 // ---- Tuned configurations -------------------------------------------------------------------------------------
 
 /** kernels/attention_tuned.json: device description → head dim → configuration. */
-export type AttentionTuningTable = Record<string, Record<string, AttentionConfig>>;
+export type AttentionTuningTable = TuningTable<AttentionConfig>;
 
 const TUNING_FILE = new URL("./attention_tuned.json", import.meta.url);
 let tuningTable: AttentionTuningTable | null = null;
@@ -170,28 +171,7 @@ let activeDevice: { description: string; workgroupBytes: number } | null = null;
 
 /** Read a tuning file; a missing file means no tuned configurations. */
 export function loadAttentionTuning(file: URL = TUNING_FILE): AttentionTuningTable {
-  if (file.protocol !== "file:") return {};
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(file);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return {};
-    throw e;
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${file.pathname}: not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new Error(`${file.pathname}: expected {device description: {head dim: configuration}}`);
-  }
-  const table = parsed as AttentionTuningTable;
-  for (const [device, dims] of Object.entries(table)) {
-    for (const [dim, config] of Object.entries(dims)) attentionTiles(config, Number(dim), `${file.pathname} [${device}][${dim}]`);
-  }
-  return table;
+  return readTuningFile<AttentionConfig>(file, "head dim", (config, dim, where) => attentionTiles(config, Number(dim), where));
 }
 
 /** Replace the tuning table (null: read kernels/attention_tuned.json again on next use). */

@@ -6,6 +6,7 @@
 import type { Graph } from "../runtime/graph.ts";
 import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
+import { readTuningFile, type TuningTable } from "./tuning_file.ts";
 
 /** Output tile bm×bn per workgroup, register tile tm×tn per thread, K step bk (all multiples of 4). */
 export interface MatmulConfig {
@@ -84,7 +85,7 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul"): void {
 // ---- Tuned configurations ------------------------------------------------------------------------------------
 
 /** kernels/matmul_tuned.json: device description → shape class → configuration. */
-export type MatmulTuningTable = Record<string, Record<string, MatmulConfig>>;
+export type MatmulTuningTable = TuningTable<MatmulConfig>;
 
 const TUNING_FILE = new URL("./matmul_tuned.json", import.meta.url);
 let tuningTable: MatmulTuningTable | null = null;
@@ -92,31 +93,7 @@ let activeDevice: { description: string; workgroupBytes: number } | null = null;
 
 /** Read the tuning file once; a missing file means no tuned configurations. */
 export function loadMatmulTuning(file: URL = TUNING_FILE): MatmulTuningTable {
-  if (file.protocol !== "file:") return {};
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(file);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return {};
-    throw e;
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${file.pathname}: not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new Error(`${file.pathname}: expected {device description: {shape class: configuration}}`);
-  }
-  const table = parsed as MatmulTuningTable;
-  for (const [device, classes] of Object.entries(table)) {
-    if (typeof classes !== "object" || classes === null || Array.isArray(classes)) {
-      throw new Error(`${file.pathname} [${device}]: expected {shape class: configuration}`);
-    }
-    for (const [shapeClass, config] of Object.entries(classes)) validateMatmulConfig(config, `${file.pathname} [${device}][${shapeClass}]`);
-  }
-  return table;
+  return readTuningFile<MatmulConfig>(file, "shape class", (config, _key, where) => validateMatmulConfig(config, where));
 }
 
 /** Replace the tuning table read from kernels/matmul_tuned.json (null: read the file again when next needed). */
