@@ -2,14 +2,13 @@
 // Every input is checked before the GPU is touched — model folder, reference images, sizes, initial latents,
 // output folders — so a mistake costs a second, not a model load, and leaves no file behind.
 
+import { readInitialLatents } from "../model/latents_file.ts";
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Flux2KleinPipeline, type GenerateRequest, type GenerateResult, type ReferenceImage } from "../model/pipeline.ts";
 import { loadImage, preprocessReference, savePng } from "../model/images.ts";
-import { packLatents } from "../model/sampler.ts";
 import { parseFlux2Config } from "../model/flux2/config.ts";
 import { readJson } from "../weights/checkpoint.ts";
-import { SafetensorsFile } from "../weights/safetensors.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import {
   BUNDLED_MODEL_DIR,
@@ -233,36 +232,6 @@ async function checkModelFolder(dir: string): Promise<{ distilled: boolean; inCh
   return { distilled: index?.is_distilled !== false, inChannels: config.inChannels };
 }
 
-/** Initial latents from a safetensors file, as packed tokens [(height/16)·(width/16), channels]. */
-export async function readInitialLatents(path: string, channels: number, width: number, height: number): Promise<Float32Array> {
-  const file = await SafetensorsFile.open(path);
-  try {
-    const names = file.names();
-    if (!names.length) throw new Error(`latents ${path}: the file holds no tensor`);
-    const name = file.has("latents") ? "latents" : names[0];
-    const shape = file.info(name).shape;
-    const h = height / 16, w = width / 16;
-    const expected = `[${channels}, ${h}, ${w}] (channel-major) or [${h * w}, ${channels}] (packed)`;
-    const wrongShape = () =>
-      new Error(`latents ${path}: tensor "${name}" has shape [${shape.join(", ")}]; a ${width}×${height} image needs ${expected}`);
-    let dims = shape;
-    while (dims.length > 2 && dims[0] === 1) dims = dims.slice(1);
-    let packed: Float32Array;
-    if (dims.length === 3 && dims[0] === channels && dims[1] === h && dims[2] === w) {
-      packed = packLatents(await file.readF32(name), channels, h, w);
-    } else if (dims.length === 2 && dims[0] === h * w && dims[1] === channels) {
-      packed = await file.readF32(name);
-    } else {
-      throw wrongShape();
-    }
-    const bad = packed.findIndex((v) => !Number.isFinite(v));
-    if (bad >= 0) throw new Error(`latents ${path}: tensor "${name}" holds ${packed[bad]} at element ${bad}`);
-    return packed;
-  } finally {
-    file.close();
-  }
-}
-
 /** Run one generation with a progress line per step, then write its files. Either every requested file is
  * written or none is (each write is atomic; a failure removes the ones already written by this call). */
 export async function runGeneration(
@@ -325,3 +294,5 @@ export function printSummary(
   log(`image    ${displayPath(job.out)}`);
   if (job.saveLatents) log(`latents  ${displayPath(job.saveLatents)}`);
 }
+
+export { readInitialLatents };

@@ -4,8 +4,7 @@
 import { join } from "node:path";
 import type { Flux2KleinPipeline, GenerateRequest, GenerateResult } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
-import { packLatents } from "../model/sampler.ts";
-import { SafetensorsFile } from "../weights/safetensors.ts";
+import { readInitialLatents } from "../model/latents_file.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { CaptureIntervention } from "./capture_run.ts";
@@ -29,31 +28,6 @@ export interface SpecRunResult {
   warnings: string[];
 }
 
-/** Initial latents from a safetensors file: tensor "latents" (else the only tensor), [C, h, w] or packed [h·w, C]. */
-export async function readLatents(path: string, channels: number, width: number, height: number): Promise<Float32Array> {
-  const f = await SafetensorsFile.open(path);
-  try {
-    const name = f.tensors.has("latents") ? "latents" : f.tensors.size === 1 ? [...f.tensors.keys()][0] : null;
-    if (!name) throw new Error(`${path}: expected a tensor named "latents" (it holds ${[...f.tensors.keys()].join(", ")})`);
-    const info = f.tensors.get(name)!;
-    const h = height / 16, w = width / 16;
-    const data = await f.readF32(name);
-    const s = info.shape.join("×");
-    if (info.shape.length === 3 && info.shape[0] === channels && info.shape[1] === h && info.shape[2] === w) {
-      return packLatents(data, channels, h, w);
-    }
-    if (info.shape.length === 4 && info.shape[0] === 1 && info.shape[1] === channels && info.shape[2] === h && info.shape[3] === w) {
-      return packLatents(data, channels, h, w);
-    }
-    if (info.shape.length === 2 && info.shape[0] === h * w && info.shape[1] === channels) return data;
-    throw new Error(
-      `${path}: tensor ${name} has shape ${s}; ${width}×${height} needs [${channels}, ${h}, ${w}] or [${h * w}, ${channels}]`,
-    );
-  } finally {
-    f.close();
-  }
-}
-
 async function baseRequest(pipe: Flux2KleinPipeline, spec: RunSpec): Promise<GenerateRequest> {
   const req: GenerateRequest = {
     prompt: spec.prompt,
@@ -66,7 +40,7 @@ async function baseRequest(pipe: Flux2KleinPipeline, spec: RunSpec): Promise<Gen
   };
   if (spec.latents) {
     const prepared = await pipe.prepare(req);
-    req.initialLatents = await readLatents(spec.latents, pipe.transformer.config.inChannels, prepared.width, prepared.height);
+    req.initialLatents = await readInitialLatents(spec.latents, pipe.transformer.config.inChannels, prepared.width, prepared.height);
   }
   return req;
 }
@@ -202,7 +176,12 @@ export async function executeSpec(pipe: Flux2KleinPipeline, spec: RunSpec, log: 
     };
     if (lens.targetLatents) {
       const prepared = await pipe.prepare({ ...base, steps: lens.sourceSteps ?? 1 });
-      target.initialLatents = await readLatents(lens.targetLatents, pipe.transformer.config.inChannels, prepared.width, prepared.height);
+      target.initialLatents = await readInitialLatents(
+        lens.targetLatents,
+        pipe.transformer.config.inChannels,
+        prepared.width,
+        prepared.height,
+      );
     } else target.seed = (spec.seed ?? 0) + (lens.targetSeedOffset ?? 0);
     const r = await runLens(pipe, {
       block: lens.block,
