@@ -103,12 +103,12 @@ export async function main(args: string[]): Promise<void> {
     ["VAE decode", t.decodeMs.toFixed(0)],
     ["total (without load)", t.totalMs.toFixed(0)],
   ]));
+  const resident = tWeights + vae.weights;
   console.log(
-    `GPU memory: transformer weights ${formatGB(tWeights)}, VAE weights ${formatGB(vae.weights)}, step plan ${
-      formatGB(plain.planBytes)
-    }, ` +
-      `VAE plans ${formatGB(vae.plans)}; peak during the steps ≈ ${formatGB(tWeights + vae.weights + plain.planBytes + vae.plans)} ` +
-      `(the text encoder is released before the steps)`,
+    `GPU memory: transformer weights ${formatGB(tWeights)}, VAE weights ${formatGB(vae.weights)}, ` +
+      `step plan ${formatGB(plain.planBytes)}, largest VAE plan ${formatGB(plain.vaePlanBytes)}; ` +
+      `peak ≈ ${formatGB(resident + Math.max(plain.planBytes, plain.vaePlanBytes))} ` +
+      `(the text encoder is released before the steps; VAE plans and the step plan never coexist)`,
   );
   if (values.overhead) {
     const rows: string[][] = [];

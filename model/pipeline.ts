@@ -94,6 +94,8 @@ export interface GenerateResult {
   times: StageTimes;
   /** GPU bytes of the step plan's activations (weights not included). */
   planBytes: number;
+  /** Largest GPU bytes of a VAE plan (encode or decode) during the run; freed before the steps and after decoding. */
+  vaePlanBytes: number;
 }
 
 export interface PipelineOptions {
@@ -235,6 +237,9 @@ export class Flux2KleinPipeline {
     const tr = performance.now();
     const refTokens: Float32Array[] = [];
     for (const r of refs) refTokens.push(await this.vae.encodeImage(r.pixels, r.width, r.height));
+    let vaePlanBytes = (await this.vae.gpuBytes()).plans;
+    // The VAE's activations are large at high resolution: free them before the transformer's steps.
+    await this.vae.releasePlans();
     const refsMs = performance.now() - tr;
 
     const tt = performance.now();
@@ -308,8 +313,13 @@ export class Flux2KleinPipeline {
         req.onStep?.({ step: i, steps, sigma: schedule.sigmas[i], ms });
       }
       const latents = await plan.readRows("pipe.x", 0, noiseRows);
+      const planBytes = plan.allocatedBytes;
+      // The step plan's activations are not needed for decoding: free them first.
+      plan.destroy();
       const td = performance.now();
       const decoded = await this.vae.decodeTokens(latents, width, height);
+      vaePlanBytes = Math.max(vaePlanBytes, (await this.vae.gpuBytes()).plans);
+      await this.vae.releasePlans();
       const image = toUnitRange(decoded);
       const decodeMs = performance.now() - td;
       return {
@@ -321,7 +331,8 @@ export class Flux2KleinPipeline {
         prompt: cond.prompt,
         layout,
         times: { textMs, refsMs, planMs, stepsMs, decodeMs, totalMs: performance.now() - t0 },
-        planBytes: plan.allocatedBytes,
+        planBytes,
+        vaePlanBytes,
       };
     } finally {
       plan.destroy();

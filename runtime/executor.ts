@@ -85,6 +85,7 @@ export interface NodeTiming {
 }
 
 export class Plan {
+  private destroyed = false;
   private constructor(
     readonly gpu: GpuContext,
     readonly graph: Graph,
@@ -336,6 +337,9 @@ export class Plan {
   }
 
   destroy(): void {
+    // Idempotent: a pipeline frees a plan early and again in its cleanup.
+    if (this.destroyed) return;
+    this.destroyed = true;
     for (const b of this.ownedBuffers) b.destroy();
     this.uniforms?.destroy();
   }

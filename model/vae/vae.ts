@@ -171,6 +171,14 @@ export class Vae {
     this.store.release();
   }
 
+  /** Free the cached plans (their activation memory) but keep the weights: the pipeline calls this before the
+   * denoising steps, so that the VAE's large activations never coexist with the transformer's. */
+  async releasePlans(): Promise<void> {
+    await this.queue.catch(() => {});
+    for (const p of this.plans.values()) (await p.catch(() => null))?.destroy();
+    this.plans.clear();
+  }
+
   /** GPU bytes of the weights and of the plans currently cached (one per resolution and direction). */
   async gpuBytes(): Promise<{ weights: number; plans: number }> {
     let plans = 0;
