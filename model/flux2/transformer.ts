@@ -5,10 +5,11 @@ import { join } from "node:path";
 import type { GpuContext } from "../../runtime/device.ts";
 import type { Graph } from "../../runtime/graph.ts";
 import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
+import { checkpointProblems } from "../../weights/expected.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
-import { checkpointProblems, detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
+import { detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
 import { buildFlux2Forward, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
 import { timestepEmbedding } from "../../kernels/timestep_table.ts";
 
@@ -54,7 +55,7 @@ export class Flux2Transformer {
       }
       const config = parseFlux2Config(rawConfig, configWhere);
       const { weights, expected } = flux2GraphWeights(config, layout);
-      const problems = checkpointProblems(ckpt, expected);
+      const problems = checkpointProblems(ckpt, expected, { reportUnexpected: true });
       if (problems.length) {
         throw new Error(`${path} does not match its configuration (${configWhere}):\n  - ${problems.join("\n  - ")}`);
       }

@@ -139,23 +139,3 @@ export function flux2GraphWeights(cfg: Flux2Config, layout: Flux2Layout): { weig
   one("proj_out", [cfg.outChannels, D], bfl ? "final_layer.linear.weight" : "proj_out.weight");
   return { weights, expected };
 }
-
-/** Every problem of a checkpoint against the expected tensors, all at once (empty when it fits). */
-export function checkpointProblems(ckpt: Checkpoint, expected: Expected): string[] {
-  const problems: string[] = [];
-  const present = new Set(ckpt.names());
-  for (const [name, shape] of expected) {
-    if (!present.has(name)) {
-      problems.push(`missing tensor ${name} (expected shape [${shape.join(", ")}])`);
-      continue;
-    }
-    const got = ckpt.info(name).shape;
-    if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
-      problems.push(`tensor ${name} has shape [${got.join(", ")}], expected [${shape.join(", ")}]`);
-    }
-  }
-  for (const name of present) {
-    if (!expected.has(name)) problems.push(`unexpected tensor ${name} [${ckpt.info(name).shape.join(", ")}]`);
-  }
-  return problems;
-}

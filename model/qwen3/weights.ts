@@ -8,6 +8,7 @@ import type { Checkpoint } from "../../weights/checkpoint.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import type { UploadDType } from "../../weights/dtypes.ts";
 import { QWEN3_LAYERS_USED, type Qwen3Config } from "./config.ts";
+import { checkpointProblems } from "../../weights/expected.ts";
 
 /** Per-layer weights of the graph, in the order a layer uses them. */
 export type Qwen3LayerWeight =
@@ -117,26 +118,6 @@ export function qwen3GraphWeights(cfg: Qwen3Config, prefix = "model."): { weight
   return { weights, expected };
 }
 
-const FLOAT_DTYPES = new Set(["BF16", "F16", "F32"]);
-
-/** Every problem of a checkpoint against the expected tensors, all at once (empty when it fits). Tensors the
- * encoder does not read (later layers, the final norm, an LM head) are ignored. */
-export function qwen3CheckpointProblems(ckpt: Checkpoint, expected: Map<string, number[]>): string[] {
-  const problems: string[] = [];
-  for (const [name, shape] of expected) {
-    if (!ckpt.has(name)) {
-      problems.push(`missing tensor ${name} (expected shape [${shape.join(", ")}])`);
-      continue;
-    }
-    const info = ckpt.info(name);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      problems.push(`tensor ${name} has shape [${info.shape.join(", ")}], expected [${shape.join(", ")}]`);
-    }
-    if (!FLOAT_DTYPES.has(info.dtype)) problems.push(`tensor ${name} is ${info.dtype}, expected BF16, F16 or F32`);
-  }
-  return problems;
-}
-
 /** GPU type of a graph weight: bf16 when every piece is stored as BF16, else f32 (F16 and F32 widen exactly;
  * rounding them to bf16 would change the model). */
 export function uploadDType(ckpt: Checkpoint, w: Qwen3GraphWeight): UploadDType {
@@ -159,7 +140,8 @@ export async function uploadQwen3Weights(
   const where = options.where ?? ckpt.path;
   const prefix = detectQwen3Prefix(ckpt.names(), where);
   const { weights, expected } = qwen3GraphWeights(cfg, prefix);
-  const problems = qwen3CheckpointProblems(ckpt, expected);
+  // Tensors the encoder does not read (later layers, the final norm, an LM head) are not reported.
+  const problems = checkpointProblems(ckpt, expected);
   if (problems.length) throw new Error(`${where} does not match its Qwen3 configuration:\n  - ${problems.join("\n  - ")}`);
   const store = new WeightStore(gpu);
   const dtypes = new Map<string, UploadDType>();

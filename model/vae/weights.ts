@@ -5,6 +5,7 @@
 import type { Checkpoint } from "../../weights/checkpoint.ts";
 import type { WeightStore } from "../../weights/store.ts";
 import type { VaeConfig } from "./config.ts";
+import { checkpointProblems } from "../../weights/expected.ts";
 
 export type VaePart = "encoder" | "decoder";
 
@@ -96,23 +97,7 @@ export function vaeTensorShapes(cfg: VaeConfig, part: VaePart): Map<string, numb
 /** Every mismatch between the checkpoint and the full expected set (both parts), as readable lines. */
 export function vaeCheckpointProblems(ckpt: Checkpoint, cfg: VaeConfig): string[] {
   const expected = new Map([...vaeTensorShapes(cfg, "encoder"), ...vaeTensorShapes(cfg, "decoder")]);
-  const problems: string[] = [];
-  for (const [name, shape] of expected) {
-    if (!ckpt.has(name)) {
-      problems.push(`missing tensor ${name} (expected shape [${shape.join(", ")}])`);
-      continue;
-    }
-    const info = ckpt.info(name);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      problems.push(`tensor ${name} has shape [${info.shape.join(", ")}], expected [${shape.join(", ")}]`);
-    } else if (!["BF16", "F16", "F32"].includes(info.dtype)) {
-      problems.push(`tensor ${name} is ${info.dtype}, expected BF16, F16 or F32`);
-    }
-  }
-  for (const name of ckpt.names()) {
-    if (!expected.has(name) && !IGNORED.has(name)) problems.push(`unexpected tensor ${name} [${ckpt.info(name).shape.join(", ")}]`);
-  }
-  return problems;
+  return checkpointProblems(ckpt, expected, { reportUnexpected: true, ignore: IGNORED });
 }
 
 /** Declare the tensors of the given parts in the store under their checkpoint names (nothing is read yet). */
