@@ -20,7 +20,7 @@ import { getGpu, type GpuContext } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { type NodeTiming, Plan } from "../runtime/executor.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
-import { Flux2Transformer, FLUX_INPUTS } from "../model/flux2/transformer.ts";
+import { Flux2Transformer } from "../model/flux2/transformer.ts";
 import type { Flux2Config } from "../model/flux2/config.ts";
 import { concatIds, type Grid, imageIds, textIds } from "../model/flux2/positions.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
@@ -205,12 +205,7 @@ export async function benchForward(
   const plan = await Plan.compile(gpu, g, transformer.store, { label: "bench:dit" });
   const compileSeconds = (performance.now() - t0) / 1e3;
   try {
-    const rope = transformer.ropeTables(inputs.ids);
-    plan.write("flux.x", inputs.x);
-    plan.write("flux.ctx", inputs.ctx);
-    plan.write(FLUX_INPUTS.ropeCos, rope.cos);
-    plan.write(FLUX_INPUTS.ropeSin, rope.sin);
-    plan.write(FLUX_INPUTS.tembIn, transformer.timestepInput(inputs.sigma * 1000));
+    transformer.writeForwardInputs(plan, { x: inputs.x, ctx: inputs.ctx, ids: inputs.ids, timestep: inputs.sigma * 1000 });
     await plan.run();
     const out = await plan.read("dit.output");
     const samplesMs: number[] = [];

@@ -4,7 +4,7 @@ import { getGpu } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { insertCapture } from "../interventions/capture.ts";
-import { type Flux2Transformer, FLUX_INPUTS } from "../model/flux2/transformer.ts";
+import type { Flux2Transformer } from "../model/flux2/transformer.ts";
 import { concatIds } from "../model/flux2/positions.ts";
 import type { KindHandler } from "./runner.ts";
 import { sharedTransformer, transformerDir } from "./models.ts";
@@ -35,12 +35,7 @@ export async function forwardWithCaptures(transformer: Flux2Transformer, inp: Fo
   }
   const plan = await Plan.compile(gpu, g, transformer.store, { label: "dit_forward" });
   try {
-    const rope = transformer.ropeTables(inp.ids);
-    plan.write("flux.x", inp.x);
-    plan.write("flux.ctx", inp.ctx);
-    plan.write(FLUX_INPUTS.ropeCos, rope.cos);
-    plan.write(FLUX_INPUTS.ropeSin, rope.sin);
-    plan.write(FLUX_INPUTS.tembIn, transformer.timestepInput(inp.timestep));
+    transformer.writeForwardInputs(plan, inp);
     await plan.run();
     const out: Record<string, Float32Array> = { output: await plan.read("dit.output") };
     for (const [key, tensor] of Object.entries(captures)) out[key] = await plan.read(tensor);

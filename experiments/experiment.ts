@@ -25,16 +25,8 @@ import { findTemplate } from "./judge_templates.ts";
 import type { Task } from "./tasks.ts";
 import { JsonFields } from "../interventions/json_fields.ts";
 
-export interface PatchCondition {
-  block?: string;
-  tap?: string;
-  mode?: "all" | "padding_only" | "content_only" | "group";
-  group?: string;
-  op?: "replace" | "add";
-  alpha?: number;
-  steps?: string | number[];
-  schedule?: "per-step" | "fixed";
-  sourceStep?: number;
+/** A patch condition: a patch spec whose source run is chosen per task by the pairing rule. */
+export interface PatchCondition extends Omit<PatchSpecJson, "type" | "source"> {
   /** Steps of the source run (default: the condition's). */
   sourceSteps?: number;
   pairing?: PairingRule;

@@ -9,7 +9,7 @@ import { Plan } from "../runtime/executor.ts";
 import { readJson } from "../weights/checkpoint.ts";
 import { axpyInPlace, elementwiseNode } from "../kernels/elementwise.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
-import { Flux2Transformer, FLUX_INPUTS } from "./flux2/transformer.ts";
+import { Flux2Transformer } from "./flux2/transformer.ts";
 import { concatIds, type Grid, imageIds, textIds } from "./flux2/positions.ts";
 import { flowSchedule, seededNoise } from "./sampler.ts";
 import { Qwen3TextEncoder } from "./qwen3/text_encoder.ts";
@@ -284,9 +284,7 @@ export class Flux2KleinPipeline {
     try {
       const schedule = flowSchedule(steps, noiseRows);
       const ids = concatIds(textIds(layout.textRows), imageIds(grid, refGrids));
-      const rope = this.transformer.ropeTables(ids);
-      plan.write(FLUX_INPUTS.ropeCos, rope.cos);
-      plan.write(FLUX_INPUTS.ropeSin, rope.sin);
+      this.transformer.writeForwardInputs(plan, { ids });
       plan.write("pipe.ctx", cond.embeds);
       if (uncond) plan.write("pipe.ctx_uncond", uncond.embeds);
       const xInit = new Float32Array(imageRows * channels);
@@ -301,7 +299,7 @@ export class Flux2KleinPipeline {
       const stepLatents: Float32Array[] = [];
       for (let i = 0; i < steps; i++) {
         const ts = performance.now();
-        plan.write(FLUX_INPUTS.tembIn, this.transformer.timestepInput(schedule.timesteps[i]));
+        this.transformer.writeForwardInputs(plan, { timestep: schedule.timesteps[i] });
         plan.write("pipe.dt", Float32Array.of(Math.fround(schedule.sigmas[i + 1] - schedule.sigmas[i])));
         for (const iv of interventions) iv.beforeStep?.(plan, i);
         plan.submit();

@@ -4,6 +4,7 @@
 import { join } from "node:path";
 import type { GpuContext } from "../../runtime/device.ts";
 import type { Graph } from "../../runtime/graph.ts";
+import type { Plan } from "../../runtime/executor.ts";
 import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
 import { checkpointProblems } from "../../weights/expected.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
@@ -93,6 +94,19 @@ export class Flux2Transformer {
   /** RoPE tables for position ids [S, 4] of the [text ; image] sequence. */
   ropeTables(ids: Float64Array): { cos: Float32Array; sin: Float32Array } {
     return fluxRopeTables(ids, ids.length / 4, this.config.axesDimsRope, this.config.ropeTheta);
+  }
+
+  /** Write the per-run inputs of a graph built by buildForward with its default input names: image rows, prompt
+   * embeddings, the RoPE tables of position ids [S, 4] and the timestep features (only those given). */
+  writeForwardInputs(plan: Plan, inputs: { x?: Float32Array; ctx?: Float32Array; ids?: Float64Array; timestep?: number }): void {
+    if (inputs.x) plan.write("flux.x", inputs.x);
+    if (inputs.ctx) plan.write("flux.ctx", inputs.ctx);
+    if (inputs.ids) {
+      const rope = this.ropeTables(inputs.ids);
+      plan.write(FLUX_INPUTS.ropeCos, rope.cos);
+      plan.write(FLUX_INPUTS.ropeSin, rope.sin);
+    }
+    if (inputs.timestep !== undefined) plan.write(FLUX_INPUTS.tembIn, this.timestepInput(inputs.timestep));
   }
 
   /** Timestep features for the model's timestep t = 1000·σ (the schedule's `timesteps`); the model rounds t to
