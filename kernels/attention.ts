@@ -150,6 +150,126 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
   return { headDim, blockQ: c.blockQ, rowsPerThread, keyGroups: c.keyGroups, blockK, dChunk, keyChunk: c.keyChunk, dv, threads };
 }
 
+// ---- Register-level code ---------------------------------------------------------------------------------------
+
+const LANES = ["x", "y", "z", "w"] as const;
+
+/** Balanced reduction of terms with a binary WGSL function or operator, e.g. max(max(a, b), max(c, d)). */
+function reduceTree(terms: string[], combine: (a: string, b: string) => string): string {
+  if (terms.length === 1) return terms[0];
+  const half = Math.ceil(terms.length / 2);
+  return combine(reduceTree(terms.slice(0, half), combine), reduceTree(terms.slice(half), combine));
+}
+
+/**
+ * The per-thread code of attention.wgsl for one tile configuration, fully unrolled over the thread's rows, keys, output
+ * columns and the staged head-dim columns and keys, with one named variable per register: private arrays indexed in
+ * loops (and vectors indexed by loop counters) would be kept in local memory rather than registers. Keys are the
+ * template's {{...}} blocks. The group-mask decision stays in the GROUP_MASK constant, so that setAttentionGroupMask
+ * can switch it on an existing node.
+ */
+export function attentionRegisterCode(t: AttentionTiles): Record<string, string> {
+  const rows = t.rowsPerThread, rv = rows / 4, nu = t.dv / 4 / t.keyGroups;
+  const T = [...Array(rows).keys()], U = [...Array(nu).keys()], H = [...Array(rv).keys()], G = [...Array(t.keyGroups).keys()];
+  const rowExpr = (r: number) => `firstRow + ${r}u`;
+  const partialAt = (r: number, g: string) => `partial[(${rowExpr(r)}) * NKG + ${g}]`;
+  const lines = (xs: string[]) => xs.join("\n");
+
+  const declare = [
+    ...T.map((r) => `var qb_${r} = 0u;`),
+    "if (GROUP_MASK) {",
+    ...T.map((r) => `if (q0 + ${rowExpr(r)} < params.sq) { qb_${r} = queryBits[q0 + ${rowExpr(r)}]; }`),
+    "}",
+    ...T.map((r) => `var m_${r} = MASKED;`),
+    ...T.map((r) => `var l_${r} = 0.0;`),
+    ...T.flatMap((r) => U.map((u) => `var o_${r}_${u} = vec4<f32>(0.0);`)),
+  ];
+
+  const clear = T.map((r) => `var s_${r} = vec4<f32>(0.0);`);
+
+  // One head-dim index d: b holds the thread's four keys, a_h rows 4h..4h+3.
+  const qk = [...Array(t.dChunk).keys()].map((d) =>
+    lines([
+      "{",
+      `let b = stage[QT_SIZE + ${d}u * BK4 + kg];`,
+      ...H.map((h) => `let a${h} = stage[${d}u * BQ4 + firstSlot + ${h}u];`),
+      ...H.flatMap((h) => LANES.map((c, e) => `s_${4 * h + e} = fma(vec4<f32>(a${h}.${c}), b, s_${4 * h + e});`)),
+      "}",
+    ])
+  );
+
+  const mask = T.map((r) =>
+    lines([
+      "{",
+      "var visible = keyInRange;",
+      `if (params.causal != 0u) { visible = visible & (keyIndex <= vec4<u32>(q0 + ${rowExpr(r)})); }`,
+      `if (GROUP_MASK) { visible = visible & ((keyBitsOfKey & vec4<u32>(qb_${r})) == vec4<u32>(0u)); }`,
+      `s_${r} = select(vec4<f32>(MASKED), s_${r} * params.scaleLog2, visible);`,
+      `${partialAt(r, "kg")} = rowMax(s_${r});`,
+      "}",
+    ])
+  );
+
+  const softmax = [
+    ...T.map((r) =>
+      lines([
+        "{",
+        `let mNew = max(m_${r}, ${reduceTree(G.map((g) => partialAt(r, `${g}u`)), (a, b) => `max(${a}, ${b})`)});`,
+        `let alpha = exp2(m_${r} - mNew);`,
+        `m_${r} = mNew;`,
+        `s_${r} = select(vec4<f32>(0.0), exp2(s_${r} - vec4<f32>(mNew)), s_${r} > vec4<f32>(VISIBLE_FLOOR));`,
+        `l_${r} = l_${r} * alpha + ((s_${r}.x + s_${r}.y) + (s_${r}.z + s_${r}.w));`,
+        ...U.map((u) => `o_${r}_${u} = o_${r}_${u} * alpha;`),
+        "}",
+      ])
+    ),
+    ...LANES.flatMap((c, e) =>
+      H.map((h) =>
+        `probs[(kg + ${e}u * NKG) * BQ4 + firstSlot + ${h}u] = vec4<f32>(${[0, 1, 2, 3].map((i) => `s_${4 * h + i}.${c}`).join(", ")});`
+      )
+    ),
+  ];
+
+  // One key j of the staged v chunk: p_h holds the probabilities of rows 4h..4h+3, v_u output column kg + NKG·u.
+  const pv = [...Array(t.keyChunk).keys()].map((j) =>
+    lines([
+      "{",
+      ...H.map((h) => `let p${h} = probs[(kc0 + ${j}u) * BQ4 + firstSlot + ${h}u];`),
+      ...U.map((u) => `let v${u} = stage[V_OFFSET + ${j}u * DV4 + kg + ${u}u * NKG];`),
+      ...H.flatMap((h) =>
+        LANES.flatMap((c, e) => U.map((u) => `o_${4 * h + e}_${u} = fma(vec4<f32>(p${h}.${c}), v${u}, o_${4 * h + e}_${u});`))
+      ),
+      "}",
+    ])
+  );
+
+  const storeSums = T.map((r) => `${partialAt(r, "kg")} = l_${r};`);
+
+  const writeOutput = T.map((r) =>
+    lines([
+      "{",
+      `let row = q0 + ${rowExpr(r)};`,
+      "if (row < params.sq) {",
+      `let sum = ${reduceTree(G.map((g) => partialAt(r, `${g}u`)), (a, b) => `(${a} + ${b})`)};`,
+      "let inv = select(0.0, 1.0 / sum, sum > 0.0);",
+      ...U.map((u) => `out[row * params.qRow4 + outCol4 + kg + ${u}u * NKG] = o_${r}_${u} * inv;`),
+      "}",
+      "}",
+    ])
+  );
+
+  return {
+    DECLARE_REGISTERS: lines(declare),
+    CLEAR_SCORES: lines(clear),
+    QK_CHUNK: lines(qk),
+    MASK_SCORES: lines(mask),
+    SOFTMAX: lines(softmax),
+    PV_CHUNK: lines(pv),
+    STORE_SUMS: lines(storeSums),
+    WRITE_OUTPUT: lines(writeOutput),
+  };
+}
+
 /** Workgroup memory of a configuration for a head dim, in bytes (mirrors the declarations in attention.wgsl). */
 export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): number {
   const t = attentionTiles(c, headDim);
@@ -288,6 +408,7 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
       KC: tiles.keyChunk,
       DV: tiles.dv,
       GROUP_MASK: args.groupMask !== undefined,
+      ...attentionRegisterCode(tiles),
     },
     // Without a group mask, q stands in for the bit bindings (the shader never reads them).
     bindings: { q, k, v, queryBits: args.groupMask?.queryBits ?? q, keyBits: args.groupMask?.keyBits ?? q, out },

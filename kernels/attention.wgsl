@@ -1,6 +1,12 @@
 // Flash attention with rule-based masks: out = softmax(q·kᵀ·scale + mask)·v per head, with an online softmax in f32,
 // never materialising the Sq×Sk score matrix.
 //
+// The per-thread register code is generated fully unrolled by kernels/attention.ts (attentionRegisterCode) and
+// inserted at the {{...}} blocks below, with one named variable per register (s_2, m_0, o_3_1, ...). A private array
+// indexed inside a loop (or a vector indexed by a loop counter) is emitted by naga as a function-scope array with
+// clamped indices, which the driver keeps in local (off-chip) memory instead of registers; named variables and
+// constant vector components stay in registers.
+//
 // Layout: q and out are [Sq, H·D], k and v are [Sk, Hkv·D], f32 row-major, read as vec4 (D % 4 == 0). Query head h
 // reads key/value head h / groupSize (grouped-query attention).
 //
@@ -9,6 +15,10 @@
 // groups: thread (qg, kg) owns the TQ = 4·RV query rows TQ·qg.. (RV vec4 slots of four rows each) and, within each
 // block of BK = 4·NKG keys, the keys kg + NKG·c (c = 0..3); in the p·v product it owns output vec4 columns
 // kg + NKG·u (u = 0..NU-1).
+//
+// Registers of thread (qg, kg), as generated: s_t (scores of row t against its four keys, component c for key
+// kg + NKG·c), m_t and l_t (running maximum and sum of row t), qb_t (group-mask bits of row t), o_t_u (output
+// vec4 column kg + NKG·u of row t).
 //
 // Per key block: q and k are staged transposed, DC head-dim columns at a time, so that one vec4 read gives four
 // query rows (or four of the thread's keys) at one head-dim index; scores are masked, the row maxima combined through
@@ -68,16 +78,29 @@ fn stageQueryChunk(lid: u32, q0: u32, col4: u32) {
   for (var idx = lid; idx < BQ4 * DC4; idx += NT) {
     let slot = idx % BQ4;
     let c4 = idx / BQ4;
-    var rows = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var r = 0u; r < 4u; r++) {
-      let i = q0 + 4u * slot + r;
-      if (i < params.sq) {
-        rows[r] = q[i * params.qRow4 + col4 + c4];
-      }
+    let i0 = q0 + 4u * slot;
+    let src = i0 * params.qRow4 + col4 + c4;
+    var r0 = vec4<f32>(0.0);
+    var r1 = vec4<f32>(0.0);
+    var r2 = vec4<f32>(0.0);
+    var r3 = vec4<f32>(0.0);
+    if (i0 < params.sq) {
+      r0 = q[src];
     }
-    for (var e = 0u; e < 4u; e++) {
-      stage[(4u * c4 + e) * BQ4 + slot] = vec4<f32>(rows[0][e], rows[1][e], rows[2][e], rows[3][e]);
+    if (i0 + 1u < params.sq) {
+      r1 = q[src + params.qRow4];
     }
+    if (i0 + 2u < params.sq) {
+      r2 = q[src + 2u * params.qRow4];
+    }
+    if (i0 + 3u < params.sq) {
+      r3 = q[src + 3u * params.qRow4];
+    }
+    let dst = 4u * c4 * BQ4 + slot;
+    stage[dst] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+    stage[dst + BQ4] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    stage[dst + 2u * BQ4] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    stage[dst + 3u * BQ4] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
   }
 }
 
@@ -86,16 +109,29 @@ fn stageKeyChunk(lid: u32, k0: u32, kEnd: u32, col4: u32) {
     let slot = idx % BK4;
     let c4 = idx / BK4;
     // Slot kg holds the keys kg + NKG·c, c = 0..3.
-    var keys = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var c = 0u; c < 4u; c++) {
-      let j = k0 + slot + NKG * c;
-      if (j < kEnd) {
-        keys[c] = k[j * params.kvRow4 + col4 + c4];
-      }
+    let j0 = k0 + slot;
+    let src = j0 * params.kvRow4 + col4 + c4;
+    var k0v = vec4<f32>(0.0);
+    var k1v = vec4<f32>(0.0);
+    var k2v = vec4<f32>(0.0);
+    var k3v = vec4<f32>(0.0);
+    if (j0 < kEnd) {
+      k0v = k[src];
     }
-    for (var e = 0u; e < 4u; e++) {
-      stage[QT_SIZE + (4u * c4 + e) * BK4 + slot] = vec4<f32>(keys[0][e], keys[1][e], keys[2][e], keys[3][e]);
+    if (j0 + NKG < kEnd) {
+      k1v = k[src + NKG * params.kvRow4];
     }
+    if (j0 + 2u * NKG < kEnd) {
+      k2v = k[src + 2u * NKG * params.kvRow4];
+    }
+    if (j0 + 3u * NKG < kEnd) {
+      k3v = k[src + 3u * NKG * params.kvRow4];
+    }
+    let dst = QT_SIZE + 4u * c4 * BK4 + slot;
+    stage[dst] = vec4<f32>(k0v.x, k1v.x, k2v.x, k3v.x);
+    stage[dst + BK4] = vec4<f32>(k0v.y, k1v.y, k2v.y, k3v.y);
+    stage[dst + 2u * BK4] = vec4<f32>(k0v.z, k1v.z, k2v.z, k3v.z);
+    stage[dst + 3u * BK4] = vec4<f32>(k0v.w, k1v.w, k2v.w, k3v.w);
   }
 }
 
@@ -135,22 +171,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     kEnd = min(kEnd, q0 + BQ);
   }
   let blocks = (kEnd + BK - 1u) / BK;
+  // The thread's keys in a block are k0 + keyOffsets.
+  let keyOffsets = vec4<u32>(kg, kg + NKG, kg + 2u * NKG, kg + 3u * NKG);
 
-  var queryBitsOfRow: array<u32, TQ>;
-  var m: array<f32, TQ>;
-  var l: array<f32, TQ>;
-  for (var t = 0u; t < TQ; t++) {
-    queryBitsOfRow[t] = 0u;
-    m[t] = MASKED;
-    l[t] = 0.0;
-    if (GROUP_MASK && q0 + firstRow + t < params.sq) {
-      queryBitsOfRow[t] = queryBits[q0 + firstRow + t];
-    }
-  }
-  var o: array<vec4<f32>, TQ * NU>;
-  for (var i = 0u; i < TQ * NU; i++) {
-    o[i] = vec4<f32>(0.0);
-  }
+  // qb_t, m_t, l_t, o_t_u: declared and initialised (qb_t read from queryBits under GROUP_MASK).
+  {{DECLARE_REGISTERS}}
 
   if (Q_RESIDENT) {
     stageQueryChunk(lid, q0, qCol4);
@@ -158,11 +183,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   for (var blk = 0u; blk < blocks; blk++) {
     let k0 = blk * BK;
-    // s[t] holds the scores of row t against keys kg + NKG·c in component c.
-    var s: array<vec4<f32>, TQ>;
-    for (var t = 0u; t < TQ; t++) {
-      s[t] = vec4<f32>(0.0);
-    }
+    // s_t = 0.
+    {{CLEAR_SCORES}}
     for (var d0 = 0u; d0 < D; d0 += DC) {
       workgroupBarrier();
       if (!Q_RESIDENT) {
@@ -170,101 +192,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       stageKeyChunk(lid, k0, kEnd, kvCol4 + d0 / 4u);
       workgroupBarrier();
-      for (var d = 0u; d < DC; d++) {
-        let b = stage[QT_SIZE + d * BK4 + kg];
-        for (var h = 0u; h < RV; h++) {
-          let a = stage[d * BQ4 + firstSlot + h];
-          s[4u * h + 0u] = fma(vec4<f32>(a.x), b, s[4u * h + 0u]);
-          s[4u * h + 1u] = fma(vec4<f32>(a.y), b, s[4u * h + 1u]);
-          s[4u * h + 2u] = fma(vec4<f32>(a.z), b, s[4u * h + 2u]);
-          s[4u * h + 3u] = fma(vec4<f32>(a.w), b, s[4u * h + 3u]);
-        }
-      }
+      // s_t += q(row t)·k(keys) over the DC staged head-dim columns.
+      {{QK_CHUNK}}
     }
 
     // Scale (log2 domain) and mask.
-    var keyIndex = vec4<u32>(0u);
+    let keyIndex = vec4<u32>(k0) + keyOffsets;
+    let keyInRange = keyIndex < vec4<u32>(kEnd);
     var keyBitsOfKey = vec4<u32>(0u);
-    for (var c = 0u; c < 4u; c++) {
-      keyIndex[c] = k0 + kg + NKG * c;
-      if (GROUP_MASK && keyIndex[c] < kEnd) {
-        keyBitsOfKey[c] = keyBits[keyIndex[c]];
+    if (GROUP_MASK) {
+      if (keyInRange.x) {
+        keyBitsOfKey.x = keyBits[keyIndex.x];
+      }
+      if (keyInRange.y) {
+        keyBitsOfKey.y = keyBits[keyIndex.y];
+      }
+      if (keyInRange.z) {
+        keyBitsOfKey.z = keyBits[keyIndex.z];
+      }
+      if (keyInRange.w) {
+        keyBitsOfKey.w = keyBits[keyIndex.w];
       }
     }
-    for (var t = 0u; t < TQ; t++) {
-      var visible = keyIndex < vec4<u32>(kEnd);
-      if (params.causal != 0u) {
-        visible = visible & (keyIndex <= vec4<u32>(q0 + firstRow + t));
-      }
-      if (GROUP_MASK) {
-        visible = visible & ((keyBitsOfKey & vec4<u32>(queryBitsOfRow[t])) == vec4<u32>(0u));
-      }
-      s[t] = select(vec4<f32>(MASKED), s[t] * params.scaleLog2, visible);
-      partial[(firstRow + t) * NKG + kg] = rowMax(s[t]);
-    }
+    // Per row t: s_t masked and scaled, its maximum written to partial.
+    {{MASK_SCORES}}
     workgroupBarrier();
 
-    // Online softmax: new row maxima, rescale what was accumulated, probabilities of this block.
-    for (var t = 0u; t < TQ; t++) {
-      var mNew = m[t];
-      for (var g = 0u; g < NKG; g++) {
-        mNew = max(mNew, partial[(firstRow + t) * NKG + g]);
-      }
-      let alpha = exp2(m[t] - mNew);
-      m[t] = mNew;
-      let p = select(vec4<f32>(0.0), exp2(s[t] - vec4<f32>(mNew)), s[t] > vec4<f32>(VISIBLE_FLOOR));
-      s[t] = p;
-      l[t] = l[t] * alpha + (p.x + p.y + p.z + p.w);
-      for (var u = 0u; u < NU; u++) {
-        o[t * NU + u] = o[t * NU + u] * alpha;
-      }
-    }
-    for (var c = 0u; c < 4u; c++) {
-      for (var h = 0u; h < RV; h++) {
-        probs[(kg + NKG * c) * BQ4 + firstSlot + h] = vec4<f32>(s[4u * h][c], s[4u * h + 1u][c], s[4u * h + 2u][c], s[4u * h + 3u][c]);
-      }
-    }
+    // Online softmax per row t: new row maximum over the key groups, rescale of l_t and o_t_u, s_t becomes the
+    // probabilities of this block, written transposed to probs.
+    {{SOFTMAX}}
 
     // o += p·v, KC keys of v at a time.
     for (var kc0 = 0u; kc0 < BK; kc0 += KC) {
       workgroupBarrier();
       stageValueChunk(lid, k0 + kc0, kEnd, kvCol4 + chunk * DV4);
       workgroupBarrier();
-      for (var j = 0u; j < KC; j++) {
-        for (var h = 0u; h < RV; h++) {
-          let p = probs[(kc0 + j) * BQ4 + firstSlot + h];
-          for (var u = 0u; u < NU; u++) {
-            let vv = stage[V_OFFSET + j * DV4 + kg + NKG * u];
-            o[(4u * h + 0u) * NU + u] = fma(vec4<f32>(p.x), vv, o[(4u * h + 0u) * NU + u]);
-            o[(4u * h + 1u) * NU + u] = fma(vec4<f32>(p.y), vv, o[(4u * h + 1u) * NU + u]);
-            o[(4u * h + 2u) * NU + u] = fma(vec4<f32>(p.z), vv, o[(4u * h + 2u) * NU + u]);
-            o[(4u * h + 3u) * NU + u] = fma(vec4<f32>(p.w), vv, o[(4u * h + 3u) * NU + u]);
-          }
-        }
-      }
+      {{PV_CHUNK}}
     }
   }
 
   // Row sums: each key group holds the sum over its own keys, all relative to the same running maximum.
   workgroupBarrier();
-  for (var t = 0u; t < TQ; t++) {
-    partial[(firstRow + t) * NKG + kg] = l[t];
-  }
+  {{STORE_SUMS}}
   workgroupBarrier();
   let outCol4 = qCol4 + chunk * DV4;
-  for (var t = 0u; t < TQ; t++) {
-    let row = q0 + firstRow + t;
-    if (row >= params.sq) {
-      continue;
-    }
-    var sum = 0.0;
-    for (var g = 0u; g < NKG; g++) {
-      sum += partial[(firstRow + t) * NKG + g];
-    }
-    // A row with no visible key has no probability mass: it is written as zeros, never NaN.
-    let inv = select(0.0, 1.0 / sum, sum > 0.0);
-    for (var u = 0u; u < NU; u++) {
-      out[row * params.qRow4 + outCol4 + kg + NKG * u] = o[t * NU + u] * inv;
-    }
-  }
+  // Per row t: sum over the key groups; a row with no visible key has no probability mass and is written as zeros,
+  // never NaN.
+  {{WRITE_OUTPUT}}
 }

@@ -5,8 +5,10 @@ import { Plan } from "../../runtime/executor.ts";
 import { Rng } from "../../runtime/random.ts";
 import { formatAuditTable, runAuditCase } from "../../kernels/audit.ts";
 import { attentionAuditCases, attentionCase, attentionReference } from "../../kernels/reference/attention.ts";
+import { renderKernel } from "../../runtime/kernel.ts";
 import {
   attention,
+  ATTENTION_SWEEP_CONFIGS,
   attentionConfigFor,
   attentionTiles,
   attentionWorkgroupBytes,
@@ -59,6 +61,37 @@ Deno.test("attention: other tile configurations (q resident, wide key blocks, sp
   }
   console.log(formatAuditTable(results));
   for (const r of results) assert.ok(r.pass, `${r.label}: rel L2 ${r.relL2}`);
+});
+
+Deno.test("attention: the rendered shader indexes no private array and no vector by a runtime value", async () => {
+  // Private arrays indexed in loops would be kept in local memory by the driver; every index must name shared or
+  // storage memory, and vector components must be constant (.x .. .w).
+  const indexed = new Set(["stage", "probs", "partial", "q", "k", "v", "queryBits", "keyBits", "out"]);
+  const configs = [
+    ...ATTENTION_SWEEP_CONFIGS.map((config) => ({ config, headDim: 128 })),
+    { config: defaultAttentionConfig(16), headDim: 16 },
+    { config: defaultAttentionConfig(12), headDim: 12 },
+    { config: defaultAttentionConfig(512), headDim: 512 },
+    { config: { blockQ: 16, rowsPerThread: 8 as const, keyGroups: 4, dChunk: 128, keyChunk: 8, maxDv: 32 }, headDim: 128 },
+  ];
+  for (const { config, headDim } of configs) {
+    const g = new Graph();
+    const cols = 2 * headDim;
+    const q = g.input("q", [40, cols]), k = g.input("k", [40, cols]), v = g.input("v", [40, cols]);
+    attention(g, "attn", { q, k, v, heads: 2, kvHeads: 2, headDim, config });
+    setAttentionGroupMask(g, "attn", { queryBits: g.input("qb", [40], "u32"), keyBits: g.input("kb", [40], "u32") });
+    const code = await renderKernel(g.nodes[0].kernel, g.nodes[0].variant);
+    const where = `${JSON.stringify(config)} D${headDim}`;
+    assert.ok(!code.includes("{{"), `${where}: unsubstituted placeholder`);
+    assert.match(code, /const GROUP_MASK: bool = true;/, where);
+    for (const line of code.split("\n")) {
+      if (line.includes("array<")) assert.match(line, /^(var<workgroup>|@group\(0\))/, `${where}: private array in ${line.trim()}`);
+      for (const m of line.matchAll(/(\w*)\s*\[/g)) {
+        if (line.startsWith("@group(0)")) continue;
+        assert.ok(indexed.has(m[1]), `${where}: '${m[1]}[' indexes private memory in ${line.trim()}`);
+      }
+    }
+  }
 });
 
 Deno.test("attention: a query row with no visible key is written as zeros, the others are exact", async () => {
