@@ -52,10 +52,10 @@ function parseShapes(text: string): Shape[] {
 }
 
 function parseConfig(text: string): MatmulConfig {
-  const match = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)$/.exec(text.trim());
-  if (!match) throw new Error(`--config: "${text}" is not BMxBNxBK/TMxTN, e.g. 128x128x8/8x8`);
-  const [bm, bn, bk, tm, tn] = match.slice(1).map(Number);
-  const config = { bm, bn, bk, tm, tn };
+  const match = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(dot)?$/.exec(text.trim());
+  if (!match) throw new Error(`--config: "${text}" is not BMxBNxBK/TMxTN[dot], e.g. 128x128x8/8x8`);
+  const [bm, bn, bk, tm, tn] = match.slice(1, 6).map(Number);
+  const config: MatmulConfig = match[6] ? { bm, bn, bk, tm, tn, form: "dot" } : { bm, bn, bk, tm, tn };
   validateMatmulConfig(config, "--config");
   return config;
 }
@@ -130,13 +130,16 @@ async function checkSamples(plan: Plan, ops: Operands): Promise<number> {
   return worst;
 }
 
+/** The plan repeats the product `iters` times back to back, so the GPU stays busy (and at its working clock) while the
+ * repetitions are timed; each repetition's time comes from timestamp queries, else the wall clock of a whole run is
+ * shared out evenly. */
 async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, iters: number): Promise<Timing> {
   const { m, k, n } = ops.shape;
   const g = new Graph();
   const x = g.input("x", [m, k]);
   const w = g.input("w", [n, k], ops.dtype);
   const y = g.state("y", [m, n]);
-  matmul(g, "matmul", x, w, { out: y, config });
+  for (let i = 0; i < iters; i++) matmul(g, `matmul.${i}`, x, w, { out: y, config });
   const plan = await Plan.compile(gpu, g, null, { label: `bench:${matmulConfigName(config)}` });
   try {
     plan.write("x", ops.x);
@@ -145,16 +148,15 @@ async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, 
     const error = await checkSamples(plan, ops);
     // f32 accumulation over K terms: a relative error far above K·2⁻²⁴ means a wrong result, not rounding.
     if (!(error < 1e-4)) throw new Error(`matmul ${matmulConfigName(config)} on ${m}×${k}×${n}: wrong result (relative error ${error})`);
-    const samples: number[] = [];
+    await plan.run();
+    let samples: number[];
     const source = gpu.hasTimestamps ? "timestamps" : "wall clock";
-    for (let i = 0; i < iters; i++) {
-      if (gpu.hasTimestamps) {
-        samples.push((await plan.profile())[0].ms);
-      } else {
-        const t0 = performance.now();
-        await plan.run();
-        samples.push(performance.now() - t0);
-      }
+    if (gpu.hasTimestamps) {
+      samples = (await plan.profile()).map((p) => p.ms);
+    } else {
+      const t0 = performance.now();
+      await plan.run();
+      samples = [(performance.now() - t0) / iters];
     }
     const medianMs = median(samples);
     return { config, medianMs, tflops: (2 * m * n * k) / (medianMs * 1e-3) / 1e12, source };

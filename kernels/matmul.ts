@@ -8,14 +8,20 @@ import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
 
-/** Output tile bm×bn per workgroup, register tile tm×tn per thread, K step bk (all multiples of 4). */
+/** Output tile bm×bn per workgroup, register tile tm×tn per thread (bm/tm × bn/tn threads), K step bk (a
+ * multiple of 4), and the form of the inner product (kernels/matmul.wgsl describes both). */
 export interface MatmulConfig {
   bm: number;
   bn: number;
   bk: number;
   tm: number;
   tn: number;
+  /** "outer" (default; tm and tn multiples of 4): outer products from transposed tiles, few live operand registers.
+   * "dot": dot products over groups of 4 k from K-contiguous tiles, any tm and tn. */
+  form?: MatmulForm;
 }
+
+export type MatmulForm = "outer" | "dot";
 
 export type MatmulEpilogue = "none" | "silu" | "gelu_tanh";
 
@@ -42,13 +48,15 @@ const FEW_ROWS = 64;
 export const MATMUL_SWEEP_CONFIGS: readonly Readonly<MatmulConfig>[] = [
   DEFAULT_MATMUL_CONFIG,
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
-  { bm: 64, bn: 256, bk: 8, tm: 8, tn: 8 },
-  { bm: 256, bn: 64, bk: 8, tm: 8, tn: 8 },
+  { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
   { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8 },
-  { bm: 128, bn: 64, bk: 8, tm: 8, tn: 4 },
-  { bm: 64, bn: 128, bk: 8, tm: 4, tn: 8 },
-  { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+  { bm: 128, bn: 64, bk: 32, tm: 8, tn: 8 },
+  { bm: 64, bn: 256, bk: 16, tm: 8, tn: 8 },
+  { bm: 256, bn: 64, bk: 16, tm: 8, tn: 8 },
+  { bm: 128, bn: 256, bk: 8, tm: 8, tn: 16 },
+  { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, form: "dot" },
+  { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, form: "dot" },
   { bm: 32, bn: 64, bk: 16, tm: 4, tn: 4 },
   FEW_ROWS_MATMUL_CONFIG,
 ];
@@ -57,16 +65,17 @@ const MAX_THREADS = 256;
 const MAX_ACCUMULATORS = 128;
 
 export function matmulConfigName(c: MatmulConfig): string {
-  return `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}`;
+  return `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}${c.form === "dot" ? "dot" : ""}`;
 }
 
 export function matmulThreads(c: MatmulConfig): number {
   return (c.bm / c.tm) * (c.bn / c.tn);
 }
 
-/** Workgroup memory of a configuration: two stages of the x and W tiles, f32. */
+/** Workgroup memory of a configuration: two stages of the x and W tiles, f32 (in the dot form, rows padded by one
+ * vec4). */
 export function matmulWorkgroupBytes(c: MatmulConfig): number {
-  return 2 * c.bk * (c.bm + c.bn) * 4;
+  return c.form === "dot" ? 2 * (c.bm + c.bn) * (c.bk / 4 + 1) * 16 : 2 * (c.bm + c.bn) * c.bk * 4;
 }
 
 /** Throws unless the configuration is one the shader can be instantiated with. */
@@ -74,9 +83,14 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul"): void {
   const name = `${where}: tile configuration ${JSON.stringify(c)}`;
   for (const key of ["bm", "bn", "bk", "tm", "tn"] as const) {
     const v = c[key];
-    if (!Number.isInteger(v) || v <= 0 || v % 4 !== 0) throw new Error(`${name}: ${key} must be a positive multiple of 4, got ${v}`);
+    if (!Number.isInteger(v) || v <= 0) throw new Error(`${name}: ${key} must be a positive integer, got ${v}`);
   }
+  if (c.bk % 4 !== 0) throw new Error(`${name}: bk must be a multiple of 4, got ${c.bk}`);
   if (c.bm % c.tm !== 0 || c.bn % c.tn !== 0) throw new Error(`${name}: bm must be a multiple of tm and bn of tn`);
+  if (c.form !== undefined && c.form !== "outer" && c.form !== "dot") throw new Error(`${name}: form must be "outer" or "dot"`);
+  if (c.form !== "dot" && (c.tm % 4 !== 0 || c.tn % 4 !== 0)) {
+    throw new Error(`${name}: the outer form needs tm and tn to be multiples of 4 (use form "dot" otherwise)`);
+  }
   const threads = matmulThreads(c);
   if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
   if (c.tm * c.tn > MAX_ACCUMULATORS) throw new Error(`${name}: a ${c.tm}×${c.tn} register tile exceeds ${MAX_ACCUMULATORS} accumulators`);
@@ -130,49 +144,193 @@ export function matmulConfigFor(m: number, n: number, k: number, wDtype: DType):
 
 type WeightDType = "f32" | "bf16";
 
-/** Bodies of read_x / read_w: one group of 4 k-consecutive elements, zero outside the matrix. The vectorised
- * forms need K % 4 == 0 (a group is then one aligned vec4, or vec2<u32> of bf16 pairs). */
+/** Bodies of read_x / read_w: one group of 4 k-consecutive elements of a row inside the matrix, zero where k ≥ K.
+ * The vectorised forms need K % 4 == 0 (a group is then one aligned vec4, or vec2<u32> of bf16 pairs, entirely
+ * inside or entirely outside K). */
 const READ_X = {
-  vec4: `if (row >= params.M || k >= params.K) { return vec4<f32>(0.0); }
-  return x[(row * params.K + k) >> 2u];`,
+  vec4: `return select(vec4<f32>(0.0), x[(row * params.K + k) >> 2u], k < params.K);`,
   scalar: `var v = vec4<f32>(0.0);
-  if (row < params.M) {
-    let base = row * params.K;
-    for (var q = 0u; q < 4u; q++) { if (k + q < params.K) { v[q] = x[base + k + q]; } }
-  }
+  let base = row * params.K;
+  if (k < params.K) { v.x = x[base + k]; }
+  if (k + 1u < params.K) { v.y = x[base + k + 1u]; }
+  if (k + 2u < params.K) { v.z = x[base + k + 2u]; }
+  if (k + 3u < params.K) { v.w = x[base + k + 3u]; }
   return v;`,
 };
 
 const READ_W: Record<WeightDType, { vec4: string; scalar: string }> = {
   f32: {
-    vec4: `if (n >= params.N || k >= params.K) { return vec4<f32>(0.0); }
-  return w[(n * params.K + k) >> 2u];`,
+    vec4: `return select(vec4<f32>(0.0), w[(n * params.K + k) >> 2u], k < params.K);`,
     scalar: `var v = vec4<f32>(0.0);
-  if (n < params.N) {
-    let base = n * params.K;
-    for (var q = 0u; q < 4u; q++) { if (k + q < params.K) { v[q] = w[base + k + q]; } }
-  }
+  let base = n * params.K;
+  if (k < params.K) { v.x = w[base + k]; }
+  if (k + 1u < params.K) { v.y = w[base + k + 1u]; }
+  if (k + 2u < params.K) { v.z = w[base + k + 2u]; }
+  if (k + 3u < params.K) { v.w = w[base + k + 3u]; }
   return v;`,
   },
   bf16: {
-    vec4: `if (n >= params.N || k >= params.K) { return vec4<f32>(0.0); }
-  let p = w[(n * params.K + k) >> 2u];
-  return vec4<f32>(bf16_lo(p.x), bf16_hi(p.x), bf16_lo(p.y), bf16_hi(p.y));`,
+    vec4: `let p = w[(n * params.K + k) >> 2u];
+  return select(vec4<f32>(0.0), vec4<f32>(bf16_lo(p.x), bf16_hi(p.x), bf16_lo(p.y), bf16_hi(p.y)), k < params.K);`,
     // Element e = n·K + k lives in word e >> 1; with odd K, rows start mid-word.
     scalar: `var v = vec4<f32>(0.0);
-  if (n < params.N) {
-    let base = n * params.K;
-    for (var q = 0u; q < 4u; q++) {
-      if (k + q < params.K) {
-        let e = base + k + q;
-        let word = w[e >> 1u];
-        v[q] = select(bf16_hi(word), bf16_lo(word), (e & 1u) == 0u);
-      }
-    }
-  }
+  let base = n * params.K + k;
+  if (k < params.K) { v.x = bf16_element(base); }
+  if (k + 1u < params.K) { v.y = bf16_element(base + 1u); }
+  if (k + 2u < params.K) { v.z = bf16_element(base + 2u); }
+  if (k + 3u < params.K) { v.w = bf16_element(base + 3u); }
   return v;`,
   },
 };
+
+/** Helper the element-wise bf16 reader needs (declared only in that variant, where w is array<u32>). */
+const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
+  let word = w[e >> 1u];
+  return select(bf16_hi(word), bf16_lo(word), (e & 1u) == 0u);
+}`;
+
+// ---- Generated per-thread code --------------------------------------------------------------------------------
+
+type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "WRITE", string>;
+
+/** The unrolled blocks of kernels/matmul.wgsl for one tile configuration (see the comment at the top there). */
+export function matmulCodeBlocks(c: MatmulConfig): CodeBlocks {
+  return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c);
+}
+
+const COMPONENTS = ["x", "y", "z", "w"];
+
+/** Transposed tiles: x_tile[stage][k][i][ty] holds rows 4·(i·WGY + ty) .. +3 at k (w_tile likewise with tx). A load
+ * unit is a 4×4 block, four rows × four consecutive k, read as four vec4s and transposed in registers into four
+ * whole-vec4 stores (a store to one lane of a shared vec4 would be a read-modify-write of all four). Units of x come
+ * first, then units of W; neighbouring threads take neighbouring k groups of the same four rows. */
+function outerFormBlocks(c: MatmulConfig): CodeBlocks {
+  const threads = matmulThreads(c);
+  const wgx = c.bn / c.tn, wgy = c.bm / c.tm, bk4 = c.bk / 4, tm4 = c.tm / 4, tn4 = c.tn / 4;
+  const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
+  const tiles = `var<workgroup> x_tile: array<array<array<array<vec4<f32>, WGY>, ${tm4}>, BK>, 2u>;
+var<workgroup> w_tile: array<array<array<array<vec4<f32>, WGX>, ${tn4}>, BK>, 2u>;`;
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
+  }
+  const unitsX = (c.bm / 4) * bk4, unitsW = (c.bn / 4) * bk4, units = unitsX + unitsW;
+  const rounds = Math.ceil(units / threads);
+  const tileUnits = [
+    { name: "x", first: "row0", last: "last_row", threads: "WGY", offset: 0, count: unitsX },
+    { name: "w", first: "col0", last: "last_col", threads: "WGX", offset: unitsX, count: unitsW },
+  ];
+  for (let l = 0; l < rounds; l++) {
+    const regs = range(4).map((r) => `u${l}_${r}`);
+    for (const reg of regs) declare.push(`  var ${reg} = vec4<f32>(0.0);`);
+    const u = l === 0 ? "lid" : `(lid + ${l * threads}u)`;
+    // Which tiles this round's units can fall in, as compile-time facts.
+    const lo = l * threads, hi = Math.min((l + 1) * threads, units);
+    const parts = tileUnits.filter((t) => lo < t.offset + t.count && hi > t.offset);
+    const fetchParts: string[] = [], storeParts: string[] = [];
+    for (const t of parts) {
+      const local = t.offset === 0 ? u : `(${u} - ${t.offset}u)`;
+      const group = `(${local} / ${bk4}u)`, kq = `(${local} % ${bk4}u)`;
+      const reads = regs.map((reg, r) => `${reg} = read_${t.name}(min(${t.first} + ${group} * 4u + ${r}u, ${t.last}), k0 + ${kq} * 4u);`);
+      const writes = COMPONENTS.map((comp, e) =>
+        `${t.name}_tile[base][${kq} * 4u + ${e}u][${group} / ${t.threads}][${group} % ${t.threads}] = ` +
+        `vec4<f32>(${regs.map((reg) => `${reg}.${comp}`).join(", ")});`
+      );
+      const conditions: string[] = [];
+      if (lo < t.offset) conditions.push(`${u} >= ${t.offset}u`);
+      if ((l + 1) * threads > t.offset + t.count) conditions.push(`${u} < ${t.offset + t.count}u`);
+      const cond = conditions.join(" && ");
+      fetchParts.push(cond ? `if (${cond}) { ${reads.join(" ")} }` : reads.join(" "));
+      storeParts.push(cond ? `if (${cond}) { ${writes.join(" ")} }` : writes.join(" "));
+    }
+    fetch.push(...fetchParts.map((line) => `      ${line}`));
+    store.push(...storeParts.map((line) => `      ${line}`));
+  }
+  for (let k = 0; k < c.bk; k++) {
+    compute.push("      {");
+    for (let i = 0; i < tm4; i++) compute.push(`        let a${i} = x_tile[st][${k}][${i}][ty];`);
+    for (let j = 0; j < tn4; j++) compute.push(`        let b${j} = w_tile[st][${k}][${j}][tx];`);
+    for (let i = 0; i < c.tm; i++) {
+      for (let j = 0; j < c.tn; j++) {
+        const a = `a${i >> 2}.${COMPONENTS[i & 3]}`, b = `b${j >> 2}.${COMPONENTS[j & 3]}`;
+        compute.push(`        acc_${i}_${j} = fma(${a}, ${b}, acc_${i}_${j});`);
+      }
+    }
+    compute.push("      }");
+  }
+  for (let i = 0; i < c.tm; i++) {
+    const row = `row0 + (${(i >> 2) * wgy}u + ty) * 4u + ${i & 3}u`;
+    for (let j = 0; j < c.tn; j++) {
+      write.push(`  write_out(${row}, col0 + (${(j >> 2) * wgx}u + tx) * 4u + ${j & 3}u, acc_${i}_${j});`);
+    }
+  }
+  return {
+    TILES: tiles,
+    DECLARE: declare.join("\n"),
+    FETCH: fetch.join("\n"),
+    STORE: store.join("\n"),
+    COMPUTE: compute.join("\n"),
+    WRITE: write.join("\n"),
+  };
+}
+
+/** K-contiguous tiles: x_tile[stage][i][ty][g] holds x[row0 + ty + i·WGY, k0 + 4g .. +3], rows padded to BK/4 + 1
+ * vec4s (w_tile likewise). Group g of a tile is row g / BK4, k group g % BK4, so neighbouring threads read
+ * neighbouring 16-byte pieces of one row. */
+function dotFormBlocks(c: MatmulConfig): CodeBlocks {
+  const threads = matmulThreads(c);
+  const wgx = c.bn / c.tn, wgy = c.bm / c.tm, bk4 = c.bk / 4;
+  const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
+  const tiles = `var<workgroup> x_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGY>, TM>, 2u>;
+var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>, 2u>;`;
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
+  }
+  const tileRows = [
+    { name: "x", rows: c.bm, first: "row0", last: "last_row", threads: "WGY" },
+    { name: "w", rows: c.bn, first: "col0", last: "last_col", threads: "WGX" },
+  ];
+  for (const t of tileRows) {
+    const groups = t.rows * bk4;
+    const loads = Math.ceil(groups / threads);
+    for (let l = 0; l < loads; l++) {
+      const reg = `${t.name}g${l}`;
+      declare.push(`  var ${reg} = vec4<f32>(0.0);`);
+      const g = l === 0 ? "lid" : `(lid + ${l * threads}u)`;
+      const partial = (l + 1) * threads > groups;
+      const open = partial ? `if (${g} < ${groups}u) { ` : "";
+      const close = partial ? " }" : "";
+      fetch.push(`      ${open}${reg} = read_${t.name}(min(${t.first} + ${g} / ${bk4}u, ${t.last}), k0 + (${g} % ${bk4}u) * 4u);${close}`);
+      const row = `(${g} / ${bk4}u)`;
+      store.push(`      ${open}${t.name}_tile[base][${row} / ${t.threads}][${row} % ${t.threads}][${g} % ${bk4}u] = ${reg};${close}`);
+    }
+  }
+  for (let q = 0; q < bk4; q++) {
+    compute.push("      {");
+    for (let j = 0; j < c.tn; j++) compute.push(`        let b${j} = w_tile[st][${j}][tx][${q}];`);
+    for (let i = 0; i < c.tm; i++) {
+      compute.push(`        let a${i} = x_tile[st][${i}][ty][${q}];`);
+      for (const comp of COMPONENTS) {
+        for (let j = 0; j < c.tn; j++) compute.push(`        acc_${i}_${j} = fma(a${i}.${comp}, b${j}.${comp}, acc_${i}_${j});`);
+      }
+    }
+    compute.push("      }");
+  }
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
+  }
+  return {
+    TILES: tiles,
+    DECLARE: declare.join("\n"),
+    FETCH: fetch.join("\n"),
+    STORE: store.join("\n"),
+    COMPUTE: compute.join("\n"),
+    WRITE: write.join("\n"),
+  };
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
 
 const kernels = new Map<string, KernelSpec>();
 
@@ -264,6 +422,8 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
       TN: config.tn,
       READ_X: vectorised ? READ_X.vec4 : READ_X.scalar,
       READ_W: vectorised ? READ_W[wDtype].vec4 : READ_W[wDtype].scalar,
+      HELPERS: !vectorised && wDtype === "bf16" ? BF16_ELEMENT : "",
+      ...matmulCodeBlocks(config),
       HAS_BIAS: opts.bias !== undefined,
       BIAS_BF16: opts.bias !== undefined && g.get(opts.bias).dtype === "bf16",
       ACCUMULATE: opts.accumulate ?? false,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { getGpu } from "../../runtime/device.ts";
 import { Graph } from "../../runtime/graph.ts";
+import { renderKernel } from "../../runtime/kernel.ts";
 import { formatAuditTable, runAuditCase } from "../../kernels/audit.ts";
 import { matmulAuditCases } from "../../kernels/reference/matmul.ts";
 import {
@@ -8,7 +9,9 @@ import {
   FEW_ROWS_MATMUL_CONFIG,
   loadMatmulTuning,
   matmul,
+  MATMUL_SWEEP_CONFIGS,
   matmulConfigFor,
+  matmulConfigName,
   matmulShapeClass,
   matmulWorkgroupBytes,
   setMatmulDevice,
@@ -81,5 +84,23 @@ Deno.test("matmul: a tuning file entry for the active device and shape class is 
     setMatmulDevice(null);
     setMatmulTuning(null);
     Deno.removeSync(path);
+  }
+});
+
+Deno.test("matmul: generated shaders keep every per-thread value in a named register (no private arrays)", async () => {
+  const configs = [...MATMUL_SWEEP_CONFIGS, { bm: 24, bn: 20, bk: 4, tm: 3, tn: 5, form: "dot" as const }];
+  for (const config of configs) {
+    for (const k of [64, 66]) {
+      const g = new Graph();
+      matmul(g, "proj", g.input("x", [70, k]), g.input("w", [50, k], "bf16"), { bias: g.input("b", [50]), config });
+      const code = await renderKernel(g.nodes[0].kernel, g.nodes[0].variant);
+      const name = `${matmulConfigName(config)}, K ${k}`;
+      assert.ok(!code.includes("{{"), `${name}: a placeholder was left`);
+      for (const line of code.split("\n").filter((l) => l.includes("array<"))) {
+        assert.match(line, /var<(workgroup|storage, read(_write)?)>/, `${name}: a non-shared array: ${line.trim()}`);
+      }
+      // A lane of a vector is only ever named, never indexed.
+      assert.doesNotMatch(code, /\]\[[a-z_]+ & 3u\]|\.(x|y|z|w)\[/, `${name}: a dynamic vector lane`);
+    }
   }
 });
