@@ -11,6 +11,8 @@
 // TFLOP/s from each node's declared FLOPs. Peak GPU memory is the weights plus everything the plan allocated.
 // --compare writes the inputs to a safetensors file, frees kleinscope's GPU memory, runs bench/torch_flux2.py in fp32
 // (TF32 off) and in bf16, and reports the relative L2 error of kleinscope's output against PyTorch fp32 with all times.
+// --f16 also times the forward with the blocks' projections multiplied in f16 and reports its relative L2 error
+// against kleinscope's f32 output (and against PyTorch fp32 with --compare).
 // --random PRESET uses /tmp/kleinscope-random-PRESET, writing it with bench/make_random_checkpoint.py when missing.
 
 import { parseArgs } from "node:util";
@@ -194,13 +196,13 @@ export async function benchForward(
   transformer: Flux2Transformer,
   inputs: BenchInputs,
   iters: number,
-  options: { profile?: boolean } = {},
+  options: { profile?: boolean; f16?: boolean } = {},
 ): Promise<ForwardBench> {
   const cfg = transformer.config;
   const { textRows, imageRows } = inputs.seq;
   const g = new Graph();
   const output = g.state("dit.output", [imageRows, cfg.outChannels]);
-  transformer.buildForward(g, textRows, imageRows, { output });
+  transformer.buildForward(g, textRows, imageRows, { output, f16: options.f16 });
   const t0 = performance.now();
   const plan = await Plan.compile(gpu, g, transformer.store, { label: "bench:dit" });
   const compileSeconds = (performance.now() - t0) / 1e3;
@@ -341,6 +343,8 @@ export interface DitBenchReport {
   load: { seconds: number; bytes: number };
   forward: ForwardBench;
   peakBytes: number;
+  /** With --f16: the same forward multiplying in f16, and its relative L2 error against kleinscope's f32 output. */
+  forwardF16?: ForwardBench & { peakBytes: number; errorVsF32: number };
   torch?: TorchComparison;
 }
 
@@ -350,20 +354,17 @@ export interface TorchComparison {
   /** Relative L2 error of kleinscope's output against PyTorch fp32. */
   errorFp32?: number;
   errorBf16VsFp32?: number;
+  /** Relative L2 error of kleinscope --f16 against PyTorch fp32. */
+  errorF16VsFp32?: number;
   /** Messages of the baselines that did not run. */
   failures: string[];
 }
 
 export async function runDitBench(opts: DitBenchOptions, log: (s: string) => void = console.log): Promise<DitBenchReport> {
-  if (opts.f16) {
-    throw new Error(
-      "--f16: kleinscope has no f16 compute path (weights are bf16, arithmetic and activations f32), so there is nothing to " +
-        "benchmark in f16; run without --f16",
-    );
-  }
   const modelDir = await resolveTransformerDir(opts, log);
   const gpu = await getGpu();
   applyDeviceTuning(gpu);
+  if (opts.f16 && !gpu.hasF16) throw new Error(`--f16: adapter ${gpu.adapterDescription} offers no shader-f16`);
   const seq = ditSequence(opts.size, opts.refs);
   log(`device: ${gpu.adapterDescription} (timestamp queries: ${gpu.hasTimestamps ? "yes" : "no"})`);
 
@@ -395,6 +396,16 @@ export async function runDitBench(opts: DitBenchOptions, log: (s: string) => voi
       log(kernelFamilyTable(forward.profile));
     }
     report = { device: gpu.adapterDescription, modelDir, config: cfg, seq, load: loaded, forward, peakBytes };
+    if (opts.f16) {
+      const f16 = await benchForward(gpu, transformer, inputs, opts.iters, { f16: true });
+      const errorVsF32 = relativeL2(f16.output, forward.output);
+      report.forwardF16 = { ...f16, peakBytes: loaded.bytes + f16.planBytes, errorVsF32 };
+      log(
+        `\n--f16 (blocks' projections multiplied in f16): forward median ${formatMs(f16.medianMs)} ms of ${opts.iters} ` +
+          `(${f16.samplesMs.map(formatMs).join(", ")}); relative L2 against kleinscope f32 ${errorVsF32.toExponential(2)}`,
+      );
+      if (f16.profile) log(kernelFamilyTable(f16.profile));
+    }
 
     if (opts.compare) {
       const dir = await Deno.makeTempDir({ prefix: "kleinscope-dit-" });
@@ -418,6 +429,7 @@ export async function runDitBench(opts: DitBenchOptions, log: (s: string) => voi
         }
         if (torch.fp32) {
           torch.errorFp32 = relativeL2(forward.output, torch.fp32.output!);
+          if (report.forwardF16) torch.errorF16VsFp32 = relativeL2(report.forwardF16.output, torch.fp32.output!);
           if (torch.bf16) torch.errorBf16VsFp32 = relativeL2(torch.bf16.output!, torch.fp32.output!);
         }
         report.torch = torch;
@@ -444,6 +456,15 @@ export function summaryTable(r: DitBenchReport, opts: Pick<DitBenchOptions, "siz
     formatGB(r.peakBytes),
     error(r.torch?.errorFp32),
   ]];
+  if (r.forwardF16) {
+    rows.push([
+      `kleinscope --f16 (WebGPU, ${r.device})`,
+      formatMs(r.forwardF16.medianMs),
+      tflops(r.forwardF16.medianMs),
+      formatGB(r.forwardF16.peakBytes),
+      r.torch?.errorF16VsFp32 === undefined ? `${error(r.forwardF16.errorVsF32)} (vs kleinscope f32)` : error(r.torch.errorF16VsFp32),
+    ]);
+  }
   const torchRow = (label: string, t: TorchResult | undefined, err: string) => {
     if (!t) return rows.push([label, "failed", "", "", ""]);
     rows.push([`${label} (${t.device})`, formatMs(t.medianMs), tflops(t.medianMs), t.peakGB ? formatGB(t.peakGB * 1e9) : "", err]);

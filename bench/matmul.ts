@@ -1,12 +1,13 @@
 // Matmul throughput: y[M, N] = x[M, K] · W[N, K]ᵀ on random data, reported in TFLOP/s (median of the timed runs).
 //
 //   deno run -A bench/matmul.ts [--shapes M,K,N;M,K,N] [--dtype bf16,f32] [--iters n] [--small]
-//                               [--config 128x128x8/8x8] [--sweep [--write] [--tuning-file path]]
+//                               [--config 128x128x8/8x8] [--sweep [--write] [--tuning-file path]] [--f16]
 //
 // Times come from timestamp queries around the dispatch when the adapter has them, else from the wall clock
 // around a submit-and-wait of the plan. --sweep times every tile configuration on every shape, prints a table and
 // the winners; --write stores the winner of each shape class for this device in kernels/matmul_tuned.json (or in
 // --tuning-file), keeping the entries of other devices and classes.
+// --f16 times f16 multiplication (kernels/matmul.ts `f16`) and sweeps and records its own shape classes ("f16.…").
 // Every run checks a few output entries against a float64 dot product.
 
 import { parseArgs } from "node:util";
@@ -40,6 +41,8 @@ interface Shape {
 const GPU_SHAPES = "2560,4096,4096;8704,4096,36864;2560,3072,9216";
 const SMALL_SHAPES = "128,256,192;256,512,384";
 const TUNING_FILE = new URL("../kernels/matmul_tuned.json", import.meta.url);
+/** Deeper K steps, which only f16 tiles fit. */
+const F16_EXTRA_CONFIGS: MatmulConfig[] = [{ bm: 128, bn: 128, bk: 32, tm: 8, tn: 8 }, { bm: 128, bn: 256, bk: 16, tm: 8, tn: 16 }];
 
 function parseShapes(text: string): Shape[] {
   return text.split(";").filter((s) => s.trim()).map((s) => {
@@ -133,21 +136,24 @@ async function checkSamples(plan: Plan, ops: Operands): Promise<number> {
 /** The plan repeats the product `iters` times back to back, so the GPU stays busy (and at its working clock) while the
  * repetitions are timed; each repetition's time comes from timestamp queries, else the wall clock of a whole run is
  * shared out evenly. */
-async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, iters: number): Promise<Timing> {
+async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, iters: number, f16: boolean): Promise<Timing> {
   const { m, k, n } = ops.shape;
   const g = new Graph();
   const x = g.input("x", [m, k]);
   const w = g.input("w", [n, k], ops.dtype);
   const y = g.state("y", [m, n]);
-  for (let i = 0; i < iters; i++) matmul(g, `matmul.${i}`, x, w, { out: y, config });
+  for (let i = 0; i < iters; i++) matmul(g, `matmul.${i}`, x, w, { out: y, config, f16 });
   const plan = await Plan.compile(gpu, g, null, { label: `bench:${matmulConfigName(config)}` });
   try {
     plan.write("x", ops.x);
     plan.write("w", ops.w);
     await plan.run();
     const error = await checkSamples(plan, ops);
-    // f32 accumulation over K terms: a relative error far above K·2⁻²⁴ means a wrong result, not rounding.
-    if (!(error < 1e-4)) throw new Error(`matmul ${matmulConfigName(config)} on ${m}×${k}×${n}: wrong result (relative error ${error})`);
+    // f32 accumulation over K terms: a relative error far above K·2⁻²⁴ means a wrong result, not rounding (f16
+    // operands alone are 2⁻¹¹ off).
+    if (!(error < (f16 ? 5e-3 : 1e-4))) {
+      throw new Error(`matmul ${matmulConfigName(config)} on ${m}×${k}×${n}: wrong result (relative error ${error})`);
+    }
     await plan.run();
     let samples: number[];
     const source = gpu.hasTimestamps ? "timestamps" : "wall clock";
@@ -192,8 +198,10 @@ async function main() {
       write: { type: "boolean", default: false },
       config: { type: "string" },
       "tuning-file": { type: "string" },
+      f16: { type: "boolean", default: false },
     },
   });
+  const f16 = values.f16!;
   const shapes = parseShapes(values.shapes ?? (values.small ? SMALL_SHAPES : GPU_SHAPES));
   const dtypes = values.dtype.split(",").map((d) => d.trim());
   for (const d of dtypes) if (d !== "bf16" && d !== "f32") throw new Error(`--dtype: "${d}" is not bf16 or f32`);
@@ -202,6 +210,7 @@ async function main() {
   if (values.write && !values.sweep) throw new Error("--write stores sweep winners: use it with --sweep");
 
   const gpu = await openGpu();
+  if (f16 && !gpu.hasF16) throw new Error(`--f16: adapter ${gpu.adapterDescription} offers no shader-f16`);
   setMatmulDevice(gpu);
   const workgroupLimit = gpu.limits.maxComputeWorkgroupStorageSize;
   console.log(`device: ${gpu.adapterDescription} (workgroup memory ${workgroupLimit} B, timestamps: ${gpu.hasTimestamps ? "yes" : "no"})`);
@@ -211,8 +220,8 @@ async function main() {
     for (const shape of shapes) {
       for (const dtype of dtypes as WeightDType[]) {
         const ops = new Operands(shape, dtype);
-        const config = values.config ? parseConfig(values.config) : matmulConfigFor(shape.m, shape.n, shape.k, dtype);
-        const t = await timeMatmul(gpu, ops, config, iters);
+        const config = values.config ? parseConfig(values.config) : matmulConfigFor(shape.m, shape.n, shape.k, dtype, f16);
+        const t = await timeMatmul(gpu, ops, config, iters, f16);
         rows.push([shapeName(shape), dtype, matmulConfigName(config), t.medianMs.toFixed(3), formatTflops(t.tflops), t.source]);
         console.log(rows.at(-1)!.join("  "));
       }
@@ -221,8 +230,10 @@ async function main() {
     return;
   }
 
-  const configs = MATMUL_SWEEP_CONFIGS.filter((c) => matmulWorkgroupBytes(c) <= workgroupLimit);
-  const skipped = MATMUL_SWEEP_CONFIGS.filter((c) => matmulWorkgroupBytes(c) > workgroupLimit);
+  // f16 multiplication has the outer form only, and its tiles take half the memory: deeper K steps fit.
+  const candidates = f16 ? [...MATMUL_SWEEP_CONFIGS, ...F16_EXTRA_CONFIGS].filter((c) => c.form !== "dot") : MATMUL_SWEEP_CONFIGS;
+  const configs = candidates.filter((c) => matmulWorkgroupBytes(c, f16) <= workgroupLimit);
+  const skipped = candidates.filter((c) => matmulWorkgroupBytes(c, f16) > workgroupLimit);
   if (skipped.length) console.log(`skipped (workgroup memory over ${workgroupLimit} B): ${skipped.map(matmulConfigName).join(", ")}`);
   const columns: { shape: Shape; dtype: WeightDType; timings: Timing[] }[] = [];
   for (const shape of shapes) {
@@ -230,7 +241,7 @@ async function main() {
       const ops = new Operands(shape, dtype);
       const timings: Timing[] = [];
       for (const config of configs) {
-        const t = await timeMatmul(gpu, ops, config, iters);
+        const t = await timeMatmul(gpu, ops, config, iters, f16);
         timings.push(t);
         console.log(
           `${shapeName(shape)} ${dtype} ${matmulConfigName(config)}: ${formatTflops(t.tflops)} TFLOP/s (${t.medianMs.toFixed(3)} ms)`,
@@ -248,7 +259,7 @@ async function main() {
   // A shape class may hold several shapes: its winner is the configuration with the least total time over them.
   const classes = new Map<string, number[]>();
   columns.forEach((c, i) => {
-    const key = matmulShapeClass(c.shape.m, c.shape.n, c.shape.k, c.dtype);
+    const key = matmulShapeClass(c.shape.m, c.shape.n, c.shape.k, c.dtype, f16);
     classes.set(key, [...(classes.get(key) ?? []), i]);
   });
   const winners: Record<string, MatmulConfig> = {};

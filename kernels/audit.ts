@@ -25,6 +25,8 @@ export interface AuditCase {
   label: string;
   /** Relative L2 tolerance against the float64 reference (default 1e-5). */
   tolerance?: number;
+  /** The case computes in f16: on an adapter without shader-f16 it is reported as skipped. */
+  needsF16?: boolean;
   build(g: Graph, rng: Rng): { inputs: AuditInput[]; outputs: AuditOutput[] };
 }
 
@@ -36,6 +38,8 @@ export interface AuditResult {
   ms: number;
   tolerance: number;
   pass: boolean;
+  /** Why the case did not run (then pass is true and the numbers are NaN). */
+  skipped?: string;
 }
 
 export function relativeL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
@@ -59,6 +63,10 @@ export function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): num
 }
 
 export async function runAuditCase(gpu: GpuContext, c: AuditCase, seed = 7): Promise<AuditResult> {
+  if (c.needsF16 && !gpu.hasF16) {
+    const tolerance = c.tolerance ?? 1e-5;
+    return { kernel: c.kernel, label: c.label, relL2: NaN, maxAbs: NaN, ms: NaN, tolerance, pass: true, skipped: "no shader-f16" };
+  }
   const g = new Graph();
   const rng = new Rng(seed);
   const { inputs, outputs } = c.build(g, rng);
@@ -91,7 +99,14 @@ export async function runAuditCase(gpu: GpuContext, c: AuditCase, seed = 7): Pro
 export function formatAuditTable(results: AuditResult[]): string {
   const rows = results.map((
     r,
-  ) => [r.kernel, r.label, r.relL2.toExponential(2), r.maxAbs.toExponential(2), r.ms.toFixed(2), r.pass ? "ok" : "FAIL"]);
+  ) => [
+    r.kernel,
+    r.label,
+    r.relL2.toExponential(2),
+    r.maxAbs.toExponential(2),
+    r.ms.toFixed(2),
+    r.skipped ? `skipped (${r.skipped})` : r.pass ? "ok" : "FAIL",
+  ]);
   const head = ["kernel", "shape", "rel L2", "max |Δ|", "ms", "verdict"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ");

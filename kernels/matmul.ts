@@ -36,10 +36,16 @@ export interface MatmulOptions {
   config?: MatmulConfig;
   /** Applied to x·Wᵀ + bias before it is written (or accumulated). */
   epilogue?: MatmulEpilogue;
+  /** Multiply in f16 (needs shader-f16): x and W are rounded to f16 as they are staged, the products of one K step
+   * are summed in packed f16 pairs, and the step sums are accumulated in f32. Twice the multiply-add rate of f32,
+   * at about 1e-3 relative error for K in the thousands. */
+  f16?: boolean;
 }
 
 /** 128×128 tiles, 8×8 per thread, 256 threads, 16 KiB of workgroup memory: fits every WebGPU device. */
 export const DEFAULT_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
+/** The f16 default: f16 tiles take half the workgroup memory, so a K step twice as deep fits the same 16 KiB. */
+export const DEFAULT_F16_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
 /** For few rows (modulation vectors, a handful of tokens): short tiles waste less work on absent rows. */
 export const FEW_ROWS_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 16, bn: 64, bk: 16, tm: 4, tn: 4 };
 const FEW_ROWS = 64;
@@ -72,10 +78,10 @@ export function matmulThreads(c: MatmulConfig): number {
   return (c.bm / c.tm) * (c.bn / c.tn);
 }
 
-/** Workgroup memory of a configuration: two stages of the x and W tiles, f32 (in the dot form, rows padded by one
- * vec4). */
-export function matmulWorkgroupBytes(c: MatmulConfig): number {
-  return c.form === "dot" ? 2 * (c.bm + c.bn) * (c.bk / 4 + 1) * 16 : 2 * (c.bm + c.bn) * c.bk * 4;
+/** Workgroup memory of a configuration: two stages of the x and W tiles, f32 (f16 with `f16`; in the dot form,
+ * rows padded by one vec4). */
+export function matmulWorkgroupBytes(c: MatmulConfig, f16 = false): number {
+  return c.form === "dot" ? 2 * (c.bm + c.bn) * (c.bk / 4 + 1) * 16 : 2 * (c.bm + c.bn) * c.bk * (f16 ? 2 : 4);
 }
 
 /** Throws unless the configuration is one the shader can be instantiated with. */
@@ -125,19 +131,20 @@ function bucket(v: number, edges: number[]): string {
   return "big";
 }
 
-/** Shapes that share a tuned configuration, e.g. "bf16.m4096.nbig.k4096" (each bound is an upper limit). */
-export function matmulShapeClass(m: number, n: number, k: number, wDtype: DType): string {
-  return `${wDtype}.m${bucket(m, [FEW_ROWS, 1024, 4096])}.n${bucket(n, [1024, 4096])}.k${bucket(k, [1024, 4096])}`;
+/** Shapes that share a tuned configuration, e.g. "bf16.m4096.nbig.k4096" (each bound is an upper limit), prefixed
+ * "f16." for f16 multiplication. */
+export function matmulShapeClass(m: number, n: number, k: number, wDtype: DType, f16 = false): string {
+  return `${f16 ? "f16." : ""}${wDtype}.m${bucket(m, [FEW_ROWS, 1024, 4096])}.n${bucket(n, [1024, 4096])}.k${bucket(k, [1024, 4096])}`;
 }
 
 /** The configuration matmul() uses for this shape on the active device. */
-export function matmulConfigFor(m: number, n: number, k: number, wDtype: DType): MatmulConfig {
+export function matmulConfigFor(m: number, n: number, k: number, wDtype: DType, f16 = false): MatmulConfig {
   if (activeDevice) {
     tuningTable ??= loadMatmulTuning();
-    const tuned = tuningTable[activeDevice.description]?.[matmulShapeClass(m, n, k, wDtype)];
-    if (tuned && matmulWorkgroupBytes(tuned) <= activeDevice.workgroupBytes) return { ...tuned };
+    const tuned = tuningTable[activeDevice.description]?.[matmulShapeClass(m, n, k, wDtype, f16)];
+    if (tuned && (!f16 || tuned.form !== "dot") && matmulWorkgroupBytes(tuned, f16) <= activeDevice.workgroupBytes) return { ...tuned };
   }
-  return { ...(m <= FEW_ROWS ? FEW_ROWS_MATMUL_CONFIG : DEFAULT_MATMUL_CONFIG) };
+  return { ...(m <= FEW_ROWS ? FEW_ROWS_MATMUL_CONFIG : f16 ? DEFAULT_F16_MATMUL_CONFIG : DEFAULT_MATMUL_CONFIG) };
 }
 
 // ---- Kernel declarations ------------------------------------------------------------------------------------
@@ -191,11 +198,12 @@ const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
 
 // ---- Generated per-thread code --------------------------------------------------------------------------------
 
-type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "WRITE", string>;
+type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "FLUSH" | "WRITE", string>;
 
 /** The unrolled blocks of kernels/matmul.wgsl for one tile configuration (see the comment at the top there). */
-export function matmulCodeBlocks(c: MatmulConfig): CodeBlocks {
-  return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c);
+export function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
+  if (f16 && c.form === "dot") throw new Error(`matmul: f16 multiplication has the outer form only, not ${matmulConfigName(c)}`);
+  return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
 }
 
 const COMPONENTS = ["x", "y", "z", "w"];
@@ -204,14 +212,22 @@ const COMPONENTS = ["x", "y", "z", "w"];
  * unit is a 4×4 block, four rows × four consecutive k, read as four vec4s and transposed in registers into four
  * whole-vec4 stores (a store to one lane of a shared vec4 would be a read-modify-write of all four). Units of x come
  * first, then units of W; neighbouring threads take neighbouring k groups of the same four rows. */
-function outerFormBlocks(c: MatmulConfig): CodeBlocks {
+function outerFormBlocks(c: MatmulConfig, f16: boolean): CodeBlocks {
   const threads = matmulThreads(c);
   const wgx = c.bn / c.tn, wgy = c.bm / c.tm, bk4 = c.bk / 4, tm4 = c.tm / 4, tn4 = c.tn / 4;
   const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
-  const tiles = `var<workgroup> x_tile: array<array<array<array<vec4<f32>, WGY>, ${tm4}>, BK>, 2u>;
-var<workgroup> w_tile: array<array<array<array<vec4<f32>, WGX>, ${tn4}>, BK>, 2u>;`;
+  const flush: string[] = [];
+  const elem = f16 ? "f16" : "f32";
+  const tiles = `var<workgroup> x_tile: array<array<array<array<vec4<${elem}>, WGY>, ${tm4}>, BK>, 2u>;
+var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>, 2u>;`;
   for (let i = 0; i < c.tm; i++) {
     for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
+    // f16: the step sums of columns 2p and 2p + 1, one packed pair, added into the f32 accumulators after each step.
+    for (let p = 0; f16 && p < c.tn / 2; p++) {
+      declare.push(`  var h_${i}_${p} = vec2<f16>(0.0);`);
+      flush.push(`      acc_${i}_${2 * p} += f32(h_${i}_${p}.x);`, `      acc_${i}_${2 * p + 1} += f32(h_${i}_${p}.y);`);
+      flush.push(`      h_${i}_${p} = vec2<f16>(0.0);`);
+    }
   }
   const unitsX = (c.bm / 4) * bk4, unitsW = (c.bn / 4) * bk4, units = unitsX + unitsW;
   const rounds = Math.ceil(units / threads);
@@ -233,7 +249,9 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, WGX>, ${tn4}>, BK>, 2u
       const reads = regs.map((reg, r) => `${reg} = read_${t.name}(min(${t.first} + ${group} * 4u + ${r}u, ${t.last}), k0 + ${kq} * 4u);`);
       const writes = COMPONENTS.map((comp, e) =>
         `${t.name}_tile[base][${kq} * 4u + ${e}u][${group} / ${t.threads}][${group} % ${t.threads}] = ` +
-        `vec4<f32>(${regs.map((reg) => `${reg}.${comp}`).join(", ")});`
+        (f16
+          ? `vec4<f16>(vec4<f32>(${regs.map((reg) => `${reg}.${comp}`).join(", ")}));`
+          : `vec4<f32>(${regs.map((reg) => `${reg}.${comp}`).join(", ")});`)
       );
       const conditions: string[] = [];
       if (lo < t.offset) conditions.push(`${u} >= ${t.offset}u`);
@@ -250,8 +268,16 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, WGX>, ${tn4}>, BK>, 2u
     for (let i = 0; i < tm4; i++) compute.push(`        let a${i} = x_tile[st][${k}][${i}][ty];`);
     for (let j = 0; j < tn4; j++) compute.push(`        let b${j} = w_tile[st][${k}][${j}][tx];`);
     for (let i = 0; i < c.tm; i++) {
+      const a = `a${i >> 2}.${COMPONENTS[i & 3]}`;
+      if (f16) {
+        for (let p = 0; p < c.tn / 2; p++) {
+          const b = `b${p >> 1}.${p & 1 ? "zw" : "xy"}`;
+          compute.push(`        h_${i}_${p} = fma(vec2<f16>(${a}), ${b}, h_${i}_${p});`);
+        }
+        continue;
+      }
       for (let j = 0; j < c.tn; j++) {
-        const a = `a${i >> 2}.${COMPONENTS[i & 3]}`, b = `b${j >> 2}.${COMPONENTS[j & 3]}`;
+        const b = `b${j >> 2}.${COMPONENTS[j & 3]}`;
         compute.push(`        acc_${i}_${j} = fma(${a}, ${b}, acc_${i}_${j});`);
       }
     }
@@ -269,6 +295,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, WGX>, ${tn4}>, BK>, 2u
     FETCH: fetch.join("\n"),
     STORE: store.join("\n"),
     COMPUTE: compute.join("\n"),
+    FLUSH: flush.join("\n"),
     WRITE: write.join("\n"),
   };
 }
@@ -324,6 +351,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
     FETCH: fetch.join("\n"),
     STORE: store.join("\n"),
     COMPUTE: compute.join("\n"),
+    FLUSH: "",
     WRITE: write.join("\n"),
   };
 }
@@ -335,8 +363,8 @@ function range(n: number): number[] {
 const kernels = new Map<string, KernelSpec>();
 
 /** The declaration for one combination of load width and weight dtype (their binding types differ). */
-export function matmulKernel(vectorised: boolean, wDtype: WeightDType): KernelSpec {
-  const name = `matmul.${vectorised ? "vec4" : "scalar"}.${wDtype}`;
+export function matmulKernel(vectorised: boolean, wDtype: WeightDType, f16 = false): KernelSpec {
+  const name = `matmul.${vectorised ? "vec4" : "scalar"}.${wDtype}${f16 ? ".f16" : ""}`;
   let spec = kernels.get(name);
   if (!spec) {
     const wType = wDtype === "f32" ? (vectorised ? "array<vec4<f32>>" : "array<f32>") : (vectorised ? "array<vec2<u32>>" : "array<u32>");
@@ -355,6 +383,7 @@ export function matmulKernel(vectorised: boolean, wDtype: WeightDType): KernelSp
         { name: "N", type: "u32" },
         { name: "K", type: "u32" },
       ],
+      usesF16: f16,
     };
     kernels.set(name, spec);
   }
@@ -407,13 +436,15 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
     throw new Error(`${name}: unknown epilogue "${epilogue}" (known: ${Object.keys(ACTIVATIONS).join(", ")})`);
   }
   const wDtype = ws.dtype;
-  const config = opts.config ?? matmulConfigFor(m, n, k, wDtype);
+  const f16 = opts.f16 ?? false;
+  const config = opts.config ?? matmulConfigFor(m, n, k, wDtype, f16);
   validateMatmulConfig(config, name);
+  if (f16 && config.form === "dot") throw new Error(`${name}: f16 multiplication needs the outer form, not ${matmulConfigName(config)}`);
   const vectorised = k % 4 === 0;
   const tiles = ceilDiv(m, config.bm) * ceilDiv(n, config.bn);
   g.add({
     name,
-    kernel: matmulKernel(vectorised, wDtype),
+    kernel: matmulKernel(vectorised, wDtype, f16),
     variant: {
       BM: config.bm,
       BN: config.bn,
@@ -423,7 +454,7 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
       READ_X: vectorised ? READ_X.vec4 : READ_X.scalar,
       READ_W: vectorised ? READ_W[wDtype].vec4 : READ_W[wDtype].scalar,
       HELPERS: !vectorised && wDtype === "bf16" ? BF16_ELEMENT : "",
-      ...matmulCodeBlocks(config),
+      ...matmulCodeBlocks(config, f16),
       HAS_BIAS: opts.bias !== undefined,
       BIAS_BF16: opts.bias !== undefined && g.get(opts.bias).dtype === "bf16",
       ACCUMULATE: opts.accumulate ?? false,

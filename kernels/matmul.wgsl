@@ -20,7 +20,7 @@
 //
 // Variant values: BM BN BK TM TN (tile configuration), READ_X / READ_W (bodies of the group readers, vectorised
 // or element-wise) and HELPERS (functions they need), HAS_BIAS, BIAS_BF16, ACCUMULATE, ACT (identity | silu | gelu_tanh), and the generated blocks
-// TILES, DECLARE, FETCH, STORE, COMPUTE, WRITE.
+// TILES, DECLARE, FETCH, STORE, COMPUTE, FLUSH (f16 step sums into the f32 accumulators), WRITE.
 
 const BM: u32 = {{BM}}u;
 const BN: u32 = {{BN}}u;
@@ -151,6 +151,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     {
       let st = s & 1u;
 {{COMPUTE}}
+{{FLUSH}}
     }
     if (more) {
       let base = ((s + 1u) & 1u);

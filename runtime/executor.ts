@@ -56,19 +56,26 @@ function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeli
   const key = variantKey(node.kernel, node.variant);
   let p = cache.get(key);
   if (!p) {
+    if (node.kernel.usesF16 && !gpu.hasF16) {
+      throw new Error(
+        `${node.name}: kernel ${node.kernel.name} computes in f16, but adapter ${gpu.adapterDescription} offers no shader-f16`,
+      );
+    }
+    // Variant keys can hold whole generated code blocks: labels and messages name the kernel family and node.
+    const label = `${node.kernel.name} (${node.name})`;
     p = (async () => {
       const code = await renderKernel(node.kernel, node.variant);
-      const module = gpu.device.createShaderModule({ label: key, code });
+      const module = gpu.device.createShaderModule({ label, code });
       const info = await module.getCompilationInfo();
       const errors = info.messages.filter((m) => m.type === "error");
       if (errors.length) {
-        throw new Error(`kernel ${key} does not compile:\n${errors.map((m) => `  line ${m.lineNum}: ${m.message}`).join("\n")}`);
+        throw new Error(`kernel ${label} does not compile:\n${errors.map((m) => `  line ${m.lineNum}: ${m.message}`).join("\n")}`);
       }
       gpu.device.pushErrorScope("validation");
       const layout = gpu.device.createPipelineLayout({ bindGroupLayouts: [layoutFor(gpu, node.kernel)] });
-      const pipeline = await gpu.device.createComputePipelineAsync({ label: key, layout, compute: { module, entryPoint: "main" } });
+      const pipeline = await gpu.device.createComputePipelineAsync({ label, layout, compute: { module, entryPoint: "main" } });
       const err = await gpu.device.popErrorScope();
-      if (err) throw new Error(`kernel ${key}: pipeline creation failed: ${err.message}`);
+      if (err) throw new Error(`kernel ${label}: pipeline creation failed: ${err.message}`);
       return pipeline;
     })();
     p.catch(() => cache!.delete(key));

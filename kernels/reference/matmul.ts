@@ -58,6 +58,8 @@ interface CaseSpec {
   config?: MatmulConfig;
   /** Write to a fresh activation (then copied to the audited state) instead of straight into the state. */
   viaActivation?: boolean;
+  /** Multiply in f16: the reference uses the f16-rounded operands, the tolerance covers the f16 step sums. */
+  f16?: boolean;
 }
 
 function describe(c: CaseSpec): string {
@@ -67,6 +69,7 @@ function describe(c: CaseSpec): string {
   if (c.epilogue && c.epilogue !== "none") parts.push(c.epilogue);
   if (c.config) parts.push(matmulConfigName(c.config));
   if (c.viaActivation) parts.push("new activation");
+  if (c.f16) parts.push("f16 math");
   return parts.join(", ");
 }
 
@@ -75,10 +78,19 @@ function hostTensor(values: Float32Array, dtype: "bf16" | "f32"): { data: Float3
   return dtype === "bf16" ? { data: packBf16(values), exact: roundToBf16(values) } : { data: values, exact: values };
 }
 
+function roundToF16(values: Float32Array): Float32Array {
+  return values.map((v) => Math.f16round(v));
+}
+
+/** f16 step sums over 16-32 products: about 2⁻¹¹·√BK relative error each, averaged down by the f32 accumulation. */
+const F16_TOLERANCE = 3e-3;
+
 function matmulCase(c: CaseSpec): AuditCase {
   return {
     kernel: "matmul",
     label: describe(c),
+    tolerance: c.f16 ? F16_TOLERANCE : undefined,
+    needsF16: c.f16,
     build(g: Graph, rng: Rng) {
       const xValues = rng.normalArray(c.m * c.k);
       const w = hostTensor(rng.normalArray(c.n * c.k, 1 / Math.sqrt(c.k)), c.weight);
@@ -94,14 +106,15 @@ function matmulCase(c: CaseSpec): AuditCase {
       }
       const initial = c.accumulate ? rng.normalArray(c.m * c.n) : undefined;
       const out = g.state("out", [c.m, c.n]);
-      const options = { bias, epilogue: c.epilogue, config: c.config, accumulate: c.accumulate };
+      const options = { bias, epilogue: c.epilogue, config: c.config, accumulate: c.accumulate, f16: c.f16 };
       if (c.viaActivation) {
         const y = matmul(g, "matmul", x, wt, options);
         elementwiseNode(g, "copy", { op: "scale", a: y, out, cols: c.n, alpha: 1 });
       } else {
         matmul(g, "matmul", x, wt, { ...options, out });
       }
-      const expected = matmulReference(xValues, w.exact, c.m, c.k, c.n, { bias: biasExact, epilogue: c.epilogue, initial });
+      const [xSeen, wSeen] = c.f16 ? [roundToF16(xValues), roundToF16(w.exact)] : [xValues, w.exact];
+      const expected = matmulReference(xSeen, wSeen, c.m, c.k, c.n, { bias: biasExact, epilogue: c.epilogue, initial });
       return { inputs, outputs: [{ name: "out", expected, initial }] };
     },
   };
@@ -136,4 +149,14 @@ const CONFIG_CASES: CaseSpec[] = MATMUL_SWEEP_CONFIGS.flatMap((config) => [
   { m: 45, k: 39, n: 70, weight: "f32" as const, config },
 ]);
 
-export const matmulAuditCases: AuditCase[] = [...SHAPE_CASES, ...CONFIG_CASES].map(matmulCase);
+/** f16 multiplication: vectorised and element-wise loads, bias, epilogue and accumulation, a long K, few rows. */
+const F16_CASES: CaseSpec[] = [
+  { m: 150, k: 76, n: 133, weight: "bf16", bias: "f32", f16: true },
+  { m: 67, k: 257, n: 131, weight: "f32", f16: true },
+  { m: 200, k: 128, n: 300, weight: "bf16", bias: "bf16", accumulate: true, epilogue: "gelu_tanh", f16: true },
+  { m: 70, k: 1500, n: 90, weight: "bf16", f16: true },
+  { m: 3, k: 96, n: 77, weight: "bf16", bias: "f32", f16: true },
+  { m: 150, k: 76, n: 133, weight: "bf16", f16: true, config: { bm: 64, bn: 64, bk: 32, tm: 4, tn: 4 } },
+];
+
+export const matmulAuditCases: AuditCase[] = [...SHAPE_CASES, ...CONFIG_CASES, ...F16_CASES].map(matmulCase);

@@ -36,7 +36,20 @@ function rowOffset(row: number, cols: number): number {
   return row * cols * 4;
 }
 
-export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, outputTensor?: number): Flux2Outputs {
+export interface Flux2GraphOptions {
+  /** Multiply in f16 in the blocks' projections (kernels/matmul.ts `f16`); the embedders, modulations and the
+   * output projection stay f32. */
+  f16?: boolean;
+}
+
+export function buildFlux2Forward(
+  g: Graph,
+  cfg: Flux2Config,
+  inp: Flux2Inputs,
+  outputTensor?: number,
+  options: Flux2GraphOptions = {},
+): Flux2Outputs {
+  const blockMatmul: typeof matmul = (gr, name, x, weight, opts = {}) => matmul(gr, name, x, weight, { ...opts, f16: options.f16 });
   const D = cfg.hidden, F = cfg.mlpHidden, H = cfg.heads, hd = cfg.headDim, eps = cfg.eps;
   const [imageRows] = g.shape(inp.x);
   const [textRows] = g.shape(inp.ctx);
@@ -71,8 +84,8 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     // Attention over [text ; image]: per-stream projections and q/k norms, then joint RoPE and attention.
     const nImg = layerNormModulate(g, `${b}.img_norm1`, img, modImg, { eps, scaleOffset: D, shiftOffset: 0 });
     const nTxt = layerNormModulate(g, `${b}.txt_norm1`, txt, modTxt, { eps, scaleOffset: D, shiftOffset: 0 });
-    const qkvImg = matmul(g, `${b}.img_qkv`, nImg, w(`${b}.img_qkv`, [3 * D, D]));
-    const qkvTxt = matmul(g, `${b}.txt_qkv`, nTxt, w(`${b}.txt_qkv`, [3 * D, D]));
+    const qkvImg = blockMatmul(g, `${b}.img_qkv`, nImg, w(`${b}.img_qkv`, [3 * D, D]));
+    const qkvTxt = blockMatmul(g, `${b}.txt_qkv`, nTxt, w(`${b}.txt_qkv`, [3 * D, D]));
     const qTxt = headNorm(`${b}.txt_q_norm`, sliceCols(g, `${b}.txt_q`, qkvTxt, 0, D), `${b}.txt_norm_q`);
     const kTxt = headNorm(`${b}.txt_k_norm`, sliceCols(g, `${b}.txt_k`, qkvTxt, D, D), `${b}.txt_norm_k`);
     const vTxt = sliceCols(g, `${b}.txt_v`, qkvTxt, 2 * D, D);
@@ -86,22 +99,22 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     const aTxt = g.view(`${b}.attn.out_txt`, a, 0, [textRows, D]);
     const aImg = g.view(`${b}.attn.out_img`, a, rowOffset(textRows, D), [imageRows, D]);
     // Image stream: gated attention residual, then the modulated SwiGLU feed-forward.
-    const imgMid = gatedSum(g, `${b}.img_attn_res`, img, matmul(g, `${b}.img_out`, aImg, w(`${b}.img_out`, [D, D])), modImg, 2 * D);
+    const imgMid = gatedSum(g, `${b}.img_attn_res`, img, blockMatmul(g, `${b}.img_out`, aImg, w(`${b}.img_out`, [D, D])), modImg, 2 * D);
     const nImg2 = layerNormModulate(g, `${b}.img_norm2`, imgMid, modImg, { eps, scaleOffset: 4 * D, shiftOffset: 3 * D });
-    const ffImg = matmul(
+    const ffImg = blockMatmul(
       g,
       `${b}.img_ff_out`,
-      swiglu(g, `${b}.img_swiglu`, matmul(g, `${b}.img_ff_in`, nImg2, w(`${b}.img_ff_in`, [2 * F, D]))),
+      swiglu(g, `${b}.img_swiglu`, blockMatmul(g, `${b}.img_ff_in`, nImg2, w(`${b}.img_ff_in`, [2 * F, D]))),
       w(`${b}.img_ff_out`, [D, F]),
     );
     const imgOut = gatedSum(g, `${b}.img`, imgMid, ffImg, modImg, 5 * D);
     // Text stream, the same with its own weights and modulation.
-    const txtMid = gatedSum(g, `${b}.txt_attn_res`, txt, matmul(g, `${b}.txt_out`, aTxt, w(`${b}.txt_out`, [D, D])), modTxt, 2 * D);
+    const txtMid = gatedSum(g, `${b}.txt_attn_res`, txt, blockMatmul(g, `${b}.txt_out`, aTxt, w(`${b}.txt_out`, [D, D])), modTxt, 2 * D);
     const nTxt2 = layerNormModulate(g, `${b}.txt_norm2`, txtMid, modTxt, { eps, scaleOffset: 4 * D, shiftOffset: 3 * D });
-    const ffTxt = matmul(
+    const ffTxt = blockMatmul(
       g,
       `${b}.txt_ff_out`,
-      swiglu(g, `${b}.txt_swiglu`, matmul(g, `${b}.txt_ff_in`, nTxt2, w(`${b}.txt_ff_in`, [2 * F, D]))),
+      swiglu(g, `${b}.txt_swiglu`, blockMatmul(g, `${b}.txt_ff_in`, nTxt2, w(`${b}.txt_ff_in`, [2 * F, D]))),
       w(`${b}.txt_ff_out`, [D, F]),
     );
     const txtOut = gatedSum(g, `${b}.txt`, txtMid, ffTxt, modTxt, 5 * D);
@@ -114,7 +127,7 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
   for (let i = 0; i < cfg.numSingleBlocks; i++) {
     const b = `single.${i}`;
     const n = layerNormModulate(g, `${b}.norm`, h, modSingle, { eps, scaleOffset: D, shiftOffset: 0 });
-    const p = matmul(g, `${b}.qkv_mlp`, n, w(`${b}.qkv_mlp`, [3 * D + 2 * F, D]));
+    const p = blockMatmul(g, `${b}.qkv_mlp`, n, w(`${b}.qkv_mlp`, [3 * D + 2 * F, D]));
     const q = g.tap(`${b}.attn.q`, ropeAll(`${b}.q_rope`, headNorm(`${b}.q_norm`, sliceCols(g, `${b}.q`, p, 0, D), `${b}.norm_q`)));
     const k = g.tap(`${b}.attn.k`, ropeAll(`${b}.k_rope`, headNorm(`${b}.k_norm`, sliceCols(g, `${b}.k`, p, D, D), `${b}.norm_k`)));
     const v = g.tap(`${b}.attn.v`, sliceCols(g, `${b}.v`, p, 2 * D, D));
@@ -123,7 +136,7 @@ export function buildFlux2Forward(g: Graph, cfg: Flux2Config, inp: Flux2Inputs, 
     const cat = g.activation(`${b}.attn_mlp`, [S, D + F]);
     copyCols(g, `${b}.cat_attn`, a, cat, { dstCol: 0 });
     copyCols(g, `${b}.cat_mlp`, mlp, cat, { dstCol: D });
-    const o = matmul(g, `${b}.out`, cat, w(`${b}.out`, [D, D + F]));
+    const o = blockMatmul(g, `${b}.out`, cat, w(`${b}.out`, [D, D + F]));
     h = g.tap(b, gatedSum(g, b, h, o, modSingle, 2 * D));
   }
 

@@ -11,7 +11,7 @@ import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
 import { detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
-import { buildFlux2Forward, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
+import { buildFlux2Forward, type Flux2GraphOptions, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
 import { timestepEmbedding } from "../../kernels/timestep_table.ts";
 
 export interface Flux2LoadOptions {
@@ -76,8 +76,13 @@ export class Flux2Transformer {
   }
 
   /** Build the forward graph for a sequence of `textRows` text and `imageRows` image rows. Inputs are created as
-   * `input` tensors unless given. */
-  buildForward(g: Graph, textRows: number, imageRows: number, given: Partial<Flux2Inputs> & { output?: number } = {}): Flux2Outputs & {
+   * `input` tensors unless given; `f16` multiplies the blocks' projections in f16. */
+  buildForward(
+    g: Graph,
+    textRows: number,
+    imageRows: number,
+    given: Partial<Flux2Inputs> & { output?: number } & Flux2GraphOptions = {},
+  ): Flux2Outputs & {
     inputs: Flux2Inputs;
   } {
     const c = this.config;
@@ -88,7 +93,7 @@ export class Flux2Transformer {
       ropeCos: given.ropeCos ?? g.input(FLUX_INPUTS.ropeCos, [textRows + imageRows, c.headDim / 2]),
       ropeSin: given.ropeSin ?? g.input(FLUX_INPUTS.ropeSin, [textRows + imageRows, c.headDim / 2]),
     };
-    return { ...buildFlux2Forward(g, c, inputs, given.output), inputs };
+    return { ...buildFlux2Forward(g, c, inputs, given.output, { f16: given.f16 }), inputs };
   }
 
   /** RoPE tables for position ids [S, 4] of the [text ; image] sequence. */
