@@ -11,18 +11,21 @@ import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/ker
 import { shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
 
-/** Tile configuration. Threads form (blockQ / rowsPerThread) query groups × keyGroups key groups. */
+/** Tile configuration. Threads form (blockQ / rowsPerThread) row groups × threadsPerRow; a key block holds
+ * threadsPerRow · keysPerThread keys. */
 export interface AttentionConfig {
   /** Query rows per workgroup (multiple of rowsPerThread). */
   blockQ: number;
-  /** Query rows each thread owns: 4 (default) or 8 (fewer shared-memory reads per multiply-add, more registers). */
-  rowsPerThread?: 4 | 8;
-  /** Threads along the keys: a key block holds 4·keyGroups keys, and the same threads split the output columns. */
-  keyGroups: number;
-  /** Head-dim columns of q and k staged per step of q·kᵀ; equal to the head dim, q stays staged for all key blocks. */
-  dChunk: number;
+  /** Query rows each thread owns (multiple of 4). */
+  rowsPerThread: number;
+  /** Threads that share a row: they split the keys of a block in q·kᵀ and the output columns in p·v. */
+  threadsPerRow: number;
+  /** Keys of a block each thread scores (multiple of 4). */
+  keysPerThread: number;
+  /** Head-dim columns of q and k staged per step of q·kᵀ (multiple of 4 dividing the head dim). */
+  dStep: number;
   /** Keys of v staged per step of p·v (divides the key block). */
-  keyChunk: number;
+  keyStep: number;
   /** Most output columns per workgroup; larger head dims are split over workgroups that each recompute the scores. */
   maxDv: number;
 }
@@ -66,93 +69,112 @@ export interface AttentionArgs {
 
 const MAX_THREADS = 256;
 const MAX_OUTPUT_REGISTERS = 128;
+const MAX_SCORE_REGISTERS = 64;
 const MAX_RULES = 32;
 
 // ---- Configurations -------------------------------------------------------------------------------------------
 
 /** A configuration that fits 32 KiB of workgroup memory and 256 threads, for any head dim that is a multiple of 4. */
 export function defaultAttentionConfig(headDim: number): AttentionConfig {
-  if (headDim % 32 === 0) return { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 };
-  if (headDim % 16 === 0) return { blockQ: 64, keyGroups: 4, dChunk: 16, keyChunk: 16, maxDv: 128 };
-  return { blockQ: 64, keyGroups: 1, dChunk: 4, keyChunk: 4, maxDv: 128 };
+  const d4 = headDim / 4;
+  const threadsPerRow = [16, 8, 4, 2, 1].find((n) => d4 % n === 0) ?? 1;
+  // Output columns per thread for the default maxDv of 128; rows per thread such that at most 64 accumulators result.
+  const dv = widestChunk(headDim, 4 * threadsPerRow, 128);
+  const rowsPerThread = 8 * (dv / threadsPerRow) <= 64 ? 8 : 4;
+  const dStep = headDim % 8 === 0 ? 8 : 4;
+  return { blockQ: 64, rowsPerThread, threadsPerRow, keysPerThread: 4, dStep, keyStep: 4, maxDv: 128 };
 }
 
-/** The configurations a tuning sweep tries for head dims that are multiples of 32 (too large ones are skipped). */
+/** The configurations a tuning sweep tries (too large ones for a head dim or device are skipped). */
 export const ATTENTION_SWEEP_CONFIGS: readonly Readonly<AttentionConfig>[] = [
-  { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, keyGroups: 8, dChunk: 64, keyChunk: 32, maxDv: 128 },
-  { blockQ: 128, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 128, keyGroups: 8, dChunk: 16, keyChunk: 16, maxDv: 128 },
-  { blockQ: 64, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
-  { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 64 },
-  { blockQ: 32, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, keyGroups: 4, dChunk: 32, keyChunk: 16, maxDv: 128 },
-  { blockQ: 128, keyGroups: 4, dChunk: 32, keyChunk: 16, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
-  { blockQ: 128, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 },
-  { blockQ: 128, rowsPerThread: 8, keyGroups: 8, dChunk: 32, keyChunk: 16, maxDv: 64 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 4, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 8, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 16, maxDv: 128 },
+  { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 4, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 8, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 64 },
 ];
 
 /** The shader's compile-time sizes for one head dim. */
 export interface AttentionTiles {
   headDim: number;
   blockQ: number;
-  rowsPerThread: 4 | 8;
-  keyGroups: number;
+  rowsPerThread: number;
+  threadsPerRow: number;
+  keysPerThread: number;
+  /** Keys per block: threadsPerRow · keysPerThread. */
   blockK: number;
-  dChunk: number;
-  keyChunk: number;
+  dStep: number;
+  keyStep: number;
   /** Output columns per workgroup. */
   dv: number;
+  /** Output columns per thread. */
+  colsPerThread: number;
   threads: number;
 }
 
 export function attentionConfigName(c: AttentionConfig): string {
-  return `q${c.blockQ}${c.rowsPerThread === 8 ? "r8" : ""}.kg${c.keyGroups}.dc${c.dChunk}.kc${c.keyChunk}.dv${c.maxDv}`;
+  return `q${c.blockQ}r${c.rowsPerThread}.t${c.threadsPerRow}k${c.keysPerThread}.ds${c.dStep}.ks${c.keyStep}.dv${c.maxDv}`;
+}
+
+/** Widest divisor of the head dim that is a multiple of `group` and at most max(limit, group). */
+function widestChunk(headDim: number, group: number, limit: number): number {
+  for (let t = Math.floor(headDim / group); t >= 1; t--) {
+    if ((headDim / group) % t === 0 && group * t <= Math.max(limit, group)) return group * t;
+  }
+  return group;
+}
+
+/** Whether the row maxima and sums exchanged by the threads of a row fit in the second stage of the v tile, which is
+ * free while they are in use: red[x][i][y] is then v_tile[1][x][i][y]. */
+export function attentionRedInVTile(t: AttentionTiles): boolean {
+  return t.keyStep >= t.threadsPerRow && t.colsPerThread >= t.rowsPerThread && t.threadsPerRow >= t.blockQ / t.rowsPerThread;
 }
 
 /** Resolve a configuration against a head dim; throws when the shader cannot be instantiated with it. */
 export function attentionTiles(c: AttentionConfig, headDim: number, where = "attention"): AttentionTiles {
   const name = `${where}: configuration ${JSON.stringify(c)} for head dim ${headDim}`;
-  for (const key of ["blockQ", "keyGroups", "dChunk", "keyChunk", "maxDv"] as const) {
+  for (const key of ["blockQ", "rowsPerThread", "threadsPerRow", "keysPerThread", "dStep", "keyStep", "maxDv"] as const) {
     if (!Number.isInteger(c[key]) || c[key] <= 0) throw new Error(`${name}: ${key} must be a positive integer, got ${c[key]}`);
   }
   if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 4 !== 0) {
     throw new Error(`${where}: head dim must be a positive multiple of 4, got ${headDim}`);
   }
-  const rowsPerThread = c.rowsPerThread ?? 4;
-  if (rowsPerThread !== 4 && rowsPerThread !== 8) throw new Error(`${name}: rowsPerThread must be 4 or 8`);
-  if (c.blockQ % rowsPerThread !== 0) throw new Error(`${name}: blockQ must be a multiple of rowsPerThread (${rowsPerThread})`);
-  const blockK = 4 * c.keyGroups;
-  const dChunk = Math.min(c.dChunk, headDim);
-  if (dChunk % 4 !== 0 || headDim % dChunk !== 0) throw new Error(`${name}: dChunk must be a multiple of 4 that divides the head dim`);
-  if (blockK % c.keyChunk !== 0) throw new Error(`${name}: keyChunk must divide the key block of ${blockK}`);
-  const colGroup = 4 * c.keyGroups;
-  if (headDim % colGroup !== 0) throw new Error(`${name}: the head dim must be a multiple of 4·keyGroups = ${colGroup}`);
-  // Widest divisor of the head dim that is a multiple of 4·keyGroups and at most maxDv.
-  let dv = colGroup;
-  for (let t = headDim / colGroup; t >= 1; t--) {
-    if ((headDim / colGroup) % t === 0 && colGroup * t <= Math.max(c.maxDv, colGroup)) {
-      dv = colGroup * t;
-      break;
-    }
-  }
-  const threads = (c.blockQ / rowsPerThread) * c.keyGroups;
+  const { blockQ, rowsPerThread, threadsPerRow, keysPerThread, keyStep } = c;
+  if (rowsPerThread % 4 !== 0) throw new Error(`${name}: rowsPerThread must be a multiple of 4`);
+  if (keysPerThread % 4 !== 0) throw new Error(`${name}: keysPerThread must be a multiple of 4`);
+  if (blockQ % rowsPerThread !== 0) throw new Error(`${name}: blockQ must be a multiple of rowsPerThread (${rowsPerThread})`);
+  const blockK = threadsPerRow * keysPerThread;
+  const dStep = Math.min(c.dStep, headDim);
+  if (dStep % 4 !== 0 || headDim % dStep !== 0) throw new Error(`${name}: dStep must be a multiple of 4 that divides the head dim`);
+  if (blockK % keyStep !== 0) throw new Error(`${name}: keyStep must divide the key block of ${blockK}`);
+  const group = 4 * threadsPerRow;
+  if (headDim % group !== 0) throw new Error(`${name}: the head dim must be a multiple of 4·threadsPerRow = ${group}`);
+  const dv = widestChunk(headDim, group, c.maxDv);
+  const colsPerThread = dv / threadsPerRow;
+  const threads = (blockQ / rowsPerThread) * threadsPerRow;
   if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
-  const accumulators = rowsPerThread * (dv / c.keyGroups);
+  const accumulators = rowsPerThread * colsPerThread;
   if (accumulators > MAX_OUTPUT_REGISTERS) {
     throw new Error(`${name}: ${accumulators} output accumulators per thread exceed ${MAX_OUTPUT_REGISTERS}; lower maxDv or rowsPerThread`);
   }
-  return { headDim, blockQ: c.blockQ, rowsPerThread, keyGroups: c.keyGroups, blockK, dChunk, keyChunk: c.keyChunk, dv, threads };
+  if (rowsPerThread * keysPerThread > MAX_SCORE_REGISTERS) {
+    throw new Error(`${name}: ${rowsPerThread * keysPerThread} scores per thread exceed ${MAX_SCORE_REGISTERS}`);
+  }
+  return { headDim, blockQ, rowsPerThread, threadsPerRow, keysPerThread, blockK, dStep, keyStep, dv, colsPerThread, threads };
 }
 
-// ---- Register-level code ---------------------------------------------------------------------------------------
+// ---- Generated per-thread code --------------------------------------------------------------------------------
 
 const LANES = ["x", "y", "z", "w"] as const;
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
 
 /** Balanced reduction of terms with a binary WGSL function or operator, e.g. max(max(a, b), max(c, d)). */
 function reduceTree(terms: string[], combine: (a: string, b: string) => string): string {
@@ -162,109 +184,205 @@ function reduceTree(terms: string[], combine: (a: string, b: string) => string):
 }
 
 /**
- * The per-thread code of attention.wgsl for one tile configuration, fully unrolled over the thread's rows, keys, output
- * columns and the staged head-dim columns and keys, with one named variable per register: private arrays indexed in
- * loops (and vectors indexed by loop counters) would be kept in local memory rather than registers. Keys are the
- * template's {{...}} blocks. The group-mask decision stays in the GROUP_MASK constant, so that setAttentionGroupMask
- * can switch it on an existing node.
+ * The unrolled blocks of attention.wgsl for one tile configuration (see the comment at the top there), with one named
+ * variable per register. Row t = 4i + r of a thread is block row 4·(i·NTY + ty) + r; s_t_j holds its scores against
+ * keys 4·(j·NTX + tx) .. +3, o_t_u its output columns 4·(u·NTX + tx) .. +3. The group-mask decision stays in the
+ * GROUP_MASK constant, so that setAttentionGroupMask can switch it on an existing node.
  */
-export function attentionRegisterCode(t: AttentionTiles): Record<string, string> {
-  const rows = t.rowsPerThread, rv = rows / 4, nu = t.dv / 4 / t.keyGroups;
-  const T = [...Array(rows).keys()], U = [...Array(nu).keys()], H = [...Array(rv).keys()], G = [...Array(t.keyGroups).keys()];
-  const rowExpr = (r: number) => `firstRow + ${r}u`;
-  const partialAt = (r: number, g: string) => `partial[(${rowExpr(r)}) * NKG + ${g}]`;
+export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
+  const tr4 = t.rowsPerThread / 4, tk4 = t.keysPerThread / 4, td4 = t.colsPerThread / 4;
+  const ntx = t.threadsPerRow, dk4 = t.dStep / 4, dv4 = t.dv / 4;
+  const T = range(t.rowsPerThread), I = range(tr4), J = range(tk4), U = range(td4), X = range(ntx);
+  const row = (r: number) => `q0 + ${4 * Math.floor(r / 4)}u * NTY + 4u * ty + ${r % 4}u`;
+  const aliased = attentionRedInVTile(t);
+  const red = (x: string | number, i: number) => `${aliased ? "v_tile[1]" : "red"}[${x}][${i}][ty]`;
+  const redTile = aliased
+    ? "// red lives in v_tile[1] (see attentionRedInVTile)."
+    : "var<workgroup> red: array<array<array<vec4<f32>, NTY>, TR4>, NTX>;";
   const lines = (xs: string[]) => xs.join("\n");
 
-  const declare = [
-    ...T.map((r) => `var qb_${r} = 0u;`),
-    "if (GROUP_MASK) {",
-    ...T.map((r) => `if (q0 + ${rowExpr(r)} < params.sq) { qb_${r} = queryBits[q0 + ${rowExpr(r)}]; }`),
-    "}",
-    ...T.map((r) => `var m_${r} = MASKED;`),
-    ...T.map((r) => `var l_${r} = 0.0;`),
-    ...T.flatMap((r) => U.map((u) => `var o_${r}_${u} = vec4<f32>(0.0);`)),
+  // Loads of one q·kᵀ step: units of four rows × four head-dim columns, q units first, then k units; neighbouring
+  // threads take neighbouring column groups of the same rows.
+  const qUnits = (t.blockQ / 4) * dk4, kUnits = (t.blockK / 4) * dk4, units = qUnits + kUnits;
+  const qkRounds = Math.ceil(units / t.threads);
+  const vUnits = t.keyStep * dv4, vRounds = Math.ceil(vUnits / t.threads);
+  const declare: string[] = [];
+  declare.push(...T.map((r) => `var qb_${r} = 0u;`));
+  declare.push("if (GROUP_MASK) {", ...T.map((r) => `qb_${r} = queryBits[min(${row(r)}, qLast)];`), "}");
+  declare.push(...T.map((r) => `var m_${r} = MASKED;`), ...T.map((r) => `var l_${r} = 0.0;`));
+  declare.push(...T.flatMap((r) => U.map((u) => `var o_${r}_${u} = vec4<f32>(0.0);`)));
+  declare.push(...T.flatMap((r) => J.map((j) => `var s_${r}_${j} = vec4<f32>(0.0);`)));
+  const fetchQk: string[] = [], storeQk: string[] = [];
+  const tileUnits = [
+    {
+      tile: "q_tile",
+      src: "q",
+      first: "q0",
+      last: "qLast",
+      stride: "params.qRow4",
+      col: "qCol4",
+      threads: "NTY",
+      offset: 0,
+      count: qUnits,
+    },
+    {
+      tile: "k_tile",
+      src: "k",
+      first: "kf0",
+      last: "kLast",
+      stride: "params.kvRow4",
+      col: "kvCol4",
+      threads: "NTX",
+      offset: qUnits,
+      count: kUnits,
+    },
   ];
+  for (let l = 0; l < qkRounds; l++) {
+    const regs = range(4).map((r) => `f${l}_${r}`);
+    declare.push(...regs.map((reg) => `var ${reg} = vec4<f32>(0.0);`));
+    const u = l === 0 ? "lid" : `(lid + ${l * t.threads}u)`;
+    const lo = l * t.threads, hi = Math.min((l + 1) * t.threads, units);
+    for (const p of tileUnits.filter((p) => lo < p.offset + p.count && hi > p.offset)) {
+      const local = p.offset === 0 ? u : `(${u} - ${p.offset}u)`;
+      const group = `(${local} / ${dk4}u)`, kq = `(${local} % ${dk4}u)`;
+      const reads = regs.map((reg, r) =>
+        `${reg} = ${p.src}[min(${p.first} + ${group} * 4u + ${r}u, ${p.last}) * ${p.stride} + ${p.col} + d4 + ${kq}];`
+      );
+      const scale = p.src === "q" ? " * params.scaleLog2" : "";
+      const writes = LANES.map((c, e) =>
+        `${p.tile}[base][${kq} * 4u + ${e}u][${group} / ${p.threads}][${group} % ${p.threads}] = ` +
+        `vec4<f32>(${regs.map((reg) => `${reg}.${c}`).join(", ")})${scale};`
+      );
+      const conditions: string[] = [];
+      if (lo < p.offset) conditions.push(`${u} >= ${p.offset}u`);
+      if ((l + 1) * t.threads > p.offset + p.count) conditions.push(`${u} < ${p.offset + p.count}u`);
+      const cond = conditions.join(" && ");
+      fetchQk.push(cond ? `if (${cond}) { ${reads.join(" ")} }` : reads.join("\n"));
+      storeQk.push(cond ? `if (${cond}) { ${writes.join(" ")} }` : writes.join("\n"));
+    }
+  }
+  const fetchV: string[] = [], storeV: string[] = [];
+  for (let l = 0; l < vRounds; l++) {
+    const reg = `g${l}`;
+    declare.push(`var ${reg} = vec4<f32>(0.0);`);
+    const u = l === 0 ? "lid" : `(lid + ${l * t.threads}u)`;
+    const partial = (l + 1) * t.threads > vUnits;
+    const open = partial ? `if (${u} < ${vUnits}u) { ` : "", close = partial ? " }" : "";
+    const kk = `(${u} / ${dv4}u)`, g = `(${u} % ${dv4}u)`;
+    fetchV.push(`${open}${reg} = v[min(j0 + ${kk}, kLast) * params.kvRow4 + vCol4 + ${g}];${close}`);
+    storeV.push(`${open}v_tile[base][${kk}][${g} / NTX][${g} % NTX] = ${reg};${close}`);
+  }
 
-  const clear = T.map((r) => `var s_${r} = vec4<f32>(0.0);`);
+  const clear = T.flatMap((r) => J.map((j) => `s_${r}_${j} = vec4<f32>(0.0);`));
 
-  // One head-dim index d: b holds the thread's four keys, a_h rows 4h..4h+3.
-  const qk = [...Array(t.dChunk).keys()].map((d) =>
+  const computeQk = range(t.dStep).map((d) =>
     lines([
       "{",
-      `let b = stage[QT_SIZE + ${d}u * BK4 + kg];`,
-      ...H.map((h) => `let a${h} = stage[${d}u * BQ4 + firstSlot + ${h}u];`),
-      ...H.flatMap((h) => LANES.map((c, e) => `s_${4 * h + e} = fma(vec4<f32>(a${h}.${c}), b, s_${4 * h + e});`)),
+      ...I.map((i) => `let a${i} = q_tile[st][${d}][${i}][ty];`),
+      ...J.map((j) => `let b${j} = k_tile[st][${d}][${j}][tx];`),
+      ...T.flatMap((r) => J.map((j) => `s_${r}_${j} = fma(vec4<f32>(a${r >> 2}.${LANES[r & 3]}), b${j}, s_${r}_${j});`)),
       "}",
     ])
   );
 
-  const mask = T.map((r) =>
-    lines([
-      "{",
-      "var visible = keyInRange;",
-      `if (params.causal != 0u) { visible = visible & (keyIndex <= vec4<u32>(q0 + ${rowExpr(r)})); }`,
-      `if (GROUP_MASK) { visible = visible & ((keyBitsOfKey & vec4<u32>(qb_${r})) == vec4<u32>(0u)); }`,
-      `s_${r} = select(vec4<f32>(MASKED), s_${r} * params.scaleLog2, visible);`,
-      `${partialAt(r, "kg")} = rowMax(s_${r});`,
-      "}",
-    ])
-  );
-
-  const softmax = [
+  const mask = [
+    ...J.flatMap((j) => [
+      `let key${j} = vec4<u32>(k0 + ${4 * j}u * NTX + 4u * tx) + vec4<u32>(0u, 1u, 2u, 3u);`,
+      `let in${j} = key${j} < vec4<u32>(kEnd);`,
+      `var kb${j} = vec4<u32>(0u);`,
+      `if (GROUP_MASK) { kb${j} = vec4<u32>(${LANES.map((c) => `keyBits[min(key${j}.${c}, kLast)]`).join(", ")}); }`,
+    ]),
     ...T.map((r) =>
       lines([
         "{",
-        `let mNew = max(m_${r}, ${reduceTree(G.map((g) => partialAt(r, `${g}u`)), (a, b) => `max(${a}, ${b})`)});`,
+        `let rowIndex = vec4<u32>(${row(r)});`,
+        ...J.flatMap((j) => [
+          `var visible${j} = in${j};`,
+          `if (params.causal != 0u) { visible${j} = visible${j} & (key${j} <= rowIndex); }`,
+          `if (GROUP_MASK) { visible${j} = visible${j} & ((kb${j} & vec4<u32>(qb_${r})) == vec4<u32>(0u)); }`,
+          `s_${r}_${j} = select(vec4<f32>(MASKED), s_${r}_${j}, visible${j});`,
+        ]),
+        "}",
+      ])
+    ),
+  ];
+
+  const rowMaxOf = (r: number) => reduceTree(J.map((j) => `s_${r}_${j}`), (a, b) => `max(${a}, ${b})`);
+  const rowMax = I.map((i) => {
+    const maxes = range(4).map((e) => {
+      const v = rowMaxOf(4 * i + e);
+      return `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))`;
+    });
+    return `${red("tx", i)} = vec4<f32>(${maxes.join(", ")});`;
+  });
+
+  const softmax = [
+    ...I.map((i) => `let mx${i} = ${reduceTree(X.map((x) => red(x, i)), (a, b) => `max(${a}, ${b})`)};`),
+    ...T.map((r) =>
+      lines([
+        "{",
+        `let mNew = max(m_${r}, mx${r >> 2}.${LANES[r & 3]});`,
         `let alpha = exp2(m_${r} - mNew);`,
         `m_${r} = mNew;`,
-        `s_${r} = select(vec4<f32>(0.0), exp2(s_${r} - vec4<f32>(mNew)), s_${r} > vec4<f32>(VISIBLE_FLOOR));`,
-        `l_${r} = l_${r} * alpha + ((s_${r}.x + s_${r}.y) + (s_${r}.z + s_${r}.w));`,
+        ...J.map((j) =>
+          `s_${r}_${j} = select(vec4<f32>(0.0), exp2(s_${r}_${j} - vec4<f32>(mNew)), s_${r}_${j} > vec4<f32>(VISIBLE_FLOOR));`
+        ),
+        `l_${r} = l_${r} * alpha + ${reduceTree(J.map((j) => `dot(s_${r}_${j}, vec4<f32>(1.0))`), (a, b) => `(${a} + ${b})`)};`,
         ...U.map((u) => `o_${r}_${u} = o_${r}_${u} * alpha;`),
         "}",
       ])
     ),
-    ...LANES.flatMap((c, e) =>
-      H.map((h) =>
-        `probs[(kg + ${e}u * NKG) * BQ4 + firstSlot + ${h}u] = vec4<f32>(${[0, 1, 2, 3].map((i) => `s_${4 * h + i}.${c}`).join(", ")});`
-      )
+    ...J.flatMap((j) =>
+      LANES.flatMap((c, e) => [
+        "{",
+        `let key = ${4 * j}u * NTX + 4u * tx + ${e}u;`,
+        ...I.map((i) => `p_tile[key / KS][key % KS][${i}][ty] = vec4<f32>(${range(4).map((r) => `s_${4 * i + r}_${j}.${c}`).join(", ")});`),
+        "}",
+      ])
     ),
   ];
 
-  // One key j of the staged v chunk: p_h holds the probabilities of rows 4h..4h+3, v_u output column kg + NKG·u.
-  const pv = [...Array(t.keyChunk).keys()].map((j) =>
+  const computePv = range(t.keyStep).map((kk) =>
     lines([
       "{",
-      ...H.map((h) => `let p${h} = probs[(kc0 + ${j}u) * BQ4 + firstSlot + ${h}u];`),
-      ...U.map((u) => `let v${u} = stage[V_OFFSET + ${j}u * DV4 + kg + ${u}u * NKG];`),
-      ...H.flatMap((h) =>
-        LANES.flatMap((c, e) => U.map((u) => `o_${4 * h + e}_${u} = fma(vec4<f32>(p${h}.${c}), v${u}, o_${4 * h + e}_${u});`))
-      ),
+      ...I.map((i) => `let p${i} = p_tile[vs][${kk}][${i}][ty];`),
+      ...U.map((u) => `let w${u} = v_tile[st][${kk}][${u}][tx];`),
+      ...T.flatMap((r) => U.map((u) => `o_${r}_${u} = fma(vec4<f32>(p${r >> 2}.${LANES[r & 3]}), w${u}, o_${r}_${u});`)),
       "}",
     ])
   );
 
-  const storeSums = T.map((r) => `${partialAt(r, "kg")} = l_${r};`);
+  const storeSums = I.map((i) => `${red("tx", i)} = vec4<f32>(${range(4).map((e) => `l_${4 * i + e}`).join(", ")});`);
 
-  const writeOutput = T.map((r) =>
-    lines([
-      "{",
-      `let row = q0 + ${rowExpr(r)};`,
-      "if (row < params.sq) {",
-      `let sum = ${reduceTree(G.map((g) => partialAt(r, `${g}u`)), (a, b) => `(${a} + ${b})`)};`,
-      "let inv = select(0.0, 1.0 / sum, sum > 0.0);",
-      ...U.map((u) => `out[row * params.qRow4 + outCol4 + kg + ${u}u * NKG] = o_${r}_${u} * inv;`),
-      "}",
-      "}",
-    ])
-  );
+  const writeOutput = [
+    ...I.map((i) => `let sum${i} = ${reduceTree(X.map((x) => red(x, i)), (a, b) => `(${a} + ${b})`)};`),
+    ...T.map((r) =>
+      lines([
+        "{",
+        `let rowIndex = ${row(r)};`,
+        "if (rowIndex < params.sq) {",
+        `let sum = sum${r >> 2}.${LANES[r & 3]};`,
+        "let inv = select(0.0, 1.0 / sum, sum > 0.0);",
+        ...U.map((u) => `out[rowIndex * params.qRow4 + outCol4 + ${u}u * NTX + tx] = o_${r}_${u} * inv;`),
+        "}",
+        "}",
+      ])
+    ),
+  ];
 
   return {
-    DECLARE_REGISTERS: lines(declare),
+    RED_TILE: redTile,
+    DECLARE: lines(declare),
+    FETCH_QK: lines(fetchQk),
+    STORE_QK: lines(storeQk),
+    FETCH_V: lines(fetchV),
+    STORE_V: lines(storeV),
     CLEAR_SCORES: lines(clear),
-    QK_CHUNK: lines(qk),
-    MASK_SCORES: lines(mask),
+    COMPUTE_QK: lines(computeQk),
+    MASK: lines(mask),
+    ROW_MAX: lines(rowMax),
     SOFTMAX: lines(softmax),
-    PV_CHUNK: lines(pv),
+    COMPUTE_PV: lines(computePv),
     STORE_SUMS: lines(storeSums),
     WRITE_OUTPUT: lines(writeOutput),
   };
@@ -273,11 +391,9 @@ export function attentionRegisterCode(t: AttentionTiles): Record<string, string>
 /** Workgroup memory of a configuration for a head dim, in bytes (mirrors the declarations in attention.wgsl). */
 export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): number {
   const t = attentionTiles(c, headDim);
-  const qt = t.dChunk * (t.blockQ / 4), kt = t.dChunk * (t.blockK / 4), vs = t.keyChunk * (t.dv / 4);
-  const vOffset = t.dChunk === headDim ? qt : 0;
-  const stage = Math.max(qt + kt, vOffset + vs);
-  const probs = t.blockK * (t.blockQ / 4);
-  return (stage + probs) * 16 + t.blockQ * t.keyGroups * 4;
+  const qk = 2 * t.dStep * (t.blockQ + t.blockK), v = 2 * t.keyStep * t.dv;
+  const p = t.blockK * t.blockQ, red = attentionRedInVTile(t) ? 0 : t.threadsPerRow * t.blockQ;
+  return (qk + v + p + red) * 4;
 }
 
 // ---- Tuned configurations -------------------------------------------------------------------------------------
@@ -402,13 +518,14 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
     variant: {
       D: headDim,
       BQ: tiles.blockQ,
-      RV: tiles.rowsPerThread / 4,
-      NKG: tiles.keyGroups,
-      DC: tiles.dChunk,
-      KC: tiles.keyChunk,
+      TR: tiles.rowsPerThread,
+      NTX: tiles.threadsPerRow,
+      TK: tiles.keysPerThread,
+      DK: tiles.dStep,
+      KS: tiles.keyStep,
       DV: tiles.dv,
       GROUP_MASK: args.groupMask !== undefined,
-      ...attentionRegisterCode(tiles),
+      ...attentionCodeBlocks(tiles),
     },
     // Without a group mask, q stands in for the bit bindings (the shader never reads them).
     bindings: { q, k, v, queryBits: args.groupMask?.queryBits ?? q, keyBits: args.groupMask?.keyBits ?? q, out },

@@ -32,14 +32,15 @@ Deno.test("attention: every audit case matches the float64 reference", async () 
   assert.equal(failed.length, 0, `failed: ${failed.map((r) => `${r.label} (rel L2 ${r.relL2})`).join("; ")}`);
 });
 
-Deno.test("attention: other tile configurations (q resident, wide key blocks, split output columns) agree", async () => {
+Deno.test("attention: other tile configurations (wide key blocks, several load rounds, split output columns) agree", async () => {
   const gpu = await getGpu();
   const configs = [
-    { blockQ: 32, keyGroups: 8, dChunk: 128, keyChunk: 32, maxDv: 128 },
-    { blockQ: 32, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
-    { blockQ: 16, keyGroups: 8, dChunk: 64, keyChunk: 8, maxDv: 64 },
-    { blockQ: 64, rowsPerThread: 8 as const, keyGroups: 16, dChunk: 16, keyChunk: 16, maxDv: 128 },
-    { blockQ: 16, rowsPerThread: 8 as const, keyGroups: 4, dChunk: 128, keyChunk: 8, maxDv: 32 },
+    { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
+    { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128 },
+    { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
+    { blockQ: 16, rowsPerThread: 4, threadsPerRow: 4, keysPerThread: 4, dStep: 32, keyStep: 16, maxDv: 32 },
+    { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
+    { blockQ: 16, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 64 },
   ];
   const results = [];
   for (const config of configs) {
@@ -66,13 +67,13 @@ Deno.test("attention: other tile configurations (q resident, wide key blocks, sp
 Deno.test("attention: the rendered shader indexes no private array and no vector by a runtime value", async () => {
   // Private arrays indexed in loops would be kept in local memory by the driver; every index must name shared or
   // storage memory, and vector components must be constant (.x .. .w).
-  const indexed = new Set(["stage", "probs", "partial", "q", "k", "v", "queryBits", "keyBits", "out"]);
+  const indexed = new Set(["q_tile", "k_tile", "v_tile", "p_tile", "red", "q", "k", "v", "queryBits", "keyBits", "out"]);
   const configs = [
     ...ATTENTION_SWEEP_CONFIGS.map((config) => ({ config, headDim: 128 })),
     { config: defaultAttentionConfig(16), headDim: 16 },
     { config: defaultAttentionConfig(12), headDim: 12 },
     { config: defaultAttentionConfig(512), headDim: 512 },
-    { config: { blockQ: 16, rowsPerThread: 8 as const, keyGroups: 4, dChunk: 128, keyChunk: 8, maxDv: 32 }, headDim: 128 },
+    { config: { blockQ: 16, rowsPerThread: 4, threadsPerRow: 4, keysPerThread: 4, dStep: 32, keyStep: 16, maxDv: 32 }, headDim: 128 },
   ];
   for (const { config, headDim } of configs) {
     const g = new Graph();
@@ -86,8 +87,9 @@ Deno.test("attention: the rendered shader indexes no private array and no vector
     assert.match(code, /const GROUP_MASK: bool = true;/, where);
     for (const line of code.split("\n")) {
       if (line.includes("array<")) assert.match(line, /^(var<workgroup>|@group\(0\))/, `${where}: private array in ${line.trim()}`);
+      // Nested tiles are indexed in a chain (q_tile[st][d][i][ty]): only the head of a chain names the memory.
       for (const m of line.matchAll(/(\w*)\s*\[/g)) {
-        if (line.startsWith("@group(0)")) continue;
+        if (line.startsWith("@group(0)") || (m[1] === "" && line[m.index! - 1] === "]")) continue;
         assert.ok(indexed.has(m[1]), `${where}: '${m[1]}[' indexes private memory in ${line.trim()}`);
       }
     }
@@ -202,7 +204,7 @@ Deno.test("attention: shapes and arguments are checked when the graph is built",
         heads: 2,
         kvHeads: 1,
         headDim: 128,
-        config: { blockQ: 128, keyGroups: 16, dChunk: 32, keyChunk: 32, maxDv: 128 },
+        config: { blockQ: 128, rowsPerThread: 4, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 8, maxDv: 128 },
       }),
     /a9: .*512 threads/,
   );
@@ -218,12 +220,13 @@ Deno.test("attention: shapes and arguments are checked when the graph is built",
       }),
     /a10: head dim must be a positive multiple of 4/,
   );
-  const config8 = (blockQ: number, keyGroups: number) => ({
+  const config8 = (blockQ: number, threadsPerRow: number) => ({
     blockQ,
-    rowsPerThread: 8 as const,
-    keyGroups,
-    dChunk: 32,
-    keyChunk: 16,
+    rowsPerThread: 8,
+    threadsPerRow,
+    keysPerThread: 4,
+    dStep: 32,
+    keyStep: 16,
     maxDv: 128,
   });
   assert.throws(
@@ -291,13 +294,13 @@ Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are 
   assert.equal(attentionTiles(defaultAttentionConfig(512), 512).dv, 128);
   const path = Deno.makeTempFileSync({ suffix: ".json" });
   try {
-    const small = { blockQ: 32, keyGroups: 8, dChunk: 32, keyChunk: 16, maxDv: 128 };
-    const big = { blockQ: 128, keyGroups: 8, dChunk: 32, keyChunk: 32, maxDv: 128 };
+    const small = { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 };
+    const big = { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 };
     Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": small, "64": big } }));
     setAttentionTuning(loadAttentionTuning(new URL(`file://${path}`)));
     setAttentionDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 32768 } });
     assert.deepEqual(attentionConfigFor(128), small);
-    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 40 KiB entry does not fit 32 KiB");
+    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 44 KiB entry does not fit 32 KiB");
     assert.deepEqual(attentionConfigFor(32), defaultAttentionConfig(32));
     const g = new Graph();
     attention(g, "attn", {
@@ -311,10 +314,10 @@ Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are 
     assert.equal(g.nodes[0].variant.BQ, 32);
     setAttentionDevice({ adapterDescription: "other adapter", limits: { maxComputeWorkgroupStorageSize: 65536 } });
     assert.deepEqual(attentionConfigFor(128), defaultAttentionConfig(128));
-    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": { ...small, keyChunk: 24 } } }));
+    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": { ...small, keyStep: 24 } } }));
     assert.throws(
       () => loadAttentionTuning(new URL(`file://${path}`)),
-      /\[test adapter\]\[128\].*keyChunk must divide the key block of 32/,
+      /\[test adapter\]\[128\].*keyStep must divide the key block of 64/,
     );
     assert.deepEqual(loadAttentionTuning(new URL("file:///nonexistent/attention_tuned.json")), {});
   } finally {
