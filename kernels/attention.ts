@@ -207,8 +207,6 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
   const qkRounds = Math.ceil(units / t.threads);
   const vUnits = t.keyStep * dv4, vRounds = Math.ceil(vUnits / t.threads);
   const declare: string[] = [];
-  declare.push(...T.map((r) => `var qb_${r} = 0u;`));
-  declare.push("if (GROUP_MASK) {", ...T.map((r) => `qb_${r} = queryBits[min(${row(r)}, qLast)];`), "}");
   declare.push(...T.map((r) => `var m_${r} = MASKED;`), ...T.map((r) => `var l_${r} = 0.0;`));
   declare.push(...T.flatMap((r) => U.map((u) => `var o_${r}_${u} = vec4<f32>(0.0);`)));
   declare.push(...T.flatMap((r) => J.map((j) => `var s_${r}_${j} = vec4<f32>(0.0);`)));
@@ -292,14 +290,18 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
       `var kb${j} = vec4<u32>(0u);`,
       `if (GROUP_MASK) { kb${j} = vec4<u32>(${LANES.map((c) => `keyBits[min(key${j}.${c}, kLast)]`).join(", ")}); }`,
     ]),
+    // Rows' rule bits are read only where one of the thread's keys carries a rule.
+    `let ruled = GROUP_MASK && (${J.map((j) => `any(kb${j} != vec4<u32>(0u))`).join(" || ")});`,
     ...T.map((r) =>
       lines([
         "{",
-        `let rowIndex = vec4<u32>(${row(r)});`,
+        `let rowIndex = ${row(r)};`,
+        "var qb = 0u;",
+        `if (ruled) { qb = queryBits[min(rowIndex, qLast)]; }`,
         ...J.flatMap((j) => [
           `var visible${j} = in${j};`,
-          `if (params.causal != 0u) { visible${j} = visible${j} & (key${j} <= rowIndex); }`,
-          `if (GROUP_MASK) { visible${j} = visible${j} & ((kb${j} & vec4<u32>(qb_${r})) == vec4<u32>(0u)); }`,
+          `if (params.causal != 0u) { visible${j} = visible${j} & (key${j} <= vec4<u32>(rowIndex)); }`,
+          `if (ruled) { visible${j} = visible${j} & ((kb${j} & vec4<u32>(qb)) == vec4<u32>(0u)); }`,
           `s_${r}_${j} = select(vec4<f32>(MASKED), s_${r}_${j}, visible${j});`,
         ]),
         "}",
