@@ -30,9 +30,9 @@ import {
 } from "../kernels/matmul.ts";
 import { bf16ToF32 } from "../weights/dtypes.ts";
 
-type WeightDType = "bf16" | "f32";
+export type WeightDType = "bf16" | "f32";
 
-interface Shape {
+export interface Shape {
   m: number;
   k: number;
   n: number;
@@ -64,7 +64,7 @@ function parseConfig(text: string): MatmulConfig {
 }
 
 /** Random operands, generated once per shape: x uniform in ±1, W with random signs and magnitudes in [1/8, 2). */
-class Operands {
+export class Operands {
   readonly x: Float32Array;
   readonly w: Uint32Array | Float32Array;
   constructor(readonly shape: Shape, readonly dtype: WeightDType, seed = 12345) {
@@ -99,7 +99,7 @@ class Operands {
   }
 }
 
-interface Timing {
+export interface Timing {
   config: MatmulConfig;
   medianMs: number;
   tflops: number;
@@ -136,7 +136,7 @@ async function checkSamples(plan: Plan, ops: Operands): Promise<number> {
 /** The plan repeats the product `iters` times back to back, so the GPU stays busy (and at its working clock) while the
  * repetitions are timed; each repetition's time comes from timestamp queries, else the wall clock of a whole run is
  * shared out evenly. */
-async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, iters: number, f16: boolean): Promise<Timing> {
+export async function timeMatmul(gpu: GpuContext, ops: Operands, config: MatmulConfig, iters: number, f16: boolean): Promise<Timing> {
   const { m, k, n } = ops.shape;
   const g = new Graph();
   const x = g.input("x", [m, k]);

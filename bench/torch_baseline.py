@@ -2,14 +2,17 @@
 """PyTorch baselines for the WebGPU kernels, timed on CUDA with events (median of several runs).
 
     python3 bench/torch_baseline.py matmul --shapes "2560,4096,4096;8704,4096,36864" --iters 20
+    python3 bench/torch_baseline.py attention --seqs 2560 --json /tmp/torch_attention.json
 
-Each benchmark is a sub-command: a function that adds its arguments and a function that runs it, registered in
+--json PATH also writes every measurement (shape, mode, median ms, TFLOP/s) with the device and torch version, for
+bench/summary.ts. Each benchmark is a sub-command: a function that adds its arguments and a function that runs it, registered in
 BENCHMARKS. Shapes follow bench/*.ts: "M,K,N" triples separated by ';'.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -62,6 +65,24 @@ def print_table(head: list[str], rows: list[list[str]]) -> None:
         print(line(r))
 
 
+def write_json(args: argparse.Namespace, torch, device_name: str, results: list[dict]) -> None:
+    """Every measurement of the run, for --json PATH."""
+    if not args.json:
+        return
+    doc = {
+        "benchmark": args.benchmark,
+        "device": device_name,
+        "torch_device": args.device,
+        "torch": torch.__version__,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "results": results,
+    }
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+
+
 def import_torch(device: str):
     try:
         import torch
@@ -94,6 +115,7 @@ def run_matmul(args: argparse.Namespace) -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}, torch {torch.__version__}, median of {args.iters} runs")
     rows = []
+    results = []
     for m, k, n in shapes:
         row = [f"{m}×{k}×{n}"]
         for mode in modes:
@@ -104,13 +126,16 @@ def run_matmul(args: argparse.Namespace) -> None:
             x = torch.randn(m, k, device=args.device, dtype=dtype, generator=gen)
             w = torch.randn(n, k, device=args.device, dtype=dtype, generator=gen)
             ms = median_ms(torch, args.device, lambda: torch.nn.functional.linear(x, w), args.iters, args.warmup)
-            row.append(f"{2 * m * n * k / (ms * 1e-3) / 1e12:.2f} ({ms:.3f} ms)")
+            tflops = 2 * m * n * k / (ms * 1e-3) / 1e12
+            row.append(f"{tflops:.2f} ({ms:.3f} ms)")
+            results.append({"m": m, "k": k, "n": n, "mode": mode, "median_ms": ms, "tflops": tflops})
             del x, w
         torch.backends.cuda.matmul.allow_tf32 = False
         rows.append(row)
         print("  ".join(row), flush=True)
     print()
     print_table(["M×K×N"] + [f"{mode} TFLOP/s" for mode in modes], rows)
+    write_json(args, torch, name, results)
 
 
 # ---- attention ------------------------------------------------------------------------------------------------
@@ -125,7 +150,8 @@ def add_attention_args(p: argparse.ArgumentParser) -> None:
 
 def run_attention(args: argparse.Namespace) -> None:
     """SDPA at bench/attention.ts's shapes, without and with the knockout mask "ref->text" (text = the first
-    min(512, S/5) tokens may not read the last S/4) as an additive -inf mask. TFLOP/s counts 4·S²·D·H."""
+    min(512, S/5) tokens may not read the last S/4) as an additive -inf mask. TFLOP/s counts 4·S²·D·H. PyTorch
+    before 2.0 has no SDPA: there the product is written out ("impl": "math" in --json)."""
     torch = import_torch(args.device)
     seqs = [int(s) for s in args.seqs.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -137,7 +163,20 @@ def run_attention(args: argparse.Namespace) -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}, torch {torch.__version__}, median of {args.iters} runs")
     h, d = args.heads, args.head_dim
+    # PyTorch before 2.0 has no SDPA: the same product written out (scores, softmax, weighted sum).
+    sdpa_fn = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    impl = "sdpa" if sdpa_fn else "math"
+
+    def attend(q, k, v, mask):
+        if sdpa_fn:
+            return sdpa_fn(q, k, v, attn_mask=mask)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (d**-0.5)
+        if mask is not None:
+            scores = scores + mask
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
     rows = []
+    results = []
     for mode in modes:
         dtype = torch.bfloat16 if mode == "bf16" else torch.float32
         for seq in seqs:
@@ -149,15 +188,20 @@ def run_attention(args: argparse.Namespace) -> None:
                     text, ref = min(512, seq // 5), seq // 4
                     mask = torch.zeros(1, 1, seq, seq, device=args.device, dtype=dtype)
                     mask[..., :text, seq - ref:] = float("-inf")
-                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+                sdpa = lambda: attend(q, k, v, mask)  # noqa: E731
                 ms = median_ms(torch, args.device, sdpa, args.iters, args.warmup)
-                row = [mode, f"H{h} D{d} S{seq}", "ref->text" if masked else "none", f"{ms:.3f}", f"{4 * seq * seq * d * h / (ms * 1e-3) / 1e12:.2f}"]
+                tflops = 4 * seq * seq * d * h / (ms * 1e-3) / 1e12
+                row = [mode, f"H{h} D{d} S{seq}", "ref->text" if masked else "none", f"{ms:.3f}", f"{tflops:.2f}"]
+                results.append(
+                    {"seq": seq, "heads": h, "head_dim": d, "masked": masked, "mode": mode, "median_ms": ms, "tflops": tflops, "impl": impl}
+                )
                 rows.append(row)
                 print("  ".join(row), flush=True)
                 del mask
             del q, k, v
     print()
     print_table(["mode", "shape", "mask", "median ms", "TFLOP/s"], rows)
+    write_json(args, torch, name, results)
 
 
 # ---- registry -------------------------------------------------------------------------------------------------
@@ -176,6 +220,7 @@ def main(argv: list[str]) -> None:
         p.add_argument("--iters", type=int, default=20, help="timed runs (default: %(default)s)")
         p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
         p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a quick check")
+        p.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
         add_args(p)
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
