@@ -64,8 +64,9 @@ ${
                        (packed tokens, as --save-latents writes them); a leading batch dimension of 1 is allowed
   --out FILE.png       where to write the image (default out/${command}-<date>-<time>.png); folders are created
   --save-latents FILE  also write the final packed latents [H/16·W/16, C] (float32 safetensors, tensor "latents")
-  --f16                multiply in f16 in the transformer blocks (needs shader-f16): about twice as fast, about
-                       1e-3 relative error per product; statistics, norms and attention stay f32
+  --f16                multiply in f16 in the transformer blocks (needs shader-f16): about 1e-3 relative error
+                       per product; statistics, norms and attention stay f32. On an H100 it is no faster than
+                       f32 (see the README's performance section)
   -h, --help           this text
 
 example: ${

@@ -46,8 +46,8 @@ export interface GenerateRequest {
   interventions?: Intervention[];
   /** Keep the latents after every step (costs one readback per step). */
   keepStepLatents?: boolean;
-  /** Multiply in f16 in the transformer blocks' projections (needs shader-f16): about twice as fast, about 1e-3
-   * relative error per product. */
+  /** Multiply in f16 in the transformer blocks' projections (needs shader-f16): about 1e-3 relative error per
+   * product; on an H100 no faster than f32 (README, performance). */
   f16?: boolean;
   onStep?: (info: StepInfo) => void;
 }
