@@ -87,16 +87,16 @@ export function defaultAttentionConfig(headDim: number): AttentionConfig {
 
 /** The configurations a tuning sweep tries (too large ones for a head dim or device are skipped). */
 export const ATTENTION_SWEEP_CONFIGS: readonly Readonly<AttentionConfig>[] = [
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 4, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 8, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
   { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 16, maxDv: 128 },
-  { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
-  { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 4, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 8, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
-  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 64 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 32, keyStep: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 32, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 32, keyStep: 8, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 16, keyStep: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 8, keyStep: 16, maxDv: 128 },
+  { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 16, keyStep: 8, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 },
 ];
 
 /** The shader's compile-time sizes for one head dim. */
@@ -133,6 +133,37 @@ function widestChunk(headDim: number, group: number, limit: number): number {
  * free while they are in use: red[x][i][y] is then v_tile[1][x][i][y]. */
 export function attentionRedInVTile(t: AttentionTiles): boolean {
   return t.keyStep >= t.threadsPerRow && t.colsPerThread >= t.rowsPerThread && t.threadsPerRow >= t.blockQ / t.rowsPerThread;
+}
+
+/** Shape of the workgroup array `qkp` that holds the two q·kᵀ stages and, once the scores of a block are done, the
+ * probabilities: qkp[n][h][w] is flat row n·rows + h, column w (a vec4). Stage s holds q at flat rows 2·DK·s + d and k
+ * at 2·DK·s + DK + d (d < DK; column = row group or key group of four). Key kk of p is at flat row
+ * pOffset + kk / keysPerRow, columns (kk % keysPerRow)·BQ/4 + row group (keysPerRow keys share a row where the key
+ * block is wider than the query block). The p rows of the last p·v step lie past stage 0, which that step refills for
+ * the next block. Rows per slab divide DK and the p rows of a p·v step, so every index of the inner products is a
+ * constant below a runtime slab. */
+export interface AttentionQkpLayout {
+  rows: number;
+  width: number;
+  slabs: number;
+  pOffset: number;
+  keysPerRow: number;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+export function attentionQkpLayout(t: AttentionTiles): AttentionQkpLayout {
+  const width = Math.max(t.blockQ, t.blockK) / 4;
+  const fit = Math.floor((4 * width) / t.blockQ);
+  const keysPerRow = t.keyStep % fit === 0 ? fit : 1;
+  const pRows = t.blockK / keysPerRow, pStep = t.keyStep / keysPerRow;
+  const rows = gcd(t.dStep, pStep);
+  const stage = 2 * t.dStep;
+  const pOffset = Math.ceil(Math.max(0, stage - (pRows - pStep)) / rows) * rows;
+  const slabs = Math.max(2 * stage, pOffset + pRows) / rows;
+  return { rows, width, slabs, pOffset, keysPerRow };
 }
 
 /** Resolve a configuration against a head dim; throws when the shader cannot be instantiated with it. */
@@ -195,6 +226,7 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
   const T = range(t.rowsPerThread), I = range(tr4), J = range(tk4), U = range(td4), X = range(ntx);
   const row = (r: number) => `q0 + ${4 * Math.floor(r / 4)}u * NTY + 4u * ty + ${r % 4}u`;
   const aliased = attentionRedInVTile(t);
+  const lay = attentionQkpLayout(t);
   const red = (x: string | number, i: number) => `${aliased ? "v_tile[1]" : "red"}[${x}][${i}][ty]`;
   const redTile = aliased
     ? "// red lives in v_tile[1] (see attentionRedInVTile)."
@@ -247,10 +279,10 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
         `${reg} = ${p.src}[min(${p.first} + ${group} * 4u + ${r}u, ${p.last}) * ${p.stride} + ${p.col} + d4 + ${kq}];`
       );
       const scale = p.src === "q" ? " * params.scaleLog2" : "";
-      const writes = LANES.map((c, e) =>
-        `${p.tile}[base][${kq} * 4u + ${e}u][${group} / ${p.threads}][${group} % ${p.threads}] = ` +
-        `vec4<f32>(${regs.map((reg) => `${reg}.${c}`).join(", ")})${scale};`
-      );
+      const writes = LANES.map((c, e) => {
+        const flat = `(base * ${2 * t.dStep}u + ${p.tile === "k_tile" ? t.dStep : 0}u + ${kq} * 4u + ${e}u)`;
+        return `qkp[${flat} / QH][${flat} % QH][${group}] = vec4<f32>(${regs.map((reg) => `${reg}.${c}`).join(", ")})${scale};`;
+      });
       const conditions: string[] = [];
       if (lo < p.offset) conditions.push(`${u} >= ${p.offset}u`);
       if ((l + 1) * t.threads > p.offset + p.count) conditions.push(`${u} < ${p.offset + p.count}u`);
@@ -273,11 +305,13 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
 
   const clear = T.flatMap((r) => J.map((j) => `s_${r}_${j} = vec4<f32>(0.0);`));
 
+  // Slab of flat row 2·DK·st + r of a q·kᵀ stage.
+  const slab = (r: number) => `st * ${(2 * t.dStep) / lay.rows}u + ${Math.floor(r / lay.rows)}u`;
   const computeQk = range(t.dStep).map((d) =>
     lines([
       "{",
-      ...I.map((i) => `let a${i} = q_tile[st][${d}][${i}][ty];`),
-      ...J.map((j) => `let b${j} = k_tile[st][${d}][${j}][tx];`),
+      ...I.map((i) => `let a${i} = qkp[${slab(d)}][${d % lay.rows}][${i}u * NTY + ty];`),
+      ...J.map((j) => `let b${j} = qkp[${slab(t.dStep + d)}][${(t.dStep + d) % lay.rows}][${j}u * NTX + tx];`),
       ...T.flatMap((r) => J.map((j) => `s_${r}_${j} = fma(vec4<f32>(a${r >> 2}.${LANES[r & 3]}), b${j}, s_${r}_${j});`)),
       "}",
     ])
@@ -338,7 +372,11 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
       LANES.flatMap((c, e) => [
         "{",
         `let key = ${4 * j}u * NTX + 4u * tx + ${e}u;`,
-        ...I.map((i) => `p_tile[key / KS][key % KS][${i}][ty] = vec4<f32>(${range(4).map((r) => `s_${4 * i + r}_${j}.${c}`).join(", ")});`),
+        `let pRow = P_OFF + key / KPR;`,
+        `let pCol = (key % KPR) * ${t.blockQ / 4}u + ty;`,
+        ...I.map((i) =>
+          `qkp[pRow / QH][pRow % QH][pCol + ${i}u * NTY] = vec4<f32>(${range(4).map((r) => `s_${4 * i + r}_${j}.${c}`).join(", ")});`
+        ),
         "}",
       ])
     ),
@@ -347,7 +385,11 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
   const computePv = range(t.keyStep).map((kk) =>
     lines([
       "{",
-      ...I.map((i) => `let p${i} = p_tile[vs][${kk}][${i}][ty];`),
+      ...I.map((i) => {
+        const r = Math.floor(kk / lay.keysPerRow), col = (kk % lay.keysPerRow) * (t.blockQ / 4) + i * (t.blockQ / t.rowsPerThread);
+        const slab = `P_OFF / QH + vs * ${t.keyStep / lay.keysPerRow / lay.rows}u + ${Math.floor(r / lay.rows)}u`;
+        return `let p${i} = qkp[${slab}][${r % lay.rows}][${col}u + ty];`;
+      }),
       ...U.map((u) => `let w${u} = v_tile[st][${kk}][${u}][tx];`),
       ...T.flatMap((r) => U.map((u) => `o_${r}_${u} = fma(vec4<f32>(p${r >> 2}.${LANES[r & 3]}), w${u}, o_${r}_${u});`)),
       "}",
@@ -393,9 +435,10 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
 /** Workgroup memory of a configuration for a head dim, in bytes (mirrors the declarations in attention.wgsl). */
 export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): number {
   const t = attentionTiles(c, headDim);
-  const qk = 2 * t.dStep * (t.blockQ + t.blockK), v = 2 * t.keyStep * t.dv;
-  const p = t.blockK * t.blockQ, red = attentionRedInVTile(t) ? 0 : t.threadsPerRow * t.blockQ;
-  return (qk + v + p + red) * 4;
+  const lay = attentionQkpLayout(t);
+  const qkp = 4 * lay.slabs * lay.rows * lay.width, v = 2 * t.keyStep * t.dv;
+  const red = attentionRedInVTile(t) ? 0 : t.threadsPerRow * t.blockQ;
+  return (qkp + v + red) * 4;
 }
 
 // ---- Tuned configurations -------------------------------------------------------------------------------------
@@ -507,6 +550,7 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
 
   const tiles = attentionTiles(args.config ?? attentionConfigFor(headDim), headDim, name);
   const dChunks = headDim / tiles.dv;
+  const qkp = attentionQkpLayout(tiles);
   const queryBlocks = ceilDiv(sq, tiles.blockQ);
   if (queryBlocks > MAX_WORKGROUPS_PER_DIM || heads * dChunks > MAX_WORKGROUPS_PER_DIM) {
     throw new Error(
@@ -526,6 +570,11 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
       DK: tiles.dStep,
       KS: tiles.keyStep,
       DV: tiles.dv,
+      QH: qkp.rows,
+      QW: qkp.width,
+      QN: qkp.slabs,
+      P_OFF: qkp.pOffset,
+      KPR: qkp.keysPerRow,
       GROUP_MASK: args.groupMask !== undefined,
       ...attentionCodeBlocks(tiles),
     },

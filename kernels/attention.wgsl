@@ -11,6 +11,8 @@
 //    or four keys, at one head-dim index) two stages deep, one barrier per step;
 //  - o += p·v over the keys of the block, KS keys per step, p staged transposed by the softmax, v staged as it lies
 //    in memory (one vec4 holds four output columns of one key), two stages deep.
+// p shares its workgroup array with the q and k stages (qkp), which are free once the scores of a block are done, so
+// that larger steps and blocks fit the 48 KiB of workgroup memory.
 // Threads form NTY × NTX: thread (tx, ty) owns the TR rows 4·(i·NTY + ty) + r (i < TR/4, r < 4), the TK keys
 // 4·(j·NTX + tx) + c of each key block (j < TK/4) and the TD output columns 4·(u·NTX + tx) + c (u < TD/4). The NTX
 // threads of a row exchange their row maxima (then row sums) through `red`.
@@ -40,6 +42,11 @@ const TK: u32 = {{TK}}u;
 const DK: u32 = {{DK}}u;
 const KS: u32 = {{KS}}u;
 const DV: u32 = {{DV}}u;
+const QH: u32 = {{QH}}u;
+const QW: u32 = {{QW}}u;
+const QN: u32 = {{QN}}u;
+const P_OFF: u32 = {{P_OFF}}u;
+const KPR: u32 = {{KPR}}u;
 const GROUP_MASK: bool = {{GROUP_MASK}};
 
 const NTY: u32 = BQ / TR;
@@ -57,14 +64,13 @@ const V_STEPS: u32 = BK / KS;
 const MASKED: f32 = -3.0e38;
 const VISIBLE_FLOOR: f32 = -1.0e38;
 
-// q_tile[stage][d][i][ty]: rows 4·(i·NTY + ty) .. +3 at head-dim index d0 + d (scaled).
-var<workgroup> q_tile: array<array<array<array<vec4<f32>, NTY>, TR4>, DK>, 2u>;
-// k_tile[stage][d][j][tx]: keys 4·(j·NTX + tx) .. +3 of the block at head-dim index d0 + d.
-var<workgroup> k_tile: array<array<array<array<vec4<f32>, NTX>, TK4>, DK>, 2u>;
+// qkp[n][h][w]: the two q·kᵀ stages, then the probabilities of the block (see attentionQkpLayout). Flat row
+// r = n·QH + h. Stage s: q rows 4·(i·NTY + ty) .. +3 at head-dim index d0 + d (scaled) in row 2·DK·s + d, column
+// i·NTY + ty; keys 4·(j·NTX + tx) .. +3 of the block in row 2·DK·s + DK + d, column j·NTX + tx. p: rows
+// 4·(i·NTY + ty) .. +3 for key kk of the block in row P_OFF + kk / KPR, column (kk % KPR)·BQ/4 + i·NTY + ty.
+var<workgroup> qkp: array<array<array<vec4<f32>, QW>, QH>, QN>;
 // v_tile[stage][kk][u][tx]: key j0 + kk, output columns 4·(u·NTX + tx) .. +3 of the column chunk.
 var<workgroup> v_tile: array<array<array<array<vec4<f32>, NTX>, TD4>, KS>, 2u>;
-// p_tile[step][kk][i][ty]: probabilities of rows 4·(i·NTY + ty) .. +3 for key KS·step + kk of the block.
-var<workgroup> p_tile: array<array<array<array<vec4<f32>, NTY>, TR4>, KS>, V_STEPS>;
 // red[tx][i][ty]: row maxima (then row sums) over the keys of thread tx, rows 4·(i·NTY + ty) .. +3; its own array,
 // or the second stage of v_tile where that is free while red is in use (attentionRedInVTile).
 {{RED_TILE}}
@@ -142,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
 
-    // Online softmax: new row maxima over the NTX threads of a row, rescale of l and o, probabilities to p_tile.
+    // Online softmax: new row maxima over the NTX threads of a row, rescale of l and o, probabilities to qkp.
     {{SOFTMAX}}
     workgroupBarrier();
 

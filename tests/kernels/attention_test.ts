@@ -41,6 +41,11 @@ Deno.test("attention: other tile configurations (wide key blocks, several load r
     { blockQ: 16, rowsPerThread: 4, threadsPerRow: 4, keysPerThread: 4, dStep: 32, keyStep: 16, maxDv: 32 },
     { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 },
     { blockQ: 16, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 64 },
+    // p shares rows with the q/k stages: placed past stage 0 (dStep 32), two keys per row (key block 128 > blockQ 64).
+    { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 32, keyStep: 16, maxDv: 128 },
+    { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 16, keyStep: 8, maxDv: 128 },
+    { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 16, maxDv: 128 },
+    { blockQ: 32, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 4, dStep: 16, keyStep: 32, maxDv: 128 },
   ];
   const results = [];
   for (const config of configs) {
@@ -67,7 +72,7 @@ Deno.test("attention: other tile configurations (wide key blocks, several load r
 Deno.test("attention: the rendered shader indexes no private array and no vector by a runtime value", async () => {
   // Private arrays indexed in loops would be kept in local memory by the driver; every index must name shared or
   // storage memory, and vector components must be constant (.x .. .w).
-  const indexed = new Set(["q_tile", "k_tile", "v_tile", "p_tile", "red", "q", "k", "v", "queryBits", "keyBits", "out"]);
+  const indexed = new Set(["qkp", "v_tile", "red", "q", "k", "v", "queryBits", "keyBits", "out"]);
   const configs = [
     ...ATTENTION_SWEEP_CONFIGS.map((config) => ({ config, headDim: 128 })),
     { config: defaultAttentionConfig(16), headDim: 16 },
@@ -87,7 +92,7 @@ Deno.test("attention: the rendered shader indexes no private array and no vector
     assert.match(code, /const GROUP_MASK: bool = true;/, where);
     for (const line of code.split("\n")) {
       if (line.includes("array<")) assert.match(line, /^(var<workgroup>|@group\(0\))/, `${where}: private array in ${line.trim()}`);
-      // Nested tiles are indexed in a chain (q_tile[st][d][i][ty]): only the head of a chain names the memory.
+      // Nested tiles are indexed in a chain (qkp[n][h][w]): only the head of a chain names the memory.
       for (const m of line.matchAll(/(\w*)\s*\[/g)) {
         if (line.startsWith("@group(0)") || (m[1] === "" && line[m.index! - 1] === "]")) continue;
         assert.ok(indexed.has(m[1]), `${where}: '${m[1]}[' indexes private memory in ${line.trim()}`);
@@ -300,7 +305,7 @@ Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are 
     setAttentionTuning(loadAttentionTuning(new URL(`file://${path}`)));
     setAttentionDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 32768 } });
     assert.deepEqual(attentionConfigFor(128), small);
-    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 44 KiB entry does not fit 32 KiB");
+    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 40 KiB entry does not fit 32 KiB");
     assert.deepEqual(attentionConfigFor(32), defaultAttentionConfig(32));
     const g = new Graph();
     attention(g, "attn", {
