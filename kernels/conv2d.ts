@@ -28,7 +28,8 @@ export const conv2dKernel: KernelSpec = {
   ],
 };
 
-/** Workgroup tile: TC output channels × TP pixels, RC × RP accumulators per thread, K step BK (see conv2d.wgsl). */
+/** Workgroup tile: TC output channels × TP pixels, RC × RP accumulators per thread (256 threads), K step BK
+ * (see conv2d.wgsl). Two stages of both tiles take conv2dWorkgroupBytes; the built-in tiles fit 16 KiB. */
 export interface Conv2dTile {
   tc: number;
   tp: number;
@@ -37,16 +38,45 @@ export interface Conv2dTile {
   bk: number;
 }
 
-/** 128 channels × 128 pixels, 8×8 per thread: for the wide layers that carry almost all the work. */
+/** 64 channels × 256 pixels, 4×16 per thread: for spatial (3×3) layers of 128 or more output channels, which carry
+ * almost all the work. A K step of 4 keeps the two stages within the 16 KiB every device offers (a step of 8, 20 KiB,
+ * is about 10% faster on an H100; a step of 6 timed erratically there). */
+export const CONV2D_TILE_SPATIAL: Readonly<Conv2dTile> = { tc: 64, tp: 256, rc: 4, rp: 16, bk: 4 };
+/** 128 channels × 128 pixels, 8×8 per thread: 1×1 layers of 128 or more output channels. */
 export const CONV2D_TILE_WIDE: Readonly<Conv2dTile> = { tc: 128, tp: 128, rc: 8, rp: 8, bk: 8 };
 /** 64 × 64, 4×4 per thread: layers of 33 to 127 output channels. */
 export const CONV2D_TILE_DEFAULT: Readonly<Conv2dTile> = { tc: 64, tp: 64, rc: 4, rp: 4, bk: 16 };
 /** 16 channels × 256 pixels: few output channels (an RGB output layer wastes less of the tile). */
-export const CONV2D_TILE_NARROW: Readonly<Conv2dTile> = { tc: 16, tp: 256, rc: 4, rp: 4, bk: 16 };
+export const CONV2D_TILE_NARROW: Readonly<Conv2dTile> = { tc: 16, tp: 256, rc: 4, rp: 4, bk: 4 };
 
-/** The tile a layer gets by default, from its output channel count. */
-export function conv2dTileFor(cout: number): Conv2dTile {
-  return { ...(cout >= 128 ? CONV2D_TILE_WIDE : cout <= 32 ? CONV2D_TILE_NARROW : CONV2D_TILE_DEFAULT) };
+/** The tiles bench/vae.ts --sweep tries (those over a device's workgroup memory are skipped). */
+export const CONV2D_SWEEP_TILES: readonly Readonly<Conv2dTile>[] = [
+  CONV2D_TILE_SPATIAL,
+  CONV2D_TILE_WIDE,
+  { tc: 64, tp: 256, rc: 4, rp: 16, bk: 6 },
+  { tc: 64, tp: 256, rc: 4, rp: 16, bk: 8 },
+  { tc: 128, tp: 256, rc: 8, rp: 16, bk: 8 },
+  CONV2D_TILE_DEFAULT,
+];
+
+const THREADS = 256;
+const MAX_ACCUMULATORS = 128;
+/** The workgroup memory every WebGPU device offers; larger tiles need a device that allows them. */
+export const CONV2D_DEFAULT_WORKGROUP_BYTES = 16384;
+
+/** The tile a layer gets by default, from its output channel count and kernel size (kh·kw). */
+export function conv2dTileFor(cout: number, kernelSize = 9): Conv2dTile {
+  if (cout >= 128) return { ...(kernelSize > 1 ? CONV2D_TILE_SPATIAL : CONV2D_TILE_WIDE) };
+  return { ...(cout <= 32 ? CONV2D_TILE_NARROW : CONV2D_TILE_DEFAULT) };
+}
+
+export function conv2dTileName(t: Conv2dTile): string {
+  return `${t.tc}x${t.tp}x${t.bk}/${t.rc}x${t.rp}`;
+}
+
+/** Workgroup memory of a tile: two stages of the weight and patch tiles, f32. */
+export function conv2dWorkgroupBytes(t: Conv2dTile): number {
+  return 2 * t.bk * (t.tc + t.tp) * 4;
 }
 
 /** Throws unless the shader can be instantiated with this tile. */
@@ -56,10 +86,77 @@ export function validateConv2dTile(t: Conv2dTile, where: string): void {
     if (!Number.isInteger(t[key]) || t[key] <= 0) throw bad(`${key} must be a positive integer`);
   }
   if (t.rc % 4 || t.rp % 4 || t.tc % t.rc || t.tp % t.rp) throw bad("rc and rp must be multiples of 4 dividing tc and tp");
-  if ((t.tc / t.rc) * (t.tp / t.rp) !== 256) throw bad("(tc/rc)·(tp/rp) must be 256 threads");
-  if (256 % t.tp || (t.bk * t.tc) % 256 || (t.bk * t.tp) % 256) {
-    throw bad("tp must divide 256, and bk·tc and bk·tp must be multiples of 256");
+  if ((t.tc / t.rc) * (t.tp / t.rp) !== THREADS) throw bad("(tc/rc)·(tp/rp) must be 256 threads");
+  if (THREADS % (t.tp / 4)) throw bad("tp/4 must divide 256 (each thread stages one pixel quad)");
+  if (t.rc * t.rp > MAX_ACCUMULATORS) throw bad(`an ${t.rc}×${t.rp} register tile exceeds ${MAX_ACCUMULATORS} accumulators`);
+}
+
+// ---- Generated per-thread code --------------------------------------------------------------------------------
+
+type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "WRITE", string>;
+
+const COMPONENTS = ["x", "y", "z", "w"];
+
+/** The unrolled blocks of kernels/conv2d.wgsl for one tile (see the comment at the top there). Staging: unit u
+ * of the weight tile is channel quad u % (tc/4) at k u / (tc/4), unit u of the patch tile is the thread's pixel
+ * quad at k u / (tp/4); round l covers units lid + 256·l. */
+export function conv2dCodeBlocks(t: Conv2dTile): CodeBlocks {
+  const ntc = t.tc / t.rc, ntp = t.tp / t.rp, rc4 = t.rc / 4, rp4 = t.rp / 4, tc4 = t.tc / 4, tp4 = t.tp / 4;
+  const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
+  const tiles = `var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${ntc}>, ${rc4}>, ${t.bk}>, 2>;
+var<workgroup> x_tile: array<array<array<array<vec4<f32>, ${ntp}>, ${rp4}>, ${t.bk}>, 2>;`;
+  for (let i = 0; i < t.rc; i++) {
+    for (let j = 0; j < t.rp; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
   }
+  const staging = [
+    { name: "w", units: tc4 * t.bk, quads: tc4, threads: ntc },
+    { name: "x", units: tp4 * t.bk, quads: tp4, threads: ntp },
+  ];
+  for (const s of staging) {
+    for (let l = 0; l * THREADS < s.units; l++) {
+      const reg = `${s.name}s${l}`;
+      declare.push(`  var ${reg} = vec4<f32>(0.0);`);
+      const u = l === 0 ? "lid" : `(lid + ${l * THREADS}u)`;
+      const open = (l + 1) * THREADS > s.units ? `if (${u} < ${s.units}u) { ` : "";
+      const close = open ? " }" : "";
+      if (s.name === "w") {
+        const quad = `(${u} % ${s.quads}u)`, kk = `(${u} / ${s.quads}u)`;
+        fetch.push(`      ${open}${reg} = read_w(tileC + ${quad} * 4u, k0 + ${kk});${close}`);
+        store.push(`      ${open}w_tile[base][${kk}][${quad} / ${s.threads}u][${quad} % ${s.threads}u] = ${reg};${close}`);
+      } else {
+        // 256 is a multiple of tp/4: the quad is xq (lid % (tp/4)) in every round.
+        const kk = l === 0 ? `(lid / ${s.quads}u)` : `(lid / ${s.quads}u + ${(l * THREADS) / s.quads}u)`;
+        fetch.push(`      ${open}${reg} = read_x(c0, c1, c2, c3, k0 + ${kk});${close}`);
+        store.push(`      ${open}x_tile[base][${kk}][xq / ${s.threads}u][xq % ${s.threads}u] = ${reg};${close}`);
+      }
+    }
+  }
+  for (let k = 0; k < t.bk; k++) {
+    compute.push("      {");
+    for (let i = 0; i < rc4; i++) compute.push(`        let a${i} = w_tile[st][${k}][${i}][tc];`);
+    for (let j = 0; j < rp4; j++) compute.push(`        let b${j} = x_tile[st][${k}][${j}][tp];`);
+    for (let i = 0; i < t.rc; i++) {
+      const a = `a${i >> 2}.${COMPONENTS[i & 3]}`;
+      for (let j = 0; j < t.rp; j++) compute.push(`        acc_${i}_${j} = fma(${a}, b${j >> 2}.${COMPONENTS[j & 3]}, acc_${i}_${j});`);
+    }
+    compute.push("      }");
+  }
+  for (let i = 0; i < t.rc; i++) {
+    const co = `co_${i}`;
+    write.push(`  let ${co} = tileC + (${(i >> 2) * ntc}u + tc) * 4u + ${i & 3}u;`);
+    write.push(`  let bias_${i} = load_bias(min(${co}, params.cout - 1u));`);
+    for (let j = 0; j < t.rp; j++) {
+      write.push(`  write_out(${co}, tileP + (${(j >> 2) * ntp}u + tp) * 4u + ${j & 3}u, bias_${i}, acc_${i}_${j});`);
+    }
+  }
+  return {
+    TILES: tiles,
+    DECLARE: declare.join("\n"),
+    FETCH: fetch.join("\n"),
+    STORE: store.join("\n"),
+    COMPUTE: compute.join("\n"),
+    WRITE: write.join("\n"),
+  };
 }
 
 /** Padding in pixels: [top, bottom, left, right]. */
@@ -83,7 +180,7 @@ export interface Conv2dOptions {
   upsample?: boolean;
   /** Added to the result (same shape as the output), e.g. a ResNet block's skip path. */
   residual?: number;
-  /** Workgroup tile; default conv2dTileFor(Cout). */
+  /** Workgroup tile; default conv2dTileFor(Cout, kh·kw). */
   tile?: Conv2dTile;
 }
 
@@ -137,7 +234,7 @@ export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Co
     }
   }
   const [top, , left] = o.padding ?? [(s.kh - 1) / 2, 0, (s.kw - 1) / 2, 0];
-  const tile = o.tile ?? conv2dTileFor(s.cout);
+  const tile = o.tile ?? conv2dTileFor(s.cout, s.kh * s.kw);
   validateConv2dTile(tile, name);
   const [gx, gy] = grid1d(ceilDiv(pixels, tile.tp));
   const kTotal = s.cin * s.kh * s.kw;
@@ -157,6 +254,7 @@ export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Co
       W_BF16: weightIsBf16(g, name, o.weight),
       B_BF16: weightIsBf16(g, name, o.bias),
       RESIDUAL: o.residual !== undefined,
+      ...conv2dCodeBlocks(tile),
     },
     bindings: { x, weight: o.weight, bias: o.bias, residual: o.residual ?? x, out },
     params: { cin: s.cin, cout: s.cout, h: o.height, w: o.width, wo: s.outWidth, pixels, kTotal, padTop: top, padLeft: left },

@@ -6,11 +6,27 @@
 // Padding is given as (top, left); bottom/right padding follows from the output size (reads outside are 0),
 // which covers both the symmetric pad-1 convolution and the (0,1,0,1) padding of the stride-2 downsample.
 //
-// Tiling: a workgroup of 256 threads computes TC output channels × TP pixels, K consumed BK at a time through
-// workgroup memory. Threads form NTC × NTP; thread (tc, tp) holds RC × RP accumulators: the channel quads
-// v·NTC + tc (v < RC/4) and pixel quads u·NTP + tp (u < RP/4), so that neighbouring threads read neighbouring
-// vec4s of the staged tiles. TP divides 256, so every thread stages the same pixel column at every step and
-// computes that pixel's coordinates once.
+// Tiling: a workgroup of 256 threads computes TC output channels × TP pixels and advances along K in steps of BK,
+// with the weight and patch tiles of a step in workgroup memory, two stages deep, so that one barrier per step
+// suffices and the global loads of the next step are in flight while the current one is computed. Both tiles are
+// stored transposed, one vec4 holding four channels (or four consecutive pixels) at one k:
+//   w_tile[stage][k][i][tc] = W[tileC + 4·(i·NTC + tc) + 0..3, k0 + k]
+//   x_tile[stage][k][j][tp] = X̂[k0 + k, tileP + 4·(j·NTP + tp) + 0..3]
+// Thread (tc, tp) = (lid / NTP, lid % NTP) owns channels 4·(i·NTC + tc) + r and pixels 4·(j·NTP + tp) + c
+// (i < RC/4, j < RP/4) and per k does RC·RP multiply-adds, an outer product of one column of each tile.
+// A staging unit is four channels (or four pixels) at one k: four scalar loads into one vec4 register, stored as a
+// whole vec4. Unit u of a tile is quad u % (T/4), k u / (T/4), so neighbouring threads store neighbouring vec4s and
+// read neighbouring pixels; since T/4 divides 256, a thread's pixel quad is the same at every step, and its
+// coordinates (the im2col gather's top-left corner) are computed once.
+//
+// The per-thread code (tile declarations, accumulators, staging registers, fetches, stores, the multiply-adds of
+// one step, the writes) is generated unrolled by kernels/conv2d.ts with one named variable per register: private
+// arrays indexed inside loops are placed in off-chip local memory by the GPU compilers this runs through. The tiles
+// are nested arrays indexed [stage][k][register][thread position], so that every index of the inner loop is a
+// constant or the thread's own position.
+//
+// Variant values: TC TP RC RP BK (tile), KH KW STRIDE UPSAMPLE W_BF16 B_BF16 RESIDUAL, and the generated blocks
+// TILES, DECLARE, FETCH, STORE, COMPUTE, WRITE.
 
 const TC: u32 = {{TC}}u;
 const TP: u32 = {{TP}}u;
@@ -27,22 +43,77 @@ const W_BF16: bool = {{W_BF16}};
 const B_BF16: bool = {{B_BF16}};
 const RESIDUAL: bool = {{RESIDUAL}};
 
-var<workgroup> wTile: array<vec4<f32>, BK * TC / 4u>; // [BK][TC/4]
-var<workgroup> xTile: array<vec4<f32>, BK * TP / 4u>; // [BK][TP/4]
+{{TILES}}
 
 fn widen(word: u32, i: u32) -> f32 {
-  if ((i & 1u) == 0u) { return bitcast<f32>(word << 16u); }
-  return bitcast<f32>(word & 0xffff0000u);
+  return bitcast<f32>(select(word & 0xffff0000u, word << 16u, (i & 1u) == 0u));
 }
 
-fn loadWeight(i: u32) -> f32 {
+fn load_weight(i: u32) -> f32 {
   if (W_BF16) { return widen(weight[i >> 1u], i); }
   return bitcast<f32>(weight[i]);
 }
 
-fn loadBias(i: u32) -> f32 {
+fn load_bias(i: u32) -> f32 {
   if (B_BF16) { return widen(bias[i >> 1u], i); }
   return bitcast<f32>(bias[i]);
+}
+
+// Weights of channels co .. co + 3 (clamped to the last channel; those results are never written) at k; zero
+// where k is past K.
+fn read_w(co: u32, k: u32) -> vec4<f32> {
+  if (k >= params.kTotal) { return vec4<f32>(0.0); }
+  let last = params.cout - 1u;
+  let kt = params.kTotal;
+  return vec4<f32>(
+    load_weight(min(co, last) * kt + k),
+    load_weight(min(co + 1u, last) * kt + k),
+    load_weight(min(co + 2u, last) * kt + k),
+    load_weight(min(co + 3u, last) * kt + k),
+  );
+}
+
+// Pixel coordinates a thread stages: the top-left corner of the patch of output pixel p in the (possibly
+// upsampled) input, (x, y). Pixels past the image repeat the last one (their results are never written).
+fn corner(p: u32) -> vec2<i32> {
+  let q = min(p, params.pixels - 1u);
+  let oy = q / params.wo;
+  let ox = q - oy * params.wo;
+  return vec2<i32>(i32(ox * STRIDE) - params.padLeft, i32(oy * STRIDE) - params.padTop);
+}
+
+// X̂[k, p] for the pixel whose patch corner is c: zero in the padding and where k is past K (valid false).
+fn gather(c: vec2<i32>, dy: u32, dx: u32, base: u32, valid: bool) -> f32 {
+  let vy = c.y + i32(dy);
+  let vx = c.x + i32(dx);
+  var vh = params.h;
+  var vw = params.w;
+  if (UPSAMPLE) { vh = 2u * params.h; vw = 2u * params.w; }
+  if (!valid || vy < 0 || vx < 0 || u32(vy) >= vh || u32(vx) >= vw) { return 0.0; }
+  var iy = u32(vy);
+  var ix = u32(vx);
+  if (UPSAMPLE) { iy = iy >> 1u; ix = ix >> 1u; }
+  return x[base + iy * params.w + ix];
+}
+
+// Four pixels' patches at k; the corners come from the thread's pixel quad.
+fn read_x(c0: vec2<i32>, c1: vec2<i32>, c2: vec2<i32>, c3: vec2<i32>, k: u32) -> vec4<f32> {
+  let valid = k < params.kTotal;
+  let ci = k / (KH * KW);
+  let r = k - ci * (KH * KW);
+  let dy = r / KW;
+  let dx = r - dy * KW;
+  let base = ci * params.h * params.w;
+  return vec4<f32>(gather(c0, dy, dx, base, valid), gather(c1, dy, dx, base, valid), gather(c2, dy, dx, base, valid), gather(c3, dy, dx, base, valid));
+}
+
+fn write_out(co: u32, p: u32, bv: f32, acc: f32) {
+  if (co < params.cout && p < params.pixels) {
+    let o = co * params.pixels + p;
+    var y = acc + bv;
+    if (RESIDUAL) { y = y + residual[o]; }
+    out[o] = y;
+  }
 }
 
 @compute @workgroup_size(256)
@@ -52,87 +123,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let tp = lid % NTP;
   let tc = lid / NTP;
 
-  // The pixel this thread stages: its top-left input position (in the possibly upsampled input).
-  let stageP = tileP + lid % TP;
-  let stageValid = stageP < params.pixels;
-  let oy = stageP / params.wo;
-  let ox = stageP - oy * params.wo;
-  let baseY = i32(oy * STRIDE) - params.padTop;
-  let baseX = i32(ox * STRIDE) - params.padLeft;
-  var vh = params.h;
-  var vw = params.w;
-  if (UPSAMPLE) { vh = 2u * params.h; vw = 2u * params.w; }
-  let plane = params.h * params.w;
+  // The pixel quad this thread stages (the same at every step).
+  let xq = lid % (TP / 4u);
+  let sp = tileP + xq * 4u;
+  let c0 = corner(sp);
+  let c1 = corner(sp + 1u);
+  let c2 = corner(sp + 2u);
+  let c3 = corner(sp + 3u);
 
-  var acc: array<vec4<f32>, RC * RP / 4u>;
-  for (var i = 0u; i < RC * RP / 4u; i++) { acc[i] = vec4<f32>(0.0); }
+{{DECLARE}}
 
-  for (var k0 = 0u; k0 < params.kTotal; k0 += BK) {
-    // Weights: consecutive threads read consecutive k of one output channel.
-    for (var s = 0u; s < BK * TC / 256u; s++) {
-      let e = lid + s * 256u;
-      let m = e / BK;
-      let kk = e % BK;
-      let co = tileC + m;
-      let k = k0 + kk;
-      var wv = 0.0;
-      if (co < params.cout && k < params.kTotal) { wv = loadWeight(co * params.kTotal + k); }
-      wTile[kk * (TC / 4u) + m / 4u][m % 4u] = wv;
+  let steps = (params.kTotal + BK - 1u) / BK;
+
+  // Prologue: step 0 into stage 0.
+  {
+    let k0 = 0u;
+{{FETCH}}
+  }
+  {
+    let base = 0u;
+{{STORE}}
+  }
+  workgroupBarrier();
+
+  // Step s computes from stage s & 1 while the global loads of step s + 1 are in flight; those land in the other
+  // stage, whose last readers (step s - 1) all passed the barrier that ended the previous iteration.
+  for (var s = 0u; s < steps; s++) {
+    let more = s + 1u < steps;
+    if (more) {
+      let k0 = (s + 1u) * BK;
+{{FETCH}}
     }
-    // Input patches: consecutive threads read consecutive pixels of one k.
-    for (var s = 0u; s < BK * TP / 256u; s++) {
-      let kk = (lid + s * 256u) / TP;
-      let k = k0 + kk;
-      var xv = 0.0;
-      if (stageValid && k < params.kTotal) {
-        let ci = k / (KH * KW);
-        let r = k - ci * (KH * KW);
-        let dy = r / KW;
-        let vy = baseY + i32(dy);
-        let vx = baseX + i32(r - dy * KW);
-        if (vy >= 0 && vx >= 0 && u32(vy) < vh && u32(vx) < vw) {
-          var iy = u32(vy);
-          var ix = u32(vx);
-          if (UPSAMPLE) { iy = iy >> 1u; ix = ix >> 1u; }
-          xv = x[ci * plane + iy * params.w + ix];
-        }
-      }
-      let n = lid % TP;
-      xTile[kk * (TP / 4u) + n / 4u][n % 4u] = xv;
+    {
+      let st = s & 1u;
+{{COMPUTE}}
     }
-    workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      var b: array<vec4<f32>, RP / 4u>;
-      for (var u = 0u; u < RP / 4u; u++) { b[u] = xTile[kk * (TP / 4u) + u * NTP + tp]; }
-      for (var v = 0u; v < RC / 4u; v++) {
-        let a = wTile[kk * (TC / 4u) + v * NTC + tc];
-        for (var c = 0u; c < 4u; c++) {
-          for (var u = 0u; u < RP / 4u; u++) {
-            let i = (v * 4u + c) * (RP / 4u) + u;
-            acc[i] = fma(vec4<f32>(a[c]), b[u], acc[i]);
-          }
-        }
-      }
+    if (more) {
+      let base = (s + 1u) & 1u;
+{{STORE}}
     }
     workgroupBarrier();
   }
 
-  for (var v = 0u; v < RC / 4u; v++) {
-    for (var c = 0u; c < 4u; c++) {
-      let co = tileC + (v * NTC + tc) * 4u + c;
-      if (co >= params.cout) { continue; }
-      let bv = loadBias(co);
-      for (var u = 0u; u < RP / 4u; u++) {
-        let quad = acc[(v * 4u + c) * (RP / 4u) + u];
-        for (var j = 0u; j < 4u; j++) {
-          let p = tileP + (u * NTP + tp) * 4u + j;
-          if (p >= params.pixels) { continue; }
-          let o = co * params.pixels + p;
-          var y = quad[j] + bv;
-          if (RESIDUAL) { y = y + residual[o]; }
-          out[o] = y;
-        }
-      }
-    }
-  }
+{{WRITE}}
 }

@@ -2,11 +2,16 @@
 
 import type { AuditCase } from "../audit.ts";
 import {
+  CONV2D_DEFAULT_WORKGROUP_BYTES,
+  CONV2D_SWEEP_TILES,
   CONV2D_TILE_DEFAULT,
   CONV2D_TILE_NARROW,
+  CONV2D_TILE_SPATIAL,
   CONV2D_TILE_WIDE,
   conv2dNode,
   type Conv2dTile,
+  conv2dTileName,
+  conv2dWorkgroupBytes,
   DOWNSAMPLE_PADDING,
   type Padding,
 } from "../conv2d.ts";
@@ -190,7 +195,50 @@ export const conv2dAuditCases: AuditCase[] = [
     padding: DOWNSAMPLE_PADDING,
     tile: CONV2D_TILE_WIDE,
   }),
-  conv2dCase({ label: "3×3 on up×2 7→129 5×7 bf16 (wide tile)", cin: 7, cout: 129, height: 5, width: 7, k: 3, upsample: true, bf16: true }),
+  conv2dCase({
+    label: "3×3 on up×2 7→129 5×7 bf16 (wide tile)",
+    cin: 7,
+    cout: 129,
+    height: 5,
+    width: 7,
+    k: 3,
+    upsample: true,
+    bf16: true,
+    tile: CONV2D_TILE_WIDE,
+  }),
+  // The spatial tile (the default of 3×3 layers with 128 or more channels): partial channel and pixel tiles, and a
+  // K that leaves the last step of 4 partly empty.
+  conv2dCase({ label: "3×3 37→133 19×17 bf16 (spatial tile)", cin: 37, cout: 133, height: 19, width: 17, k: 3, bf16: true }),
+  conv2dCase({
+    label: "3×3 s2 pad(0,1,0,1) 11→70 23×21 +residual (spatial tile)",
+    cin: 11,
+    cout: 70,
+    height: 23,
+    width: 21,
+    k: 3,
+    stride: 2,
+    padding: DOWNSAMPLE_PADDING,
+    residual: true,
+    tile: CONV2D_TILE_SPATIAL,
+  }),
+  conv2dCase({ label: "3×3 on up×2 13→130 9×13 (spatial tile)", cin: 13, cout: 130, height: 9, width: 13, k: 3, upsample: true }),
+  conv2dCase({ label: "1×1 33→131 17×19 bf16 (wide tile by default)", cin: 33, cout: 131, height: 17, width: 19, k: 1, bf16: true }),
+  // The other tiles bench/vae.ts sweeps that every device can run.
+  ...CONV2D_SWEEP_TILES.filter((t) =>
+    t !== CONV2D_TILE_SPATIAL && t !== CONV2D_TILE_WIDE && t !== CONV2D_TILE_DEFAULT &&
+    conv2dWorkgroupBytes(t) <= CONV2D_DEFAULT_WORKGROUP_BYTES
+  ).map((tile) =>
+    conv2dCase({
+      label: `3×3 21→150 13×27 bf16 (tile ${conv2dTileName(tile)})`,
+      cin: 21,
+      cout: 150,
+      height: 13,
+      width: 27,
+      k: 3,
+      bf16: true,
+      tile,
+    })
+  ),
   conv2dCase({ label: "3×3 16→3 17×23 bf16 (narrow tile)", cin: 16, cout: 3, height: 17, width: 23, k: 3, bf16: true }),
   conv2dCase({
     label: "1×1 13→37 13×11 +residual (narrow tile)",
