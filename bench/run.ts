@@ -4,10 +4,11 @@
 //   dit         one transformer forward (real shapes, random weights), per-kernel profile, --compare with PyTorch
 //   text_encoder  Qwen3 prompt encoding, --compare with PyTorch
 //   pipeline    a whole edit: stage times, GPU memory, --overhead of knockout and capture
+//   vae         the VAE's convolutions at 1024² shapes (--sweep over tiles), --vae for a whole encode and decode
 //   summary     one table of all of the above at klein-9B shapes (--small on a software adapter), PyTorch side by side
 // PyTorch baselines for the same shapes: python3 bench/torch_baseline.py matmul|attention, bench/torch_flux2.py.
 
-const BENCHES = ["matmul", "attention", "dit", "text_encoder", "pipeline", "summary"];
+const BENCHES = ["matmul", "attention", "vae", "dit", "text_encoder", "pipeline", "summary"];
 
 if (import.meta.main) {
   const [name, ...rest] = Deno.args;
