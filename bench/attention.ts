@@ -14,22 +14,18 @@
 
 import { parseArgs } from "node:util";
 import { getGpu, type GpuContext } from "../runtime/device.ts";
-import { Graph } from "../runtime/graph.ts";
-import { Plan } from "../runtime/executor.ts";
-import { relativeL2, runAuditCase } from "../kernels/audit.ts";
+import { runAuditCase } from "../kernels/audit.ts";
 import {
-  attention,
   ATTENTION_SWEEP_CONFIGS,
   type AttentionConfig,
   attentionConfigFor,
   attentionConfigName,
   attentionWorkgroupBytes,
-  type GroupMaskBits,
-  groupMaskBits,
   loadAttentionTuning,
   setAttentionDevice,
 } from "../kernels/attention.ts";
-import { attentionCase, attentionReference } from "../kernels/reference/attention.ts";
+import { attentionCase } from "../kernels/reference/attention.ts";
+import { type AttentionMeasurement, knockoutBits, timeAttention } from "./attention_timing.ts";
 
 interface Shape {
   label: string;
@@ -40,17 +36,8 @@ interface Shape {
   masked: boolean;
 }
 
-interface Measurement {
-  shape: string;
-  seq: number;
-  heads: number;
-  headDim: number;
-  masked: boolean;
-  config: string;
-  medianMs: number;
-  tflops: number;
-  sampledRelL2: number;
-}
+/** One timed shape and configuration, labelled. */
+type Measurement = AttentionMeasurement & { shape: string };
 
 const { values: opts } = parseArgs({
   args: Deno.args,
@@ -64,37 +51,6 @@ const { values: opts } = parseArgs({
 });
 const runs = Number(opts.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${opts.runs}`);
-
-/** Text and reference token ranges of the knockout layout for a sequence length. */
-function knockoutLayout(seq: number): { text: number; ref: number } {
-  return { text: Math.min(512, Math.floor(seq / 5)), ref: Math.floor(seq / 4) };
-}
-
-function knockoutBits(seq: number): GroupMaskBits {
-  const { text, ref } = knockoutLayout(seq);
-  const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
-  return groupMaskBits(seq, seq, [{ queries: range(0, text), keys: range(seq - ref, seq) }]);
-}
-
-/** Cheap deterministic data in [-1, 1) (xorshift32): the timed tensors hold tens of millions of values. */
-function fillUniform(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x / 2147483648 - 1;
-  }
-  return out;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** Full check of a configuration on a small random case with awkward sizes (and the group mask when asked). */
 async function checkSmall(gpu: GpuContext, config: AttentionConfig, headDim: number, masked: boolean): Promise<number> {
@@ -112,90 +68,6 @@ async function checkSmall(gpu: GpuContext, config: AttentionConfig, headDim: num
   return (await runAuditCase(gpu, c, 5)).relL2;
 }
 
-async function measure(gpu: GpuContext, shape: Shape, config: AttentionConfig): Promise<Measurement> {
-  const { seq, heads, headDim } = shape;
-  const cols = heads * headDim;
-  const g = new Graph();
-  const bits = shape.masked ? knockoutBits(seq) : undefined;
-  const groupMask = bits ? { queryBits: g.input("queryBits", [seq], "u32"), keyBits: g.input("keyBits", [seq], "u32") } : undefined;
-  const q_ = g.input("q", [seq, cols]), k_ = g.input("k", [seq, cols]), v_ = g.input("v", [seq, cols]);
-  const out = g.state("out", [seq, cols]);
-  for (let r = 0; r < runs; r++) {
-    attention(g, `attn.${r}`, { q: q_, k: k_, v: v_, heads, kvHeads: heads, headDim, groupMask, out, config });
-  }
-  const plan = await Plan.compile(gpu, g, null, { label: `bench:${shape.label}` });
-  try {
-    // Scores of O(1) keep the softmax from collapsing onto one key, so the sampled check is meaningful.
-    const q = fillUniform(seq * cols, 1), k = fillUniform(seq * cols, 2), v = fillUniform(seq * cols, 3);
-    plan.write("q", q);
-    plan.write("k", k);
-    plan.write("v", v);
-    if (bits) {
-      plan.write("queryBits", bits.queryBits);
-      plan.write("keyBits", bits.keyBits);
-    }
-    plan.write("out", new Float32Array(seq * cols).fill(NaN));
-    await plan.run();
-    const sampledRelL2 = await checkSampledRows(plan, q, k, v, shape, bits);
-    // Warm up for a while: a short kernel run once after the host-side work above would be timed at a low clock.
-    const warmStart = performance.now();
-    do {
-      await plan.run();
-    } while (performance.now() - warmStart < 300);
-    let times: number[];
-    if (gpu.hasTimestamps) {
-      times = (await plan.profile()).map((t) => t.ms);
-    } else {
-      const t0 = performance.now();
-      await plan.run();
-      times = [(performance.now() - t0) / runs];
-    }
-    const medianMs = median(times);
-    return {
-      shape: shape.label,
-      seq,
-      heads,
-      headDim,
-      masked: shape.masked,
-      config: attentionConfigName(config),
-      medianMs,
-      tflops: g.flops() / runs / (medianMs * 1e-3) / 1e12,
-      sampledRelL2,
-    };
-  } finally {
-    plan.destroy();
-  }
-}
-
-/** Compare a few rows of the timed output (first, last, and both sides of the text/ref boundaries) with float64. */
-async function checkSampledRows(
-  plan: Plan,
-  q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
-  shape: Shape,
-  bits?: GroupMaskBits,
-): Promise<number> {
-  const { seq, heads, headDim } = shape;
-  const cols = heads * headDim;
-  const { text, ref } = knockoutLayout(seq);
-  const rows = [...new Set([0, text - 1, text, seq - ref - 1, seq - ref, seq - 1])].filter((r) => r >= 0 && r < seq);
-  let worst = 0;
-  for (const row of rows) {
-    const got = await plan.readRows("out", row, 1);
-    const want = attentionReference(q.subarray(row * cols, (row + 1) * cols), k, v, {
-      sq: 1,
-      sk: seq,
-      heads,
-      kvHeads: heads,
-      headDim,
-      bits: bits ? { queryBits: bits.queryBits.subarray(row, row + 1), keyBits: bits.keyBits } : undefined,
-    });
-    worst = Math.max(worst, relativeL2(got, want));
-  }
-  return worst;
-}
-
 function table(ms: Measurement[]): string {
   const head = ["shape", "mask", "config", "median ms", "TFLOP/s", "sampled rel L2"];
   const rows = ms.map((
@@ -206,7 +78,7 @@ function table(ms: Measurement[]): string {
     m.config,
     m.medianMs.toFixed(3),
     m.tflops.toPrecision(3),
-    m.sampledRelL2.toExponential(1),
+    m.checkRelL2.toExponential(1),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ");
@@ -241,8 +113,13 @@ async function checkedMeasure(shape: Shape, config: AttentionConfig): Promise<Me
     failures.push(`${attentionConfigName(config)} D${shape.headDim}${shape.masked ? " masked" : ""}: small-case rel L2 ${small}`);
     return null;
   }
-  const m = await measure(gpu, shape, config);
-  if (!(m.sampledRelL2 <= TOLERANCE)) failures.push(`${m.config} ${m.shape}${m.masked ? " masked" : ""}: sampled rel L2 ${m.sampledRelL2}`);
+  let m: Measurement;
+  try {
+    m = { shape: shape.label, ...(await timeAttention(gpu, shape, shape.masked, runs, config)) };
+  } catch (e) {
+    failures.push(`${attentionConfigName(config)} ${shape.label}${shape.masked ? " masked" : ""}: ${(e as Error).message}`);
+    return null;
+  }
   results.push(m);
   console.log(
     `  ${m.shape} ${m.masked ? "masked" : "plain "} ${m.config}: ${m.medianMs.toFixed(3)} ms, ${m.tflops.toPrecision(3)} TFLOP/s`,
@@ -270,7 +147,7 @@ if (opts.sweep) {
       }
       if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) continue;
       const m = await checkedMeasure(shape, config);
-      if (m && m.sampledRelL2 <= TOLERANCE && (!best || m.medianMs < best.ms)) best = { config, ms: m.medianMs };
+      if (m && (!best || m.medianMs < best.ms)) best = { config, ms: m.medianMs };
     }
     if (best) winners[String(shape.headDim)] = best.config;
   }

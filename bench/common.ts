@@ -93,3 +93,18 @@ export async function runCommand(
 export function tail(text: string, lines = 12): string {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
+
+/** Cheap deterministic data in [-1, 1) (xorshift32): the timed tensors hold tens of millions of values. */
+export function fillUniform(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    out[i] = x / 2147483648 - 1;
+  }
+  return out;
+}

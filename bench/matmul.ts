@@ -29,6 +29,7 @@ import {
   validateMatmulConfig,
 } from "../kernels/matmul.ts";
 import { bf16ToF32 } from "../weights/dtypes.ts";
+import { median } from "./common.ts";
 
 export type WeightDType = "bf16" | "f32";
 
@@ -104,12 +105,6 @@ export interface Timing {
   medianMs: number;
   tflops: number;
   source: "timestamps" | "wall clock";
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 /** Compare sampled entries of the output with float64 dot products. */

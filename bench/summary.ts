@@ -26,18 +26,15 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { getGpu, type GpuContext } from "../runtime/device.ts";
-import { Graph } from "../runtime/graph.ts";
-import { Plan } from "../runtime/executor.ts";
+import { getGpu } from "../runtime/device.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { matmulConfigFor, matmulConfigName } from "../kernels/matmul.ts";
-import { attention, attentionConfigFor, attentionConfigName, type GroupMaskBits, groupMaskBits } from "../kernels/attention.ts";
-import { attentionReference } from "../kernels/reference/attention.ts";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
 import { Operands, type Shape, timeMatmul } from "./matmul.ts";
+import { type AttentionMeasurement, knockoutLayout, timeAttention } from "./attention_timing.ts";
 import { type DitBenchReport, ditSequence, RANDOM_PRESETS, runDitBench } from "./dit.ts";
-import { formatGB, formatMs, formatTable, formatTflops, median, relativeL2, runCommand, tail } from "./common.ts";
+import { formatGB, formatMs, formatTable, formatTflops, runCommand, tail } from "./common.ts";
 
 const BENCH_DIR = fileURLToPath(new URL(".", import.meta.url));
 const TORCH_BASELINE = join(BENCH_DIR, "torch_baseline.py");
@@ -199,18 +196,6 @@ export function summaryShapes(opts: Pick<SummaryOptions, "size" | "refs" | "smal
   return { m: rows, matmuls: transformerMatmuls(4096, 12288), attention: { seq: rows, heads: 32, headDim: 128 } };
 }
 
-/** The knockout layout bench/attention.ts and bench/torch_baseline.py use: the first min(512, S/5) queries may not
- * read the last S/4 keys. */
-export function knockoutLayout(seq: number): { text: number; ref: number } {
-  return { text: Math.min(512, Math.floor(seq / 5)), ref: Math.floor(seq / 4) };
-}
-
-function knockoutBits(seq: number): GroupMaskBits {
-  const { text, ref } = knockoutLayout(seq);
-  const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
-  return groupMaskBits(seq, seq, [{ queries: range(0, text), keys: range(seq - ref, seq) }]);
-}
-
 // ---- Measurements -----------------------------------------------------------------------------------------------
 
 export interface MatmulMeasurement {
@@ -225,109 +210,6 @@ export interface MatmulMeasurement {
   /** Operands and output on the GPU. */
   bytes: number;
   timedBy: string;
-}
-
-export interface AttentionMeasurement {
-  seq: number;
-  heads: number;
-  headDim: number;
-  masked: boolean;
-  config: string;
-  medianMs: number;
-  tflops: number;
-  /** Worst relative L2 of the rows checked against float64. */
-  checkRelL2: number;
-  bytes: number;
-  timedBy: string;
-}
-
-/** Cheap deterministic data in [-1, 1) (xorshift32). */
-function fillUniform(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x / 2147483648 - 1;
-  }
-  return out;
-}
-
-/** Attention repeated `iters` times back to back in one plan: checked on a few rows, warmed up, then one profiled run. */
-export async function timeAttention(
-  gpu: GpuContext,
-  shape: { seq: number; heads: number; headDim: number },
-  masked: boolean,
-  iters: number,
-): Promise<AttentionMeasurement> {
-  const { seq, heads, headDim } = shape;
-  const cols = heads * headDim;
-  const config = attentionConfigFor(headDim);
-  const bits = masked ? knockoutBits(seq) : undefined;
-  const g = new Graph();
-  const groupMask = bits ? { queryBits: g.input("queryBits", [seq], "u32"), keyBits: g.input("keyBits", [seq], "u32") } : undefined;
-  const q = g.input("q", [seq, cols]), k = g.input("k", [seq, cols]), v = g.input("v", [seq, cols]);
-  const out = g.state("out", [seq, cols]);
-  for (let i = 0; i < iters; i++) attention(g, `attn.${i}`, { q, k, v, heads, kvHeads: heads, headDim, groupMask, out, config });
-  const plan = await Plan.compile(gpu, g, null, { label: `bench:summary:attention` });
-  try {
-    const qd = fillUniform(seq * cols, 1), kd = fillUniform(seq * cols, 2), vd = fillUniform(seq * cols, 3);
-    plan.write("q", qd);
-    plan.write("k", kd);
-    plan.write("v", vd);
-    if (bits) {
-      plan.write("queryBits", bits.queryBits);
-      plan.write("keyBits", bits.keyBits);
-    }
-    plan.write("out", new Float32Array(seq * cols).fill(NaN));
-    await plan.run();
-    // The first row is a text row (masked from the references), the last an unmasked one.
-    let checkRelL2 = 0;
-    for (const row of [0, seq - 1]) {
-      const got = await plan.readRows("out", row, 1);
-      const want = attentionReference(qd.subarray(row * cols, (row + 1) * cols), kd, vd, {
-        sq: 1,
-        sk: seq,
-        heads,
-        kvHeads: heads,
-        headDim,
-        bits: bits ? { queryBits: bits.queryBits.subarray(row, row + 1), keyBits: bits.keyBits } : undefined,
-      });
-      checkRelL2 = Math.max(checkRelL2, relativeL2(got, want));
-    }
-    if (!(checkRelL2 <= 1e-5)) {
-      throw new Error(`attention S=${seq}${masked ? " masked" : ""}: wrong result (relative L2 ${checkRelL2} on checked rows)`);
-    }
-    // Warm up for a while, so that the GPU works at its working clock when timed.
-    const warmStart = performance.now();
-    do await plan.run(); while (performance.now() - warmStart < 300);
-    let samples: number[];
-    if (gpu.hasTimestamps) {
-      samples = (await plan.profile()).map((t) => t.ms);
-    } else {
-      const t0 = performance.now();
-      await plan.run();
-      samples = [(performance.now() - t0) / iters];
-    }
-    const medianMs = median(samples);
-    return {
-      seq,
-      heads,
-      headDim,
-      masked,
-      config: attentionConfigName(config),
-      medianMs,
-      tflops: g.flops() / iters / (medianMs * 1e-3) / 1e12,
-      checkRelL2,
-      bytes: plan.allocatedBytes,
-      timedBy: gpu.hasTimestamps ? "timestamps" : "wall clock",
-    };
-  } finally {
-    plan.destroy();
-  }
 }
 
 // ---- PyTorch ----------------------------------------------------------------------------------------------------

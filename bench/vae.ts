@@ -42,6 +42,7 @@ import { parseVaeConfig, type VaeConfig } from "../model/vae/config.ts";
 import { vaeTensorShapes } from "../model/vae/weights.ts";
 import { buildEncoder } from "../model/vae/encoder.ts";
 import { buildDecoder } from "../model/vae/decoder.ts";
+import { median } from "./common.ts";
 
 interface ConvShape {
   label: string;
@@ -97,12 +98,6 @@ function randomArray(n: number, seed: number, scale = 1): Float32Array {
     a[i] = (s / 2 ** 31 - 1) * scale;
   }
   return a;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 function bf16Round(a: Float32Array): Float32Array {

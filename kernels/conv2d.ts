@@ -3,6 +3,7 @@
 // downsampler, 1×1, and 3×3 applied to a nearest ×2 upsampling of the input (fused, nothing stored).
 
 import type { Graph } from "../runtime/graph.ts";
+import { outerProductStep } from "./register_tile.ts";
 import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 
 export const conv2dKernel: KernelSpec = {
@@ -95,8 +96,6 @@ export function validateConv2dTile(t: Conv2dTile, where: string): void {
 
 type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "WRITE", string>;
 
-const COMPONENTS = ["x", "y", "z", "w"];
-
 /** The unrolled blocks of kernels/conv2d.wgsl for one tile (see the comment at the top there). Staging: unit u
  * of the weight tile is channel quad u % (tc/4) at k u / (tc/4), unit u of the patch tile is the thread's pixel
  * quad at k u / (tp/4); round l covers units lid + 256·l. */
@@ -131,16 +130,9 @@ var<workgroup> x_tile: array<array<array<array<vec4<f32>, ${ntp}>, ${rp4}>, ${t.
       }
     }
   }
-  for (let k = 0; k < t.bk; k++) {
-    compute.push("      {");
-    for (let i = 0; i < rc4; i++) compute.push(`        let a${i} = w_tile[st][${k}][${i}][tc];`);
-    for (let j = 0; j < rp4; j++) compute.push(`        let b${j} = x_tile[st][${k}][${j}][tp];`);
-    for (let i = 0; i < t.rc; i++) {
-      const a = `a${i >> 2}.${COMPONENTS[i & 3]}`;
-      for (let j = 0; j < t.rp; j++) compute.push(`        acc_${i}_${j} = fma(${a}, b${j >> 2}.${COMPONENTS[j & 3]}, acc_${i}_${j});`);
-    }
-    compute.push("      }");
-  }
+  compute.push(
+    ...outerProductStep({ k: t.bk, rows: t.rc, cols: t.rp, aTile: "w_tile", aPosition: "tc", bTile: "x_tile", bPosition: "tp" }),
+  );
   for (let i = 0; i < t.rc; i++) {
     const co = `co_${i}`;
     write.push(`  let ${co} = tileC + (${(i >> 2) * ntc}u + tc) * 4u + ${i & 3}u;`);

@@ -7,6 +7,7 @@ import type { Graph } from "../runtime/graph.ts";
 import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
+import { LANES, outerProductStep, range } from "./register_tile.ts";
 
 /** Output tile bm×bn per workgroup, register tile tm×tn per thread (bm/tm × bn/tn threads), K step bk (a
  * multiple of 4), and the form of the inner product (kernels/matmul.wgsl describes both). */
@@ -207,8 +208,6 @@ export function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
   return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
 }
 
-const COMPONENTS = ["x", "y", "z", "w"];
-
 /** Transposed tiles: x_tile[stage][k][i][ty] holds rows 4·(i·WGY + ty) .. +3 at k (w_tile likewise with tx). A load
  * unit is a 4×4 block, four rows × four consecutive k, read as four vec4s and transposed in registers into four
  * whole-vec4 stores (a store to one lane of a shared vec4 would be a read-modify-write of all four). Units of x come
@@ -248,7 +247,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
       const local = t.offset === 0 ? u : `(${u} - ${t.offset}u)`;
       const group = `(${local} / ${bk4}u)`, kq = `(${local} % ${bk4}u)`;
       const reads = regs.map((reg, r) => `${reg} = read_${t.name}(min(${t.first} + ${group} * 4u + ${r}u, ${t.last}), k0 + ${kq} * 4u);`);
-      const writes = COMPONENTS.map((comp, e) =>
+      const writes = LANES.map((comp, e) =>
         `${t.name}_tile[base][${kq} * 4u + ${e}u][${group} / ${t.threads}][${group} % ${t.threads}] = ` +
         (f16
           ? `vec4<f16>(vec4<f32>(${regs.map((reg) => `${reg}.${comp}`).join(", ")}));`
@@ -264,26 +263,8 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
     fetch.push(...fetchParts.map((line) => `      ${line}`));
     store.push(...storeParts.map((line) => `      ${line}`));
   }
-  for (let k = 0; k < c.bk; k++) {
-    compute.push("      {");
-    for (let i = 0; i < tm4; i++) compute.push(`        let a${i} = x_tile[st][${k}][${i}][ty];`);
-    for (let j = 0; j < tn4; j++) compute.push(`        let b${j} = w_tile[st][${k}][${j}][tx];`);
-    for (let i = 0; i < c.tm; i++) {
-      const a = `a${i >> 2}.${COMPONENTS[i & 3]}`;
-      if (f16) {
-        for (let p = 0; p < c.tn / 2; p++) {
-          const b = `b${p >> 1}.${p & 1 ? "zw" : "xy"}`;
-          compute.push(`        h_${i}_${p} = fma(vec2<f16>(${a}), ${b}, h_${i}_${p});`);
-        }
-        continue;
-      }
-      for (let j = 0; j < c.tn; j++) {
-        const b = `b${j >> 2}.${COMPONENTS[j & 3]}`;
-        compute.push(`        acc_${i}_${j} = fma(${a}, ${b}, acc_${i}_${j});`);
-      }
-    }
-    compute.push("      }");
-  }
+  const tiles4 = { k: c.bk, rows: c.tm, cols: c.tn, aTile: "x_tile", aPosition: "ty", bTile: "w_tile", bPosition: "tx" };
+  compute.push(...(f16 ? outerProductStepF16(tiles4) : outerProductStep(tiles4)));
   for (let i = 0; i < c.tm; i++) {
     const row = `row0 + (${(i >> 2) * wgy}u + ty) * 4u + ${i & 3}u`;
     for (let j = 0; j < c.tn; j++) {
@@ -299,6 +280,23 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
     FLUSH: flush.join("\n"),
     WRITE: write.join("\n"),
   };
+}
+
+/** outerProductStep with f16 operands: the products of columns 2p and 2p + 1 go into the packed pair `h_i_p`. */
+function outerProductStepF16(o: Parameters<typeof outerProductStep>[0]): string[] {
+  const lines: string[] = [];
+  for (let k = 0; k < o.k; k++) {
+    lines.push("      {");
+    for (let i = 0; i < o.rows / 4; i++) lines.push(`        let a${i} = ${o.aTile}[st][${k}][${i}][${o.aPosition}];`);
+    for (let j = 0; j < o.cols / 4; j++) lines.push(`        let b${j} = ${o.bTile}[st][${k}][${j}][${o.bPosition}];`);
+    for (let i = 0; i < o.rows; i++) {
+      for (let p = 0; p < o.cols / 2; p++) {
+        lines.push(`        h_${i}_${p} = fma(vec2<f16>(a${i >> 2}.${LANES[i & 3]}), b${p >> 1}.${p & 1 ? "zw" : "xy"}, h_${i}_${p});`);
+      }
+    }
+    lines.push("      }");
+  }
+  return lines;
 }
 
 /** K-contiguous tiles: x_tile[stage][i][ty][g] holds x[row0 + ty + i·WGY, k0 + 4g .. +3], rows padded to BK/4 + 1
@@ -337,7 +335,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
     for (let j = 0; j < c.tn; j++) compute.push(`        let b${j} = w_tile[st][${j}][tx][${q}];`);
     for (let i = 0; i < c.tm; i++) {
       compute.push(`        let a${i} = x_tile[st][${i}][ty][${q}];`);
-      for (const comp of COMPONENTS) {
+      for (const comp of LANES) {
         for (let j = 0; j < c.tn; j++) compute.push(`        acc_${i}_${j} = fma(a${i}.${comp}, b${j}.${comp}, acc_${i}_${j});`);
       }
     }
@@ -355,10 +353,6 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
     FLUSH: "",
     WRITE: write.join("\n"),
   };
-}
-
-function range(n: number): number[] {
-  return Array.from({ length: n }, (_, i) => i);
 }
 
 const kernels = new Map<string, KernelSpec>();

@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   formatSummary,
-  knockoutLayout,
   modelLabel,
   parseSummaryArgs,
   peakFor,
@@ -14,6 +13,7 @@ import {
   transformerMatmuls,
   UsageError,
 } from "../../bench/summary.ts";
+import { knockoutLayout } from "../../bench/attention_timing.ts";
 import { runCommand } from "../../bench/common.ts";
 
 const RUN = new URL("../../bench/run.ts", import.meta.url).pathname;
