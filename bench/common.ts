@@ -108,3 +108,15 @@ export function fillUniform(n: number, seed: number): Float32Array {
   }
   return out;
 }
+
+/** The first of `python3`, `/usr/bin/python3` that runs `code` (e.g. "import torch"), or null. */
+export async function pythonThat(code: string): Promise<string | null> {
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    try {
+      if ((await runCommand(python, ["-c", code])).code === 0) return python;
+    } catch {
+      // not installed
+    }
+  }
+  return null;
+}

@@ -465,9 +465,10 @@ def write_checkpoint(kind: str, preset: str, out: str, layers: int, seed: int, s
     if free < total_bytes * 1.02 + (64 << 20):
         raise SystemExit(f"{parent} has {free / 1e9:.1f} GB free, the checkpoint needs {total_bytes / 1e9:.1f} GB")
     if kind == "pipeline":
-        for sub in ("tokenizer", "scheduler"):
-            if not os.path.isdir(os.path.join(FIXTURE_MODEL, sub)):
-                raise SystemExit(f"{os.path.join(FIXTURE_MODEL, sub)} is missing: a pipeline folder copies its {sub}/ from the fixture")
+        # A folder without its files (a partial copy of the fixture) would give a pipeline that fails only when loaded.
+        for sub, name in (("tokenizer", "tokenizer.json"), ("tokenizer", "tokenizer_config.json"), ("scheduler", "scheduler_config.json")):
+            if not os.path.isfile(os.path.join(FIXTURE_MODEL, sub, name)):
+                raise SystemExit(f"{os.path.join(FIXTURE_MODEL, sub, name)} is missing: a pipeline folder copies its {sub}/ from the fixture")
     maker = TensorMaker(seed, device)
     log(f"writing a random {kind} ({preset}, {total_bytes / 1e9:.2f} GB bf16) to {out} with torch on {maker.device}")
     tmp = f"{out}.tmp-{os.getpid()}"

@@ -19,24 +19,12 @@ import {
   runDitBench,
   topNodesTable,
 } from "../../bench/dit.ts";
-import { formatTable, median, relativeL2, runCommand, seededNormals } from "../../bench/common.ts";
+import { formatTable, median, pythonThat, relativeL2, runCommand, seededNormals } from "../../bench/common.ts";
 
 const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
 const TRANSFORMER = join(FIX, "model/transformer");
 const CHECKPOINT_SCRIPT = new URL("../../bench/make_random_checkpoint.py", import.meta.url).pathname;
 const TORCH_SCRIPT = new URL("../../bench/torch_flux2.py", import.meta.url).pathname;
-
-/** The first interpreter that runs `code`, or null. */
-async function pythonThat(code: string): Promise<string | null> {
-  for (const python of ["python3", "/usr/bin/python3"]) {
-    try {
-      if ((await runCommand(python, ["-c", code])).code === 0) return python;
-    } catch {
-      // not installed
-    }
-  }
-  return null;
-}
 
 const PYTHON = await pythonThat("import json");
 const TORCH_PYTHON = await pythonThat("import torch, numpy");

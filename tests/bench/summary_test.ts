@@ -14,21 +14,9 @@ import {
   UsageError,
 } from "../../bench/summary.ts";
 import { knockoutLayout } from "../../bench/attention_timing.ts";
-import { runCommand } from "../../bench/common.ts";
+import { pythonThat, runCommand } from "../../bench/common.ts";
 
 const RUN = new URL("../../bench/run.ts", import.meta.url).pathname;
-
-/** The first interpreter that runs `code`, or null. */
-async function pythonThat(code: string): Promise<string | null> {
-  for (const python of ["python3", "/usr/bin/python3"]) {
-    try {
-      if ((await runCommand(python, ["-c", code])).code === 0) return python;
-    } catch {
-      // not installed
-    }
-  }
-  return null;
-}
 
 const PYTHON = await pythonThat("import json");
 const TORCH_PYTHON = await pythonThat("import torch, numpy");
