@@ -10,6 +10,7 @@ import type { Graph, GraphNode } from "../runtime/graph.ts";
 import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/kernel.ts";
 import { shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
+import { LANES, range } from "./register_tile.ts";
 
 /** Tile configuration. Threads form (blockQ / rowsPerThread) row groups × threadsPerRow; a key block holds
  * threadsPerRow · keysPerThread keys. */
@@ -200,12 +201,6 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
 }
 
 // ---- Generated per-thread code --------------------------------------------------------------------------------
-
-const LANES = ["x", "y", "z", "w"] as const;
-
-function range(n: number): number[] {
-  return Array.from({ length: n }, (_, i) => i);
-}
 
 /** Balanced reduction of terms with a binary WGSL function or operator, e.g. max(max(a, b), max(c, d)). */
 function reduceTree(terms: string[], combine: (a: string, b: string) => string): string {

@@ -3,7 +3,7 @@
 // downsampler, 1×1, and 3×3 applied to a nearest ×2 upsampling of the input (fused, nothing stored).
 
 import type { Graph } from "../runtime/graph.ts";
-import { outerProductStep } from "./register_tile.ts";
+import { joinBlocks, outerProductStep } from "./register_tile.ts";
 import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 
 export const conv2dKernel: KernelSpec = {
@@ -141,14 +141,7 @@ var<workgroup> x_tile: array<array<array<array<vec4<f32>, ${ntp}>, ${rp4}>, ${t.
       write.push(`  write_out(${co}, tileP + (${(j >> 2) * ntp}u + tp) * 4u + ${j & 3}u, bias_${i}, acc_${i}_${j});`);
     }
   }
-  return {
-    TILES: tiles,
-    DECLARE: declare.join("\n"),
-    FETCH: fetch.join("\n"),
-    STORE: store.join("\n"),
-    COMPUTE: compute.join("\n"),
-    WRITE: write.join("\n"),
-  };
+  return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, WRITE: write });
 }
 
 /** Padding in pixels: [top, bottom, left, right]. */

@@ -7,7 +7,7 @@ import type { Graph } from "../runtime/graph.ts";
 import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
-import { LANES, outerProductStep, range } from "./register_tile.ts";
+import { joinBlocks, LANES, outerProductStep, range } from "./register_tile.ts";
 
 /** Output tile bm×bn per workgroup, register tile tm×tn per thread (bm/tm × bn/tn threads), K step bk (a
  * multiple of 4), and the form of the inner product (kernels/matmul.wgsl describes both). */
@@ -87,7 +87,7 @@ export function matmulWorkgroupBytes(c: MatmulConfig, f16 = false): number {
 }
 
 /** Throws unless the configuration is one the shader can be instantiated with. */
-export function validateMatmulConfig(c: MatmulConfig, where = "matmul"): void {
+export function validateMatmulConfig(c: MatmulConfig, where = "matmul", f16 = false): void {
   const name = `${where}: tile configuration ${JSON.stringify(c)}`;
   for (const key of ["bm", "bn", "bk", "tm", "tn"] as const) {
     const v = c[key];
@@ -96,6 +96,7 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul"): void {
   if (c.bk % 4 !== 0) throw new Error(`${name}: bk must be a multiple of 4, got ${c.bk}`);
   if (c.bm % c.tm !== 0 || c.bn % c.tn !== 0) throw new Error(`${name}: bm must be a multiple of tm and bn of tn`);
   if (c.form !== undefined && c.form !== "outer" && c.form !== "dot") throw new Error(`${name}: form must be "outer" or "dot"`);
+  if (f16 && c.form === "dot") throw new Error(`${name}: f16 multiplication has the outer form only`);
   if (c.form !== "dot" && (c.tm % 4 !== 0 || c.tn % 4 !== 0)) {
     throw new Error(`${name}: the outer form needs tm and tn to be multiples of 4 (use form "dot" otherwise)`);
   }
@@ -156,41 +157,32 @@ type WeightDType = "f32" | "bf16";
 /** Bodies of read_x / read_w: one group of 4 k-consecutive elements of a row inside the matrix, zero where k ≥ K.
  * The vectorised forms need K % 4 == 0 (a group is then one aligned vec4, or vec2<u32> of bf16 pairs, entirely
  * inside or entirely outside K). */
-const READ_X = {
-  vec4: `return select(vec4<f32>(0.0), x[(row * params.K + k) >> 2u], k < params.K);`,
-  scalar: `var v = vec4<f32>(0.0);
-  let base = row * params.K;
-  if (k < params.K) { v.x = x[base + k]; }
-  if (k + 1u < params.K) { v.y = x[base + k + 1u]; }
-  if (k + 2u < params.K) { v.z = x[base + k + 2u]; }
-  if (k + 3u < params.K) { v.w = x[base + k + 3u]; }
-  return v;`,
-};
+const READ_X = { vec4: alignedGroup("x", "row"), scalar: elementGroup("row", (e) => `x[${e}]`) };
 
 const READ_W: Record<WeightDType, { vec4: string; scalar: string }> = {
-  f32: {
-    vec4: `return select(vec4<f32>(0.0), w[(n * params.K + k) >> 2u], k < params.K);`,
-    scalar: `var v = vec4<f32>(0.0);
-  let base = n * params.K;
-  if (k < params.K) { v.x = w[base + k]; }
-  if (k + 1u < params.K) { v.y = w[base + k + 1u]; }
-  if (k + 2u < params.K) { v.z = w[base + k + 2u]; }
-  if (k + 3u < params.K) { v.w = w[base + k + 3u]; }
-  return v;`,
-  },
+  f32: { vec4: alignedGroup("w", "n"), scalar: elementGroup("n", (e) => `w[${e}]`) },
   bf16: {
     vec4: `let p = w[(n * params.K + k) >> 2u];
   return select(vec4<f32>(0.0), vec4<f32>(bf16_lo(p.x), bf16_hi(p.x), bf16_lo(p.y), bf16_hi(p.y)), k < params.K);`,
     // Element e = n·K + k lives in word e >> 1; with odd K, rows start mid-word.
-    scalar: `var v = vec4<f32>(0.0);
-  let base = n * params.K + k;
-  if (k < params.K) { v.x = bf16_element(base); }
-  if (k + 1u < params.K) { v.y = bf16_element(base + 1u); }
-  if (k + 2u < params.K) { v.z = bf16_element(base + 2u); }
-  if (k + 3u < params.K) { v.w = bf16_element(base + 3u); }
-  return v;`,
+    scalar: elementGroup("n", (e) => `bf16_element(${e})`),
   },
 };
+
+/** A group read as one aligned vec4 of an f32 buffer. */
+function alignedGroup(buffer: string, row: string): string {
+  return `return select(vec4<f32>(0.0), ${buffer}[(${row} * params.K + k) >> 2u], k < params.K);`;
+}
+
+/** A group read element by element (`element` reads flat index e), each lane zero past K. */
+function elementGroup(row: string, element: (e: string) => string): string {
+  const lanes = LANES.map((lane, q) => {
+    const e = q === 0 ? "base" : `base + ${q}u`;
+    const k = q === 0 ? "k" : `k + ${q}u`;
+    return `  if (${k} < params.K) { v.${lane} = ${element(e)}; }`;
+  });
+  return `var v = vec4<f32>(0.0);\n  let base = ${row} * params.K + k;\n${lanes.join("\n")}\n  return v;`;
+}
 
 /** Helper the element-wise bf16 reader needs (declared only in that variant, where w is array<u32>). */
 const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
@@ -202,9 +194,9 @@ const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
 
 type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "FLUSH" | "WRITE", string>;
 
-/** The unrolled blocks of kernels/matmul.wgsl for one tile configuration (see the comment at the top there). */
-export function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
-  if (f16 && c.form === "dot") throw new Error(`matmul: f16 multiplication has the outer form only, not ${matmulConfigName(c)}`);
+/** The unrolled blocks of kernels/matmul.wgsl for a configuration validateMatmulConfig accepted (see the comment at
+ * the top there). */
+function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
   return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
 }
 
@@ -271,15 +263,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
       write.push(`  write_out(${row}, col0 + (${(j >> 2) * wgx}u + tx) * 4u + ${j & 3}u, acc_${i}_${j});`);
     }
   }
-  return {
-    TILES: tiles,
-    DECLARE: declare.join("\n"),
-    FETCH: fetch.join("\n"),
-    STORE: store.join("\n"),
-    COMPUTE: compute.join("\n"),
-    FLUSH: flush.join("\n"),
-    WRITE: write.join("\n"),
-  };
+  return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, FLUSH: flush, WRITE: write });
 }
 
 /** outerProductStep with f16 operands: the products of columns 2p and 2p + 1 go into the packed pair `h_i_p`. */
@@ -344,15 +328,7 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
   for (let i = 0; i < c.tm; i++) {
     for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
   }
-  return {
-    TILES: tiles,
-    DECLARE: declare.join("\n"),
-    FETCH: fetch.join("\n"),
-    STORE: store.join("\n"),
-    COMPUTE: compute.join("\n"),
-    FLUSH: "",
-    WRITE: write.join("\n"),
-  };
+  return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, FLUSH: "", WRITE: write });
 }
 
 const kernels = new Map<string, KernelSpec>();
@@ -433,8 +409,7 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
   const wDtype = ws.dtype;
   const f16 = opts.f16 ?? false;
   const config = opts.config ?? matmulConfigFor(m, n, k, wDtype, f16);
-  validateMatmulConfig(config, name);
-  if (f16 && config.form === "dot") throw new Error(`${name}: f16 multiplication needs the outer form, not ${matmulConfigName(config)}`);
+  validateMatmulConfig(config, name, f16);
   const vectorised = k % 4 === 0;
   const tiles = ceilDiv(m, config.bm) * ceilDiv(n, config.bn);
   g.add({

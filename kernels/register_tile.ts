@@ -1,12 +1,22 @@
-// Pieces of generated WGSL shared by the register-tiled kernels (matmul, conv2d): the per-thread code is written
-// unrolled with one named variable per register, because private arrays indexed inside loops end up in the GPU's
-// off-chip local memory after translation.
+// Pieces of generated WGSL shared by the register-tiled kernels (matmul, conv2d, attention): the per-thread code is
+// written unrolled with one named variable per register, because private arrays indexed inside loops end up in the
+// GPU's off-chip local memory after translation.
 
 /** Vector lanes by number. */
 export const LANES = ["x", "y", "z", "w"] as const;
 
 export function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
+}
+
+/** The generated blocks of a template, each given as its lines, joined into the strings the variant substitutes. */
+export function joinBlocks<K extends string>(blocks: Record<K, string | string[]>): Record<K, string> {
+  const out = {} as Record<K, string>;
+  for (const key of Object.keys(blocks) as K[]) {
+    const block = blocks[key];
+    out[key] = typeof block === "string" ? block : block.join("\n");
+  }
+  return out;
 }
 
 /** One K step of an outer-product register tile, unrolled over k: for every k, the thread reads rows/4 vec4s of the

@@ -47,6 +47,8 @@ Deno.test("matmul: bad operands are refused with the tensor named", () => {
   assert.throws(() => matmul(g, "p6", square, g.input("w8", [8, 8]), { out: square, accumulate: true }), /p6: out square shares memory/);
   assert.throws(() => matmul(g, "p4", g.input("x3", [2, 4, 8]), w), /p4: x x3 must be 2-D/);
   assert.throws(() => matmul(g, "p5", x, w, { config: { bm: 128, bn: 128, bk: 8, tm: 16, tn: 16 } }), /p5: .*threads|p5: .*accumulators/);
+  const dot = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, form: "dot" as const };
+  assert.throws(() => matmul(g, "p7", x, w, { f16: true, config: dot }), /p7: .*f16 multiplication has the outer form only/);
 });
 
 Deno.test("matmul: configuration choice — defaults fit 16 KiB, unknown device or class falls back", () => {
