@@ -493,6 +493,20 @@ export const attentionKernel: KernelSpec = {
     { name: "dChunks", type: "u32" },
     { name: "scaleLog2", type: "f32" },
   ],
+  // The variant holds the tile values attentionTiles derived (DK clamped to the head dim, DV a valid chunk), so
+  // deriving again from them gives the same tiles.
+  expand: (v) =>
+    attentionCodeBlocks(
+      attentionTiles({
+        blockQ: Number(v.BQ),
+        rowsPerThread: Number(v.TR),
+        threadsPerRow: Number(v.NTX),
+        keysPerThread: Number(v.TK),
+        dStep: Number(v.DK),
+        keyStep: Number(v.KS),
+        maxDv: Number(v.DV),
+      }, Number(v.D)),
+    ),
 };
 
 // ---- Builders -------------------------------------------------------------------------------------------------
@@ -571,7 +585,6 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
       P_OFF: qkp.pOffset,
       KPR: qkp.keysPerRow,
       GROUP_MASK: args.groupMask !== undefined,
-      ...attentionCodeBlocks(tiles),
     },
     // Without a group mask, q stands in for the bit bindings (the shader never reads them).
     bindings: { q, k, v, queryBits: args.groupMask?.queryBits ?? q, keyBits: args.groupMask?.keyBits ?? q, out },

@@ -27,6 +27,7 @@ export const conv2dKernel: KernelSpec = {
     { name: "padTop", type: "i32" },
     { name: "padLeft", type: "i32" },
   ],
+  expand: (v) => conv2dCodeBlocks({ tc: Number(v.TC), tp: Number(v.TP), rc: Number(v.RC), rp: Number(v.RP), bk: Number(v.BK) }),
 };
 
 /** Workgroup tile: TC output channels × TP pixels, RC × RP accumulators per thread (256 threads), K step BK
@@ -239,7 +240,6 @@ export function conv2dNode(g: Graph, name: string, x: number, out: number, o: Co
       W_BF16: weightIsBf16(g, name, o.weight),
       B_BF16: weightIsBf16(g, name, o.bias),
       RESIDUAL: o.residual !== undefined,
-      ...conv2dCodeBlocks(tile),
     },
     bindings: { x, weight: o.weight, bias: o.bias, residual: o.residual ?? x, out },
     params: { cin: s.cin, cout: s.cout, h: o.height, w: o.width, wo: s.outWidth, pixels, kTotal, padTop: top, padLeft: left },

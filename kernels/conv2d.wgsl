@@ -25,8 +25,8 @@
 // are nested arrays indexed [stage][k][register][thread position], so that every index of the inner loop is a
 // constant or the thread's own position.
 //
-// Variant values: TC TP RC RP BK (tile), KH KW STRIDE UPSAMPLE W_BF16 B_BF16 RESIDUAL, and the generated blocks
-// TILES, DECLARE, FETCH, STORE, COMPUTE, WRITE.
+// Variant values: TC TP RC RP BK (tile), KH KW STRIDE UPSAMPLE W_BF16 B_BF16 RESIDUAL; generated from the tile when the
+// shader is rendered: TILES, DECLARE, FETCH, STORE, COMPUTE, WRITE.
 
 const TC: u32 = {{TC}}u;
 const TP: u32 = {{TP}}u;

@@ -4,7 +4,7 @@
 // the device chosen with setMatmulDevice, else from a default that fits any WebGPU device.
 
 import type { Graph } from "../runtime/graph.ts";
-import { ceilDiv, grid1d, type KernelSpec } from "../runtime/kernel.ts";
+import { ceilDiv, grid1d, type KernelSpec, type Variant } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
 import { readTuningFile, type TuningTable } from "./tuning_file.ts";
 import { joinBlocks, LANES, outerProductStep, range } from "./register_tile.ts";
@@ -194,6 +194,12 @@ const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
 
 type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "FLUSH" | "WRITE", string>;
 
+/** The tile configuration a node's variant was built with. */
+function matmulConfigOfVariant(v: Variant): MatmulConfig {
+  const config = { bm: Number(v.BM), bn: Number(v.BN), bk: Number(v.BK), tm: Number(v.TM), tn: Number(v.TN) };
+  return v.FORM === "dot" ? { ...config, form: "dot" } : config;
+}
+
 /** The unrolled blocks of kernels/matmul.wgsl for a configuration validateMatmulConfig accepted (see the comment at
  * the top there). */
 function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
@@ -355,6 +361,7 @@ export function matmulKernel(vectorised: boolean, wDtype: WeightDType, f16 = fal
         { name: "K", type: "u32" },
       ],
       usesF16: f16,
+      expand: (v) => matmulCodeBlocks(matmulConfigOfVariant(v), f16),
     };
     kernels.set(name, spec);
   }
@@ -424,7 +431,7 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
       READ_X: vectorised ? READ_X.vec4 : READ_X.scalar,
       READ_W: vectorised ? READ_W[wDtype].vec4 : READ_W[wDtype].scalar,
       HELPERS: !vectorised && wDtype === "bf16" ? BF16_ELEMENT : "",
-      ...matmulCodeBlocks(config, f16),
+      FORM: config.form ?? "outer",
       HAS_BIAS: opts.bias !== undefined,
       BIAS_BF16: opts.bias !== undefined && g.get(opts.bias).dtype === "bf16",
       ACCUMULATE: opts.accumulate ?? false,

@@ -18,9 +18,10 @@
 // the inner loop is a constant or the thread's own position: the bounds clamps the translator adds then fold into
 // one per thread, and the addresses into constant offsets.
 //
-// Variant values: BM BN BK TM TN (tile configuration), READ_X / READ_W (bodies of the group readers, vectorised
-// or element-wise) and HELPERS (functions they need), HAS_BIAS, BIAS_BF16, ACCUMULATE, ACT (identity | silu | gelu_tanh), and the generated blocks
-// TILES, DECLARE, FETCH, STORE, COMPUTE, FLUSH (f16 step sums into the f32 accumulators), WRITE.
+// Variant values: BM BN BK TM TN FORM (tile configuration), READ_X / READ_W (bodies of the group readers, vectorised
+// or element-wise) and HELPERS (functions they need), HAS_BIAS, BIAS_BF16, ACCUMULATE, ACT (identity | silu |
+// gelu_tanh). Generated from them when the shader is rendered: TILES, DECLARE, FETCH, STORE, COMPUTE, FLUSH (f16 step
+// sums into the f32 accumulators), WRITE.
 
 const BM: u32 = {{BM}}u;
 const BN: u32 = {{BN}}u;

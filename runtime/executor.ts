@@ -61,7 +61,7 @@ function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeli
         `${node.name}: kernel ${node.kernel.name} computes in f16, but adapter ${gpu.adapterDescription} offers no shader-f16`,
       );
     }
-    // Variant keys can hold whole generated code blocks: labels and messages name the kernel family and node.
+    // Labels and messages name the kernel family and the node (the variant key also lists every template value).
     const label = `${node.kernel.name} (${node.name})`;
     p = (async () => {
       const code = await renderKernel(node.kernel, node.variant);

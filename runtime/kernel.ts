@@ -20,6 +20,9 @@ export interface KernelSpec {
   params: { name: string; type: ParamType }[];
   /** Whether the shader needs `enable f16;`. */
   usesF16?: boolean;
+  /** Template values derived from the variant (generated per-thread code), computed when a variant's shader is
+   * rendered, so once per distinct variant and never part of the variant or its key. */
+  expand?: (variant: Variant) => Variant;
 }
 
 /** Variant substitutions: every `{{KEY}}` in the template is replaced by the value. */
@@ -48,9 +51,10 @@ export function variantKey(kernel: KernelSpec, variant: Variant): string {
 export async function renderKernel(kernel: KernelSpec, variant: Variant): Promise<string> {
   // Comments may mention placeholders; they are dropped before substitution.
   let body = (await loadTemplate(kernel.source)).replace(/\/\/[^\n]*/g, "");
+  const values = kernel.expand ? { ...variant, ...kernel.expand(variant) } : variant;
   body = body.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => {
-    if (!(key in variant)) throw new Error(`kernel ${kernel.name}: template needs variant value {{${key}}}`);
-    const v = variant[key];
+    if (!(key in values)) throw new Error(`kernel ${kernel.name}: template needs variant value {{${key}}}`);
+    const v = values[key];
     return typeof v === "boolean" ? (v ? "true" : "false") : String(v);
   });
   const header: string[] = [];
