@@ -120,3 +120,14 @@ export async function pythonThat(code: string): Promise<string | null> {
   }
   return null;
 }
+
+/** Whether a file or folder exists at `path` (other errors, e.g. no permission, are thrown). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

@@ -27,7 +27,7 @@ import type { Flux2Config } from "../model/flux2/config.ts";
 import { concatIds, type Grid, imageIds, textIds } from "../model/flux2/positions.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import { SafetensorsFile } from "../weights/safetensors.ts";
-import { formatGB, formatMs, formatTable, formatTflops, median, relativeL2, runCommand, seededNormals, tail } from "./common.ts";
+import { exists, formatGB, formatMs, formatTable, formatTflops, median, relativeL2, runCommand, seededNormals, tail } from "./common.ts";
 
 export const TEXT_ROWS = 512;
 export const RANDOM_PRESETS = ["klein-4b", "klein-9b", "tiny"] as const;
@@ -133,16 +133,6 @@ export function ditBenchInputs(cfg: Flux2Config, seq: DitSequence, seed: number)
     sigma: BENCH_SIGMA,
     seq,
   };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /** The transformer folder to load: --model (a pipeline folder means its transformer/), or the random preset's folder

@@ -20,18 +20,9 @@ import { Rng } from "../runtime/random.ts";
 import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { CaptureIntervention } from "../interventions/capture_run.ts";
 import { textTapOfBlock } from "../interventions/taps.ts";
-import { formatGB, formatTable, median, runCommand } from "./common.ts";
+import { exists, formatGB, formatTable, median, runCommand } from "./common.ts";
 
 const CHECKPOINT_SCRIPT = fileURLToPath(new URL("./make_random_checkpoint.py", import.meta.url));
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A smooth random RGB image (the reference), written as PNG. */
 async function referenceImage(path: string, size: number): Promise<void> {

@@ -29,12 +29,12 @@ import { fileURLToPath } from "node:url";
 import { getGpu } from "../runtime/device.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { matmulConfigFor, matmulConfigName } from "../kernels/matmul.ts";
-import { Flux2KleinPipeline } from "../model/pipeline.ts";
+import { Flux2KleinPipeline, type StageTimes } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
 import { Operands, type Shape, timeMatmul } from "./matmul.ts";
 import { type AttentionMeasurement, knockoutLayout, timeAttention } from "./attention_timing.ts";
 import { type DitBenchReport, ditSequence, RANDOM_PRESETS, runDitBench } from "./dit.ts";
-import { formatGB, formatMs, formatTable, formatTflops, runCommand, tail } from "./common.ts";
+import { exists, formatGB, formatMs, formatTable, formatTflops, runCommand, tail } from "./common.ts";
 
 const BENCH_DIR = fileURLToPath(new URL(".", import.meta.url));
 const TORCH_BASELINE = join(BENCH_DIR, "torch_baseline.py");
@@ -275,31 +275,16 @@ async function torchBaseline(python: string, device: string, sub: string, args: 
 
 // ---- Pipeline ---------------------------------------------------------------------------------------------------
 
-export interface PipelineStages {
+export interface PipelineStages extends StageTimes {
   model: string;
   size: number;
   steps: number;
   loadMs: number;
-  textMs: number;
-  refsMs: number;
-  planMs: number;
-  stepsMs: number[];
-  decodeMs: number;
-  totalMs: number;
   weightsBytes: number;
   planBytes: number;
   vaePlanBytes: number;
   /** Resident weights plus the larger of the step plan and the VAE plans (they never coexist). */
   peakBytes: number;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The pipeline folder for --pipeline: --pipeline-model, --model when it is a pipeline folder, else the random

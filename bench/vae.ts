@@ -42,7 +42,7 @@ import { parseVaeConfig, type VaeConfig } from "../model/vae/config.ts";
 import { vaeTensorShapes } from "../model/vae/weights.ts";
 import { buildEncoder } from "../model/vae/encoder.ts";
 import { buildDecoder } from "../model/vae/decoder.ts";
-import { median } from "./common.ts";
+import { fillUniform, median } from "./common.ts";
 
 interface ConvShape {
   label: string;
@@ -85,19 +85,9 @@ function shapeName(c: ConvShape): string {
   return `${c.label} ${c.cin}→${c.cout} ${c.size}²${out !== c.size ? `→${out}²` : ""}`;
 }
 
-/** xorshift32 values uniform in [−1, 1). */
+/** Uniform values in [−scale, scale). */
 function randomArray(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    a[i] = (s / 2 ** 31 - 1) * scale;
-  }
-  return a;
+  return fillUniform(n, seed).map((v) => v * scale);
 }
 
 function bf16Round(a: Float32Array): Float32Array {

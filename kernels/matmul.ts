@@ -261,8 +261,18 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
     fetch.push(...fetchParts.map((line) => `      ${line}`));
     store.push(...storeParts.map((line) => `      ${line}`));
   }
-  const tiles4 = { k: c.bk, rows: c.tm, cols: c.tn, aTile: "x_tile", aPosition: "ty", bTile: "w_tile", bPosition: "tx" };
-  compute.push(...(f16 ? outerProductStepF16(tiles4) : outerProductStep(tiles4)));
+  compute.push(
+    ...outerProductStep({
+      k: c.bk,
+      rows: c.tm,
+      cols: c.tn,
+      aTile: "x_tile",
+      aPosition: "ty",
+      bTile: "w_tile",
+      bPosition: "tx",
+      packedF16: f16,
+    }),
+  );
   for (let i = 0; i < c.tm; i++) {
     const row = `row0 + (${(i >> 2) * wgy}u + ty) * 4u + ${i & 3}u`;
     for (let j = 0; j < c.tn; j++) {
@@ -270,23 +280,6 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
     }
   }
   return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, FLUSH: flush, WRITE: write });
-}
-
-/** outerProductStep with f16 operands: the products of columns 2p and 2p + 1 go into the packed pair `h_i_p`. */
-function outerProductStepF16(o: Parameters<typeof outerProductStep>[0]): string[] {
-  const lines: string[] = [];
-  for (let k = 0; k < o.k; k++) {
-    lines.push("      {");
-    for (let i = 0; i < o.rows / 4; i++) lines.push(`        let a${i} = ${o.aTile}[st][${k}][${i}][${o.aPosition}];`);
-    for (let j = 0; j < o.cols / 4; j++) lines.push(`        let b${j} = ${o.bTile}[st][${k}][${j}][${o.bPosition}];`);
-    for (let i = 0; i < o.rows; i++) {
-      for (let p = 0; p < o.cols / 2; p++) {
-        lines.push(`        h_${i}_${p} = fma(vec2<f16>(a${i >> 2}.${LANES[i & 3]}), b${p >> 1}.${p & 1 ? "zw" : "xy"}, h_${i}_${p});`);
-      }
-    }
-    lines.push("      }");
-  }
-  return lines;
 }
 
 /** K-contiguous tiles: x_tile[stage][i][ty][g] holds x[row0 + ty + i·WGY, k0 + 4g .. +3], rows padded to BK/4 + 1

@@ -21,7 +21,8 @@ export function joinBlocks<K extends string>(blocks: Record<K, string | string[]
 
 /** One K step of an outer-product register tile, unrolled over k: for every k, the thread reads rows/4 vec4s of the
  * `a` tile and cols/4 of the `b` tile (each holding four rows or columns at that k, `tile[st][k][register][position]`)
- * and adds their outer product into `acc_i_j` (f32). */
+ * and adds their outer product into `acc_i_j` (f32), or with `packedF16` (f16 tiles) the products of columns 2p and
+ * 2p + 1 into the packed pair `h_i_p`. */
 export function outerProductStep(o: {
   k: number;
   rows: number;
@@ -30,6 +31,7 @@ export function outerProductStep(o: {
   aPosition: string;
   bTile: string;
   bPosition: string;
+  packedF16?: boolean;
 }): string[] {
   const lines: string[] = [];
   for (let k = 0; k < o.k; k++) {
@@ -38,7 +40,13 @@ export function outerProductStep(o: {
     for (let j = 0; j < o.cols / 4; j++) lines.push(`        let b${j} = ${o.bTile}[st][${k}][${j}][${o.bPosition}];`);
     for (let i = 0; i < o.rows; i++) {
       const a = `a${i >> 2}.${LANES[i & 3]}`;
-      for (let j = 0; j < o.cols; j++) lines.push(`        acc_${i}_${j} = fma(${a}, b${j >> 2}.${LANES[j & 3]}, acc_${i}_${j});`);
+      if (o.packedF16) {
+        for (let p = 0; p < o.cols / 2; p++) {
+          lines.push(`        h_${i}_${p} = fma(vec2<f16>(${a}), b${p >> 1}.${p & 1 ? "zw" : "xy"}, h_${i}_${p});`);
+        }
+      } else {
+        for (let j = 0; j < o.cols; j++) lines.push(`        acc_${i}_${j} = fma(${a}, b${j >> 2}.${LANES[j & 3]}, acc_${i}_${j});`);
+      }
     }
     lines.push("      }");
   }
