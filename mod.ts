@@ -26,10 +26,10 @@ export { type Intervention, resolveBlocks, resolveSteps, type RunContext } from 
 export { KnockoutIntervention, type KnockoutSetting } from "./interventions/knockout.ts";
 export { PatchIntervention, type PatchSpec } from "./interventions/patch.ts";
 export { type CapturedTensor, CaptureIntervention, type CaptureRequest } from "./interventions/capture_run.ts";
-export { captureTextRows, type LensOptions, runLens } from "./interventions/lens.ts";
+export { captureTextRows, type LensOptions, runLens } from "./studies/lens.ts";
 export { knownTaps, takeRows, textTapOfBlock } from "./interventions/taps.ts";
-export { parseSpec, readSpec, type RunSpec, SPEC_VERSION } from "./interventions/spec.ts";
-export { checkSpec, executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "./interventions/run_spec.ts";
+export { parseSpec, readSpec, type RunSpec, SPEC_VERSION } from "./studies/spec.ts";
+export { checkSpec, executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "./studies/execute.ts";
 
 // Runtime, kernels and weights (for auditing and for building your own graphs)
 export { getGpu, type GpuContext, openGpu } from "./runtime/device.ts";

@@ -2,8 +2,8 @@
 
 import { basename, dirname, join } from "node:path";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
-import { executeSpec, writeSpecOutputs } from "../interventions/run_spec.ts";
-import type { RunSpec } from "../interventions/spec.ts";
+import { executeSpec, writeSpecOutputs } from "../studies/execute.ts";
+import type { RunSpec } from "../studies/spec.ts";
 
 export async function runSpecToFolder(spec: RunSpec, out: string, overwrite: boolean): Promise<void> {
   let exists = false;

@@ -1,7 +1,7 @@
 // `deno task run <spec.json> [--out DIR] [--overwrite]`
 
 import { parseArgs } from "node:util";
-import { readSpec } from "../interventions/spec.ts";
+import { readSpec } from "../studies/spec.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
 
 const HELP = `usage: deno task run <spec.json> [--out DIR] [--overwrite]

@@ -2,7 +2,7 @@
 // `--print-spec` prints the spec instead of running it (to save and edit for `deno task run`).
 
 import { parseArgs } from "node:util";
-import { type CaptureSpec, type InterventionSpec, parseSpec, type RunSpec } from "../interventions/spec.ts";
+import { type CaptureSpec, type InterventionSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
 
 const DEFAULT_MODEL = "tests/fixtures/klein-tiny/model";

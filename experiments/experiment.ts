@@ -17,13 +17,13 @@
 // strictTasks (refuse a task file with a malformed line instead of skipping it).
 
 import { dirname, resolve } from "node:path";
-import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson, type RunSpec } from "../interventions/spec.ts";
+import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson, type RunSpec } from "../studies/spec.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import type { PairingRule, TaskPair } from "./generators.ts";
 import { findTemplate } from "./judge_templates.ts";
 import type { Task } from "./tasks.ts";
-import { JsonFields } from "../interventions/json_fields.ts";
+import { JsonFields } from "../studies/json_fields.ts";
 
 /** A patch condition: a patch spec whose source run is chosen per task by the pairing rule. */
 export interface PatchCondition extends Omit<PatchSpecJson, "type" | "source"> {

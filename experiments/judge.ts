@@ -25,7 +25,7 @@ import {
 import type { JudgeSettings } from "./experiment.ts";
 import { conditionDir, type RunFolder, taskReferences } from "./run_folder.ts";
 import type { Task } from "./tasks.ts";
-import type { PatchSpecJson, RunSpec } from "../interventions/spec.ts";
+import type { PatchSpecJson, RunSpec } from "../studies/spec.ts";
 
 export interface JudgeEndpoint {
   /** Full chat-completions URL. */

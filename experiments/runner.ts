@@ -10,8 +10,8 @@
 import { dirname, join } from "node:path";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
-import { executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "../interventions/run_spec.ts";
-import { type PatchSpecJson, SPEC_VERSION } from "../interventions/spec.ts";
+import { executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "../studies/execute.ts";
+import { type PatchSpecJson, SPEC_VERSION } from "../studies/spec.ts";
 import { type Condition, conditionToSpec, experimentHash, type LoadedExperiment, UnpairedTaskError } from "./experiment.ts";
 import { pairForPatching, type TaskPair } from "./generators.ts";
 import { listNames, pathExists, writeJsonAtomic } from "./files.ts";

@@ -3,8 +3,8 @@ import { Flux2KleinPipeline, type GenerateRequest } from "../../model/pipeline.t
 import { KnockoutIntervention } from "../../interventions/knockout.ts";
 import { PatchIntervention } from "../../interventions/patch.ts";
 import { CaptureIntervention } from "../../interventions/capture_run.ts";
-import { checkSpec } from "../../interventions/run_spec.ts";
-import { parseSpec } from "../../interventions/spec.ts";
+import { checkSpec } from "../../studies/execute.ts";
+import { parseSpec } from "../../studies/spec.ts";
 
 const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
 const MODEL = FIX + "model";

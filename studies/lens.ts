@@ -2,11 +2,11 @@
 // activations replace (diagonal) the same block's text rows, or (input_to_block0) the text input of the first block.
 
 import type { Flux2KleinPipeline, GenerateRequest, GenerateResult } from "../model/pipeline.ts";
-import { CaptureIntervention } from "./capture_run.ts";
-import { PatchIntervention } from "./patch.ts";
-import { resolveGroups } from "./groups.ts";
-import { takeRows, textTapOfBlock } from "./taps.ts";
-import type { Intervention } from "./intervention.ts";
+import { CaptureIntervention } from "../interventions/capture_run.ts";
+import { PatchIntervention } from "../interventions/patch.ts";
+import { resolveGroups } from "../interventions/groups.ts";
+import { takeRows, textTapOfBlock } from "../interventions/taps.ts";
+import type { Intervention } from "../interventions/intervention.ts";
 
 export interface LensOptions {
   block: string;
