@@ -1,12 +1,18 @@
-// The downloader against a local imitation of the Hub API: the tree listing that @huggingface/hub's listFiles reads,
-// and /resolve/ file downloads with HTTP Range support, a gated repository and one whose listing lies about a size.
+// The downloader against a local imitation of the Hub API on 127.0.0.1: the paginated tree listing and /resolve/
+// file downloads with HTTP Range support, a gated repository, one whose listing lies about a size, and hostile
+// servers: a second origin that must never see the token, a silent server, pagination loops, wrong bytes, transient
+// 503s, HTML answers and listings with hostile file names. Every server listens on loopback only.
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { downloadPipeline, downloadRepoFile, isPipelineFile, listRepoFiles, type RepoFile } from "../../model/download.ts";
 
 const TOKEN = "hf_test_token_123";
+
+/** Short limits so failures show within a second or two. */
+const FAST = { connectTimeoutMs: 400, idleTimeoutMs: 400, retries: 2, retryDelayMs: 20 };
 
 /** Deterministic bytes, different per file. */
 function bytes(n: number, salt: number): Uint8Array<ArrayBuffer> {
@@ -16,6 +22,8 @@ function bytes(n: number, salt: number): Uint8Array<ArrayBuffer> {
 }
 
 const json = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+const sha256 = (data: Uint8Array) => createHash("sha256").update(data).digest("hex");
+const gitBlobId = (data: Uint8Array) => createHash("sha1").update(`blob ${data.byteLength}\0`).update(data).digest("hex");
 
 /** A fake pipeline repository: every folder the pipeline reads, plus files it must not fetch. */
 function pipelineRepo(): Map<string, Uint8Array<ArrayBuffer>> {
@@ -44,27 +52,49 @@ interface FakeRepo {
   files: Map<string, Uint8Array<ArrayBuffer>>;
   /** Sizes the listing claims, where they differ from the bytes served. */
   listedSizes?: Map<string, number>;
+  /** Listing entries added as they are (hostile names, malformed entries). */
+  extraEntries?: unknown[];
+  /** Files served with one byte changed (the listing keeps the true size and hash). */
+  corrupt?: Set<string>;
   gated?: boolean;
   /** Answer range requests with the whole file (200), as some servers do. */
   ignoreRange?: boolean;
   /** Send bodies as a stream without Content-Length. */
   streamed?: boolean;
+  /** Listing entries per page (default: all on one page); pages are linked with Link rel="next" ?cursor=N. */
+  pageSize?: number;
+  /** Origin the Link header's next page points to (default: this server's). */
+  linkOrigin?: string;
 }
 
 interface Seen {
   method: string;
   path: string;
+  query: string;
   range: string | null;
   authorization: string | null;
 }
 
+/** Called before the fake Hub's own handling; a Response returned is sent instead. `n` counts requests so far. */
+type Intercept = (req: Request, url: URL, n: number) => Response | Promise<Response> | undefined;
+
 /** Starts the fake Hub on 127.0.0.1 (a free port); stop() must be awaited. */
-function fakeHub(repos: Record<string, FakeRepo>) {
+function fakeHub(repos: Record<string, FakeRepo>, intercept?: Intercept) {
   const seen: Seen[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+  let released = () => {};
+  const release = new Promise<void>((r) => released = r);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
     const url = new URL(req.url);
     const path = decodeURIComponent(url.pathname);
-    seen.push({ method: req.method, path, range: req.headers.get("Range"), authorization: req.headers.get("Authorization") });
+    seen.push({
+      method: req.method,
+      path,
+      query: url.search,
+      range: req.headers.get("Range"),
+      authorization: req.headers.get("Authorization"),
+    });
+    const override = await intercept?.(req, url, seen.length);
+    if (override) return override;
     const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(path);
     const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(path);
     const repoId = tree?.[1] ?? resolve?.[1];
@@ -86,12 +116,29 @@ function fakeHub(repos: Record<string, FakeRepo>) {
         }
         const size = repo.listedSizes?.get(p) ?? data.byteLength;
         const big = p.endsWith(".safetensors");
-        entries.push({ type: "file", oid: "1", size, path: p, ...(big ? { lfs: { oid: "2", size, pointerSize: 134 } } : {}) });
+        entries.push({
+          type: "file",
+          oid: big ? "3".repeat(40) : gitBlobId(data),
+          size,
+          path: p,
+          ...(big ? { lfs: { oid: sha256(data), size, pointerSize: 134 } } : {}),
+        });
       }
-      return Response.json(entries);
+      entries.push(...(repo.extraEntries ?? []));
+      const per = repo.pageSize ?? entries.length;
+      const cursor = Number(url.searchParams.get("cursor") ?? 0);
+      const headers: Record<string, string> = {};
+      if (cursor + per < entries.length) {
+        const next = new URL(`${url.pathname}${url.search}`, repo.linkOrigin ?? url.origin);
+        next.searchParams.set("cursor", String(cursor + per));
+        headers.Link = `<${next.href}>; rel="next"`;
+      }
+      return Response.json(entries.slice(cursor, cursor + per), { headers });
     }
-    const data = repo.files.get(resolve![3]);
-    if (!data) return Response.json({ error: "Entry not found" }, { status: 404 });
+    const original = repo.files.get(resolve![3]);
+    if (!original) return Response.json({ error: "Entry not found" }, { status: 404 });
+    const data = original.slice();
+    if (repo.corrupt?.has(resolve![3])) data[data.byteLength >> 1] ^= 0x5a;
     const range = /^bytes=(\d+)-$/.exec(req.headers.get("Range") ?? "");
     if (repo.streamed) {
       const start = range ? Number(range[1]) : 0;
@@ -118,13 +165,67 @@ function fakeHub(repos: Record<string, FakeRepo>) {
         },
       });
     }
-    return new Response(data.slice(), { headers: { "Content-Type": "application/octet-stream" } });
+    return new Response(data, { headers: { "Content-Type": "application/octet-stream" } });
   });
   return {
     endpoint: `http://127.0.0.1:${server.addr.port}`,
     seen,
-    stop: () => server.shutdown(),
+    /** Resolves when stop() is called (for handlers that hold a response open until then). */
+    release,
+    stop: async () => {
+      released();
+      await server.shutdown();
+    },
   };
+}
+
+/** A server that accepts connections (at most `limit`) and never answers, or with `hangUp` closes each at once. */
+function silentServer({ limit = 20, hangUp = false } = {}) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      while (conns.length < limit) {
+        const c = await listener.accept();
+        conns.push(c);
+        if (hangUp) c.close();
+      }
+    } catch {
+      // Closed by stop().
+    }
+  })();
+  return {
+    endpoint: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    connections: () => conns.length,
+    stop: async () => {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch {
+          // Already closed (hangUp).
+        }
+      }
+      await accepting;
+    },
+  };
+}
+
+/** A body that sends `head`, then nothing until `until` resolves (then ends, short). */
+function stallingBody(head: Uint8Array, until: Promise<void>): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(head);
+    },
+    async pull(c) {
+      await until;
+      try {
+        c.close();
+      } catch {
+        // Already cancelled by the client.
+      }
+    },
+  });
 }
 
 async function tempDir(): Promise<string> {
@@ -179,7 +280,7 @@ Deno.test("download: the whole pipeline, byte for byte, only the files it needs;
   }
 });
 
-Deno.test("download: a truncated FILE.part is resumed with a Range request and completed", async () => {
+Deno.test("download: a truncated FILE.partial is resumed with a Range request and completed", async () => {
   const files = pipelineRepo();
   const hub = fakeHub({ "acme/klein-fake": { files } });
   const dir = await tempDir();
@@ -187,18 +288,18 @@ Deno.test("download: a truncated FILE.part is resumed with a Range request and c
   const data = files.get(path)!;
   try {
     await Deno.mkdir(join(dir, "transformer"), { recursive: true });
-    await Deno.writeFile(join(dir, `${path}.part`), data.slice(0, 123_456));
+    await Deno.writeFile(join(dir, `${path}.partial`), data.slice(0, 123_456));
     const file: RepoFile = { path, size: data.byteLength };
     const outcome = await downloadRepoFile("acme/klein-fake", file, dir, { endpoint: hub.endpoint, token: "" });
     assert.equal(outcome, "resumed");
     assert.deepEqual(await Deno.readFile(join(dir, path)), data);
-    await assert.rejects(Deno.stat(join(dir, `${path}.part`)), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(join(dir, `${path}.partial`)), Deno.errors.NotFound);
     const requests = hub.seen.filter((s) => s.path.endsWith(path));
     assert.equal(requests.length, 1);
     assert.equal(requests[0].range, "bytes=123456-");
 
-    // A .part holding the whole file (interrupted before the rename) is completed without downloading again.
-    await Deno.rename(join(dir, path), join(dir, `${path}.part`));
+    // A .partial holding the whole file (interrupted before the rename) is completed without downloading again.
+    await Deno.rename(join(dir, path), join(dir, `${path}.partial`));
     assert.equal(await downloadRepoFile("acme/klein-fake", file, dir, { endpoint: hub.endpoint, token: "" }), "resumed");
     assert.deepEqual(await Deno.readFile(join(dir, path)), data);
   } finally {
@@ -228,7 +329,7 @@ Deno.test("download: a file whose size differs from the listing is refused and n
       );
       // Caught from the response headers, before a byte was written.
       await assert.rejects(Deno.stat(join(dir, path)), Deno.errors.NotFound);
-      await assert.rejects(Deno.stat(join(dir, `${path}.part`)), Deno.errors.NotFound);
+      await assert.rejects(Deno.stat(join(dir, `${path}.partial`)), Deno.errors.NotFound);
     }
   } finally {
     await hub.stop();
@@ -244,7 +345,7 @@ Deno.test("download: a server that ignores the Range header restarts the file fr
   const data = files.get(path)!;
   try {
     await Deno.mkdir(join(dir, "vae"));
-    await Deno.writeFile(join(dir, `${path}.part`), data.slice(0, 1000));
+    await Deno.writeFile(join(dir, `${path}.partial`), data.slice(0, 1000));
     const outcome = await downloadRepoFile("acme/klein-fake", { path, size: data.byteLength }, dir, { endpoint: hub.endpoint, token: "" });
     assert.equal(outcome, "downloaded");
     assert.deepEqual(await Deno.readFile(join(dir, path)), data);
@@ -261,22 +362,23 @@ Deno.test("download: without Content-Length, a size mismatch is found while stre
   const sizes = new Map([[shorter, files.get(shorter)!.byteLength - 10], [longer, files.get(longer)!.byteLength + 10]]);
   const hub = fakeHub({ "acme/klein-lies": { files, listedSizes: sizes, streamed: true } });
   const dir = await tempDir();
-  const opts = { endpoint: hub.endpoint, token: "" };
+  const opts = { endpoint: hub.endpoint, token: "", ...FAST };
   try {
     // More bytes than listed: refused mid-stream, the partial file removed.
     await assert.rejects(downloadRepoFile("acme/klein-lies", { path: shorter, size: sizes.get(shorter)! }, dir, opts), /size mismatch/);
-    await assert.rejects(Deno.stat(join(dir, `${shorter}.part`)), Deno.errors.NotFound);
-    // Fewer bytes than listed: looks like a broken connection, kept to resume; the resume finds the mismatch.
+    await assert.rejects(Deno.stat(join(dir, `${shorter}.partial`)), Deno.errors.NotFound);
+    // Fewer bytes than listed: looks like a broken connection, kept to resume (here without retries); the resume
+    // (a retry within the same call, or the next run) finds the mismatch.
     await assert.rejects(
-      downloadRepoFile("acme/klein-lies", { path: longer, size: sizes.get(longer)! }, dir, opts),
-      /stopped at 12345 of 12355 bytes; run the command again to resume/,
+      downloadRepoFile("acme/klein-lies", { path: longer, size: sizes.get(longer)! }, dir, { ...opts, retries: 0 }),
+      /stopped at 12345 of 12355 bytes .*the partial file is kept, run the command again to resume \(gave up after 1 attempt\)/,
     );
-    assert.equal((await Deno.stat(join(dir, `${longer}.part`))).size, 12_345);
+    assert.equal((await Deno.stat(join(dir, `${longer}.partial`))).size, 12_345);
     await assert.rejects(
       downloadRepoFile("acme/klein-lies", { path: longer, size: sizes.get(longer)! }, dir, opts),
       /size mismatch: the server has no byte 12345/,
     );
-    await assert.rejects(Deno.stat(join(dir, `${longer}.part`)), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(join(dir, `${longer}.partial`)), Deno.errors.NotFound);
     await assert.rejects(Deno.stat(join(dir, longer)), Deno.errors.NotFound);
   } finally {
     await hub.stop();
@@ -377,5 +479,403 @@ Deno.test("deno task download: prints per-file progress and exits 0; a gated rep
   } finally {
     await hub.stop();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile servers.
+
+Deno.test("download: the token never leaves the endpoint's origin: listing pages and redirects on another origin get none", async () => {
+  const files = pipelineRepo();
+  const weights = "transformer/diffusion_pytorch_model.safetensors";
+  const vae = "vae/diffusion_pytorch_model.safetensors";
+  // Another origin (another port) serving the same repository without gating.
+  const foreign = fakeHub({ "acme/klein-gated": { files, pageSize: 4 } });
+  const hub = fakeHub(
+    { "acme/klein-gated": { files, gated: true, pageSize: 4, linkOrigin: foreign.endpoint } },
+    (_req, url) => {
+      // The weights are redirected to the other origin (as the Hub does to its storage), the VAE within this one.
+      if (url.pathname.endsWith(weights)) {
+        return new Response(null, { status: 302, headers: { Location: `${foreign.endpoint}${url.pathname}?signature=secret` } });
+      }
+      if (url.pathname.endsWith(vae) && !url.searchParams.has("moved")) {
+        return new Response(null, { status: 307, headers: { Location: `${url.pathname}?moved=1` } });
+      }
+    },
+  );
+  const dir = await tempDir();
+  try {
+    await downloadPipeline("acme/klein-gated", dir, { endpoint: hub.endpoint, token: TOKEN, ...FAST });
+    const expected = [...files.keys()].filter(isPipelineFile).sort();
+    assert.deepEqual(await listTree(dir), expected);
+    for (const p of expected) assert.deepEqual(await Deno.readFile(join(dir, p)), files.get(p), p);
+
+    // The first listing page came from the endpoint; the rest, linked to the other origin, from there.
+    assert.ok(foreign.seen.some((s) => s.path.includes("/tree/") && s.query.includes("cursor=4")), "the next page was fetched there");
+    assert.ok(foreign.seen.some((s) => s.path.endsWith(weights)), "the redirect was followed there");
+    for (const s of foreign.seen) assert.equal(s.authorization, null, `the other origin saw the token on ${s.path}${s.query}`);
+    // Everything on the endpoint's origin had it, the same-origin redirect's target included.
+    assert.ok(hub.seen.some((s) => s.path.endsWith(vae) && s.query === "?moved=1"));
+    for (const s of hub.seen) assert.equal(s.authorization, `Bearer ${TOKEN}`, s.path);
+  } finally {
+    await hub.stop();
+    await foreign.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: redirects are bounded, only to http(s), and a signed query on another origin stays out of messages", async () => {
+  const foreign = fakeHub({});
+  const hub = fakeHub({}, (_req, url) => {
+    const hop = Number(url.searchParams.get("hop") ?? 0);
+    if (url.pathname.includes("/tree/")) return new Response(null, { status: 302, headers: { Location: `?hop=${hop + 1}` } });
+    if (url.pathname.endsWith("signed.json")) {
+      return new Response(null, { status: 302, headers: { Location: `${foreign.endpoint}/store/x?signature=secret` } });
+    }
+    return new Response(null, { status: 301, headers: { Location: "file:///etc/passwd" } });
+  });
+  const dir = await tempDir();
+  const opts = { endpoint: hub.endpoint, token: TOKEN, ...FAST };
+  try {
+    await assert.rejects(
+      listRepoFiles("acme/loop", { ...opts, maxRedirects: 3 }),
+      /^Error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/loop\/tree\/main\?hop=3: more than 3 redirects \(the last to .*\?hop=4\); refusing to follow$/,
+    );
+    assert.equal(hub.seen.length, 4);
+    await assert.rejects(
+      downloadRepoFile("acme/loop", { path: "vae/config.json", size: 3 }, dir, opts),
+      /HTTP 301 redirect to file:\/\/\/etc\/passwd: only http and https are followed/,
+    );
+    await assert.rejects(downloadRepoFile("acme/loop", { path: "vae/signed.json", size: 3 }, dir, opts), (e: Error) => {
+      assert.match(e.message, /^vae\/signed\.json: not found at this revision \(GET http:\/\/127\.0\.0\.1:\d+\/store\/x\?…: HTTP 404/);
+      assert.ok(!e.message.includes("secret"), e.message);
+      return true;
+    });
+    assert.deepEqual(foreign.seen.map((s) => s.authorization), [null]);
+    assert.deepEqual(await listTree(dir), []);
+  } finally {
+    await hub.stop();
+    await foreign.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: a server that never answers ends in an error naming the request, within the timeout", async () => {
+  const silent = silentServer();
+  try {
+    const t0 = performance.now();
+    await assert.rejects(
+      listRepoFiles("acme/klein-fake", { endpoint: silent.endpoint, token: TOKEN, ...FAST }),
+      (e: Error) => {
+        assert.match(
+          e.message,
+          /^GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: no answer within 0\.4 s \(gave up after 3 attempts\)$/,
+        );
+        assert.ok(!e.message.includes(TOKEN));
+        return true;
+      },
+    );
+    const ms = performance.now() - t0;
+    // Three attempts of 0.4 s and two short waits; far below the 30 s the testers waited in vain.
+    assert.ok(ms >= 1200 && ms < 5000, `${ms} ms`);
+    assert.equal(silent.connections(), 3);
+  } finally {
+    await silent.stop();
+  }
+});
+
+Deno.test("download: a connection closed at once is retried, then reported", async () => {
+  const server = silentServer({ hangUp: true });
+  try {
+    await assert.rejects(
+      listRepoFiles("acme/klein-fake", { endpoint: server.endpoint, token: "", ...FAST }),
+      /^Error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: cannot connect: .+ \(gave up after 3 attempts\)$/,
+    );
+    assert.equal(server.connections(), 3);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("download: a body that stalls is abandoned after the idle timeout and resumed with a Range request", async () => {
+  const files = pipelineRepo();
+  const path = "vae/diffusion_pytorch_model.safetensors";
+  const data = files.get(path)!;
+  let stallsLeft = 1;
+  const hub = fakeHub({ "acme/klein-fake": { files } }, (req, url) => {
+    if (!url.pathname.endsWith(path) || stallsLeft-- <= 0) return;
+    const start = Number(/^bytes=(\d+)-$/.exec(req.headers.get("Range") ?? "")?.[1] ?? 0);
+    const body = stallingBody(data.slice(start, start + 10_000), hub.release);
+    const headers = start ? { "Content-Range": `bytes ${start}-${data.byteLength - 1}/${data.byteLength}` } : undefined;
+    return new Response(body, { status: start ? 206 : 200, headers });
+  });
+  const dir = await tempDir();
+  const file: RepoFile = { path, size: data.byteLength, sha256: sha256(data) };
+  try {
+    const retries: string[] = [];
+    const t0 = performance.now();
+    const outcome = await downloadRepoFile("acme/klein-fake", file, dir, {
+      endpoint: hub.endpoint,
+      token: "",
+      ...FAST,
+      onRetry: (r) => retries.push(r.reason),
+    });
+    assert.ok(performance.now() - t0 < 5000);
+    assert.equal(outcome, "downloaded");
+    assert.deepEqual(await Deno.readFile(join(dir, path)), data);
+    assert.equal(retries.length, 1);
+    assert.match(
+      retries[0],
+      /GET http:\/\/127\.0\.0\.1:\d+\/acme\/klein-fake\/resolve\/main\/vae\/.*: nothing arrived for 0\.4 s after 10000 bytes/,
+    );
+    assert.deepEqual(hub.seen.filter((s) => s.path.endsWith(path)).map((s) => s.range), [null, "bytes=10000-"]);
+
+    // A server that stalls every time: an error within the limits, the bytes received kept for the next run.
+    await Deno.remove(join(dir, path));
+    stallsLeft = 100;
+    await assert.rejects(
+      downloadRepoFile("acme/klein-fake", file, dir, { endpoint: hub.endpoint, token: "", ...FAST }),
+      /nothing arrived for 0\.4 s after 10000 bytes \(gave up after 3 attempts\)$/,
+    );
+    assert.equal((await Deno.stat(join(dir, `${path}.partial`))).size, 30_000);
+    await assert.rejects(Deno.stat(join(dir, path)), Deno.errors.NotFound);
+  } finally {
+    await hub.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: pagination that loops back to a page already fetched, or never ends, is refused", async () => {
+  // Two pages linking to each other.
+  const hub = fakeHub({}, (_req, url) => {
+    const other = url.searchParams.get("cursor") === "b" ? "a" : "b";
+    return Response.json([], { headers: { Link: `<${url.origin}${url.pathname}?cursor=${other}>; rel="next"` } });
+  });
+  // An endless chain of new pages.
+  const endless = fakeHub({}, (_req, url) => {
+    const n = Number(url.searchParams.get("cursor") ?? 0) + 1;
+    return Response.json([], { headers: { Link: `<?cursor=${n}>; rel="next", <?cursor=0>; rel="first"` } });
+  });
+  try {
+    const t0 = performance.now();
+    await assert.rejects(
+      listRepoFiles("acme/loop", { endpoint: hub.endpoint, token: "", ...FAST }),
+      /^Error: listing acme\/loop: the pagination links back to http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/loop\/tree\/main\?cursor=b, which was already fetched; refusing to loop$/,
+    );
+    assert.equal(hub.seen.length, 3); // the first page, a, b; b links to a again
+    await assert.rejects(
+      listRepoFiles("acme/endless", { endpoint: endless.endpoint, token: "", ...FAST, maxListingPages: 7 }),
+      /^Error: listing acme\/endless: more than 7 pages \(the next is .*\?cursor=7\); refusing to go on$/,
+    );
+    assert.equal(endless.seen.length, 7);
+    assert.ok(performance.now() - t0 < 5000);
+  } finally {
+    await hub.stop();
+    await endless.stop();
+  }
+});
+
+Deno.test("download: wrong bytes of the right size are refused by hash, on download and on resume, removing only that file", async () => {
+  const files = pipelineRepo();
+  const weights = "transformer/diffusion_pytorch_model.safetensors";
+  const tokenizer = "tokenizer/tokenizer.json";
+  const hub = fakeHub({ "acme/klein-bad": { files, corrupt: new Set([weights, tokenizer]) }, "acme/klein-fake": { files } });
+  const dir = await tempDir();
+  const opts = { endpoint: hub.endpoint, token: "", ...FAST };
+  try {
+    await Deno.writeTextFile(join(dir, "keep.txt"), "mine");
+    const listing = await listRepoFiles("acme/klein-bad", opts);
+    const w = listing.find((f) => f.path === weights)!;
+    const t = listing.find((f) => f.path === tokenizer)!;
+    assert.equal(w.sha256, sha256(files.get(weights)!));
+    assert.equal(t.gitOid, gitBlobId(files.get(tokenizer)!));
+    const bad = files.get(weights)!.slice();
+    bad[bad.byteLength >> 1] ^= 0x5a;
+
+    await assert.rejects(downloadRepoFile("acme/klein-bad", w, dir, opts), (e: Error) => {
+      assert.match(
+        e.message,
+        new RegExp(`^${weights}: sha256 mismatch: the listing says ${w.sha256}, the downloaded bytes hash to ${sha256(bad)}`),
+      );
+      assert.match(
+        e.message,
+        /GET http:\/\/127\.0\.0\.1:\d+\/acme\/klein-bad\/resolve\/main\/transformer\/.*application\/octet-stream\); the partial file was removed$/,
+      );
+      return true;
+    });
+    await assert.rejects(
+      downloadRepoFile("acme/klein-bad", t, dir, opts),
+      new RegExp(`^Error: ${tokenizer}: git blob id mismatch: the listing says ${t.gitOid}`),
+    );
+    assert.deepEqual(await listTree(dir), ["keep.txt"]);
+
+    // Found complete on disk (right size, wrong bytes): hashed, removed, and the next run downloads it.
+    await Deno.mkdir(join(dir, "transformer"), { recursive: true });
+    await Deno.writeFile(join(dir, weights), bad);
+    await assert.rejects(
+      downloadRepoFile("acme/klein-fake", w, dir, opts),
+      new RegExp(
+        `^Error: ${weights}: the file on disk has the listed size but the wrong sha256: the listing says ${w.sha256}, the file hashes to ${
+          sha256(bad)
+        }; it was removed`,
+      ),
+    );
+    assert.deepEqual(await listTree(dir), ["keep.txt"]);
+    assert.equal(await downloadRepoFile("acme/klein-fake", w, dir, opts), "downloaded");
+    assert.deepEqual(await Deno.readFile(join(dir, weights)), files.get(weights));
+    assert.equal(await downloadRepoFile("acme/klein-fake", w, dir, opts), "present");
+
+    // A whole-size .partial with wrong bytes, and a truncated one whose start is wrong (found once the rest arrives).
+    await Deno.remove(join(dir, weights));
+    await Deno.writeFile(join(dir, `${weights}.partial`), bad);
+    await assert.rejects(downloadRepoFile("acme/klein-fake", w, dir, opts), /the partial file has the listed size but the wrong sha256/);
+    await Deno.writeFile(join(dir, `${weights}.partial`), bad.slice(0, 200_000));
+    await assert.rejects(downloadRepoFile("acme/klein-fake", w, dir, opts), /sha256 mismatch: .*the partial file was removed$/);
+    assert.deepEqual(await listTree(dir), ["keep.txt"]);
+    assert.equal(hub.seen.filter((s) => s.range === "bytes=200000-").length, 1);
+  } finally {
+    await hub.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: HTTP 503 and 429 are retried with backoff until success; other 4xx fail at once", async () => {
+  const files = pipelineRepo();
+  const weights = "transformer/diffusion_pytorch_model.safetensors";
+  const failures = new Map<string, number>([["tree", 2], [weights, 1]]);
+  const hub = fakeHub({ "acme/klein-fake": { files } }, (_req, url) => {
+    const key = url.pathname.includes("/tree/") ? "tree" : url.pathname.endsWith(weights) ? weights : "";
+    const left = failures.get(key) ?? 0;
+    if (left <= 0) return;
+    failures.set(key, left - 1);
+    return key === "tree"
+      ? new Response("<html><body>Service Unavailable</body></html>", { status: 503, headers: { "Content-Type": "text/html" } })
+      : new Response("slow down", { status: 429, headers: { "Retry-After": "0" } });
+  });
+  const dir = await tempDir();
+  try {
+    const notices: { attempt: number; delayMs: number; reason: string }[] = [];
+    await downloadPipeline("acme/klein-fake", dir, { endpoint: hub.endpoint, token: "", ...FAST, onRetry: (r) => notices.push(r) });
+    assert.deepEqual(await listTree(dir), [...files.keys()].filter(isPipelineFile).sort());
+    assert.deepEqual(notices.map((n) => [n.attempt, n.delayMs]), [[1, 20], [2, 40], [1, 20]]);
+    assert.match(
+      notices[0].reason,
+      /tree\/main\?recursive=true&expand=false: HTTP 503 Service Unavailable, text\/html: "<html><body>Service Unavailable<\/body><\/html>"$/,
+    );
+    assert.match(
+      notices[2].reason,
+      /resolve\/main\/transformer\/diffusion_pytorch_model\.safetensors: HTTP 429 Too Many Requests, text\/plain.*: "slow down"$/,
+    );
+
+    // Retries are bounded; a 404 is not retried.
+    failures.set("tree", 100);
+    const t0 = performance.now();
+    await assert.rejects(
+      listRepoFiles("acme/klein-fake", { endpoint: hub.endpoint, token: "", ...FAST }),
+      /HTTP 503 .*\(gave up after 3 attempts\)$/,
+    );
+    assert.ok(performance.now() - t0 < 3000);
+    const before = hub.seen.length;
+    await assert.rejects(
+      downloadRepoFile("acme/klein-fake", { path: "vae/missing.json", size: 3 }, dir, { endpoint: hub.endpoint, token: "", ...FAST }),
+      /^Error: vae\/missing\.json: not found at this revision \(GET http:\/\/127\.0\.0\.1:\d+\/acme\/klein-fake\/resolve\/main\/vae\/missing\.json: HTTP 404 Not Found, application\/json: "\{"error":"Entry not found"\}"\)$/,
+    );
+    assert.equal(hub.seen.length - before, 1);
+  } finally {
+    await hub.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: an HTML or malformed answer names the request, status, content type and an escaped excerpt", async () => {
+  const files = pipelineRepo();
+  const page = "<!DOCTYPE html>\n<html><head><title>Sign in \x1b[2J</title></head><body>" + "x".repeat(5000) + "</body></html>";
+  let mode = "html";
+  const hub = fakeHub({ "acme/klein-fake": { files } }, (_req, url) => {
+    if (url.pathname.includes("/tree/")) {
+      if (mode === "html") return new Response(page, { headers: { "Content-Type": "text/html; charset=utf-8" } });
+      if (mode === "badjson") return new Response('[{"type": "file",', { headers: { "Content-Type": "application/json" } });
+      if (mode === "object") return Response.json({ error: "nope" });
+    } else if (url.pathname.endsWith(".safetensors")) {
+      return new Response(page, { headers: { "Content-Type": "text/html" } });
+    }
+  });
+  const dir = await tempDir();
+  const opts = { endpoint: hub.endpoint, token: "", ...FAST };
+  try {
+    await assert.rejects(listRepoFiles("acme/klein-fake", opts), (e: Error) => {
+      assert.match(
+        e.message,
+        /^GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: expected the repository listing as JSON, got HTTP 200 OK, text\/html; charset=utf-8: "<!DOCTYPE html> <html><head><title>Sign in \\x1b\[2J<\/title>.*x…"$/,
+      );
+      assert.ok(!e.message.includes("\x1b") && !/Unexpected token/.test(e.message), e.message);
+      assert.ok(e.message.length < 400);
+      return true;
+    });
+    mode = "badjson";
+    await assert.rejects(
+      listRepoFiles("acme/klein-fake", opts),
+      /tree\/main\?recursive=true&expand=false: the listing is not valid JSON \(.*\): "\[\{"type": "file","$/,
+    );
+    mode = "object";
+    await assert.rejects(
+      listRepoFiles("acme/klein-fake", opts),
+      /tree\/main\?recursive=true&expand=false: the listing is not a JSON array$/,
+    );
+
+    const path = "vae/diffusion_pytorch_model.safetensors";
+    await assert.rejects(
+      downloadRepoFile("acme/klein-fake", { path, size: 40_000 }, dir, opts),
+      /^Error: vae\/diffusion_pytorch_model\.safetensors: the server sent a web page instead of the file \(GET .*\/resolve\/main\/vae\/diffusion_pytorch_model\.safetensors: HTTP 200 OK, text\/html: "<!DOCTYPE html>/,
+    );
+    assert.deepEqual(await listTree(dir), []);
+  } finally {
+    await hub.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("download: hostile file names in the listing are refused, escaped in the message, and nothing is written", async () => {
+  const root = await tempDir();
+  const dir = join(root, "models", "klein");
+  const entry = (path: string, extra: Record<string, unknown> = {}) => ({ type: "file", oid: "1", size: 3, path, ...extra });
+  const cases: [unknown, RegExp][] = [
+    [
+      entry("tokenizer/../../../escape.json"),
+      /entry \d+: the listing names the file "tokenizer\/\.\.\/\.\.\/\.\.\/escape\.json", which is not a plain relative path; refusing the listing/,
+    ],
+    [entry("/tmp/escape.json"), /the listing names the file "\/tmp\/escape\.json", which is not a plain relative path/],
+    [
+      entry("tokenizer/..\\..\\escape.json"),
+      /the listing names the file "tokenizer\/\.\.\\\.\.\\escape\.json", which is not a plain relative path; refusing to write it/,
+    ],
+    [
+      entry("tokenizer/\x1b[2Jevil\n.json"),
+      /the listing names the file "tokenizer\/\\x1b\[2Jevil\\n\.json", which is not a plain relative path/,
+    ],
+    [entry("tokenizer/tokenizer.json.partial"), /"tokenizer\/tokenizer\.json\.partial", which is not a plain relative path/],
+    [entry("vae/config.json"), /the listing names "vae\/config\.json" twice/],
+    [
+      entry("vae/x.safetensors", { lfs: { oid: "../../x", size: 3 } }),
+      /"vae\/x\.safetensors" is stored in LFS but its oid "\.\.\/\.\.\/x" is not a SHA-256/,
+    ],
+    [entry("vae/y.safetensors", { size: -1 }), /the listing gives "vae\/y\.safetensors" the size -1/],
+  ];
+  const repos: Record<string, FakeRepo> = {};
+  cases.forEach(([e], i) => repos[`acme/hostile-${i}`] = { files: pipelineRepo(), extraEntries: [e] });
+  const hub = fakeHub(repos);
+  try {
+    for (const [i, [, expected]] of cases.entries()) {
+      await assert.rejects(downloadPipeline(`acme/hostile-${i}`, dir, { endpoint: hub.endpoint, token: "", ...FAST }), (e: Error) => {
+        assert.match(e.message, expected);
+        assert.ok(!e.message.includes("\x1b") && !e.message.includes("\n"), JSON.stringify(e.message));
+        return true;
+      });
+    }
+    assert.deepEqual(await listTree(root), []);
+    assert.equal(hub.seen.filter((s) => s.path.includes("/resolve/")).length, 0);
+  } finally {
+    await hub.stop();
+    await Deno.remove(root, { recursive: true });
   }
 });
