@@ -228,6 +228,24 @@ function stallingBody(head: Uint8Array, until: Promise<void>): ReadableStream<Ui
   });
 }
 
+const CLI = fileURLToPath(new URL("../../cli.ts", import.meta.url));
+
+function cliCommand(args: string[]): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, "download", ...args],
+    env: { HF_TOKEN: "", XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+/** `deno task download ARGS`, with its exit code and output. */
+async function run(...args: string[]) {
+  const out = await cliCommand(args).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
 async function tempDir(): Promise<string> {
   return await Deno.makeTempDir({ prefix: "kleinscope-download-" });
 }
@@ -448,17 +466,6 @@ Deno.test("deno task download: prints per-file progress and exits 0; a gated rep
   const files = pipelineRepo();
   const hub = fakeHub({ "acme/klein-fake": { files }, "acme/klein-gated": { files, gated: true } });
   const dir = await tempDir();
-  const cli = fileURLToPath(new URL("../../cli.ts", import.meta.url));
-  const run = async (...args: string[]) => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", cli, "download", ...args],
-      env: { HF_TOKEN: "", XDG_RUNTIME_DIR: "/tmp" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const dec = new TextDecoder();
-    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  };
   try {
     const ok = await run("acme/klein-fake", "--dir", join(dir, "ok"), "--endpoint", hub.endpoint);
     assert.equal(ok.code, 0, ok.stderr);
@@ -476,6 +483,81 @@ Deno.test("deno task download: prints per-file progress and exits 0; a gated rep
     const usage = await run("--endpoint", hub.endpoint);
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /^error: the repository id is missing/);
+  } finally {
+    await hub.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("deno task download: a silent server is one error line naming the request, within the timeout; bad limits are usage errors", async () => {
+  const silent = silentServer();
+  const dir = await tempDir();
+  try {
+    const t0 = performance.now();
+    const r = await run("acme/klein-fake", "--dir", dir, "--endpoint", silent.endpoint, "--connect-timeout", "0.3", "--retries", "1");
+    assert.ok(performance.now() - t0 < 15_000);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stdout,
+      /attempt 1 of 2 failed, retrying in 1\.00 s: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main/,
+    );
+    assert.match(
+      r.stderr,
+      /^error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: no answer within 0\.3 s \(gave up after 2 attempts\)\n$/,
+    );
+    assert.equal(silent.connections(), 2);
+    for (
+      const [flag, value, message] of [["--connect-timeout", "0", /must be a positive number of seconds/], [
+        "--retries",
+        "-1",
+        /must be at least 0|not a whole number/,
+      ], ["--idle-timeout", "soon", /is not a number/]] as const
+    ) {
+      const bad = await run("acme/klein-fake", "--dir", dir, "--endpoint", silent.endpoint, `${flag}=${value}`);
+      assert.equal(bad.code, 2, bad.stderr);
+      assert.match(bad.stderr, message);
+    }
+    assert.equal(silent.connections(), 2);
+  } finally {
+    await silent.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("deno task download: a download killed mid-file resumes from its .partial on the next run", async () => {
+  const files = pipelineRepo();
+  const weights = "transformer/diffusion_pytorch_model.safetensors";
+  const data = files.get(weights)!;
+  let stall = true;
+  const hub = fakeHub({ "acme/klein-fake": { files } }, (_req, url) => {
+    if (!stall || !url.pathname.endsWith(weights)) return;
+    return new Response(stallingBody(data.slice(0, 100_000), hub.release), { headers: { "Content-Type": "application/octet-stream" } });
+  });
+  const dir = await tempDir();
+  const partial = join(dir, `${weights}.partial`);
+  try {
+    const child = cliCommand(["acme/klein-fake", "--dir", dir, "--endpoint", hub.endpoint, "--idle-timeout", "60"]).spawn();
+    const stdout = child.stdout.cancel(), stderr = child.stderr.cancel();
+    // Wait (at most 20 s) for the stalled file's first bytes to reach the disk, then kill the process.
+    let size = 0;
+    for (let i = 0; i < 200 && size < 100_000; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      size = (await Deno.stat(partial).catch(() => null))?.size ?? 0;
+    }
+    child.kill("SIGKILL");
+    await child.status;
+    await Promise.all([stdout, stderr]);
+    assert.equal(size, 100_000);
+    await assert.rejects(Deno.stat(join(dir, weights)), Deno.errors.NotFound);
+
+    stall = false;
+    const again = await run("acme/klein-fake", "--dir", dir, "--endpoint", hub.endpoint);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /model_index\.json .* already complete/);
+    assert.match(again.stdout, /transformer\/diffusion_pytorch_model\.safetensors\s+300 KB\s+resumed/);
+    assert.ok(hub.seen.some((s) => s.path.endsWith(weights) && s.range === "bytes=100000-"));
+    for (const p of [...files.keys()].filter(isPipelineFile)) assert.deepEqual(await Deno.readFile(join(dir, p)), files.get(p), p);
+    assert.ok(!(await listTree(dir)).some((p) => p.endsWith(".partial")));
   } finally {
     await hub.stop();
     await Deno.remove(dir, { recursive: true });
