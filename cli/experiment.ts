@@ -5,6 +5,7 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { readExperiment } from "../experiments/experiment.ts";
 import { parseShard, runExperiment } from "../experiments/runner.ts";
+import { releaseHeldLocksSync } from "../experiments/run_lock.ts";
 import { mergeRuns } from "../experiments/merge.ts";
 import { judgeRun, resolveEndpoint } from "../experiments/judge.ts";
 import { writeRunMetrics } from "../experiments/run_metrics.ts";
@@ -15,14 +16,17 @@ import { integerOption, parseOrUsageError, UsageError, withUsageErrors } from ".
 const HELP = `usage:
   deno task experiment <experiment.json> [--shard k/n] [--limit N] [--output DIR] [--strict] [--low-memory]
   deno task experiment merge <run-dir> <run-dir> … --into DIR [--move]
-  deno task experiment judge <run-dir> [--url URL] [--model NAME] [--key KEY] [--name NAME] [--concurrency N]
-                                       [--cache DIR] [--timeout S] [--max-attempts N] [--retry-unparseable]
+  deno task experiment judge <run-dir> [--judge openai|anthropic|stub] [--url URL] [--model NAME] [--key KEY]
+                                       [--name NAME] [--concurrency N] [--cache DIR] [--timeout S] [--max-attempts N]
   deno task experiment metrics <run-dir> [--baseline NAME]
   deno task experiment colors --out DIR [--colors red,blue,…] [--objects couch,car,…] [--seeds 0,1,…]
                                         [--size N] [--swatch N] [--instruction TEXT]
 
 run        every task × condition of the experiment into <output>/tasks/<task_id>/<condition>/, one pipeline loaded
            once. Complete folders (spec.json + image.png) are skipped, so re-running resumes after a crash or kill.
+           Every condition is checked against every task before anything runs. A task that fails is recorded in the
+           manifest's failures and the others go on (exit code 1 when any failed). One run at a time per output
+           folder (or per shard): a second is refused with the lock's holder; a killed run's lock is taken over.
   --shard k/n   only the tasks of shard k of n (shard = FNV-1a(task_id) mod n + 1): run k = 1..n on n machines
                 (Slurm array, indexed job, a loop over GPUs), into one shared output or separate ones to merge.
   --limit N     run at most N condition folders in this invocation.
@@ -32,9 +36,12 @@ run        every task × condition of the experiment into <output>/tasks/<task_i
   Ctrl-C stops after the current run (twice: at once; the partial folder is cleaned up on resume).
 merge      copy (or --move) complete folders of shard outputs into DIR; identical duplicates are fine, differing ones
            refuse the merge. Writes DIR/manifest.json with the coverage; exit code 3 when folders are missing.
-judge      ask a vision-language judge (OpenAI-compatible chat completions) one yes/no question per folder; writes
-           <run>/judgments/<name>.jsonl. URL, model and key default to KLEINSCOPE_JUDGE_URL, KLEINSCOPE_JUDGE_MODEL,
-           KLEINSCOPE_JUDGE_KEY, then the experiment's "judge". Answers are cached (<run>/judge-cache by default).
+judge      ask a vision-language judge the study's questions (labelled images anchored on a run without the
+           intervention; a JSON verdict with a short reason) per folder; writes <run>/judgments/<name>.jsonl.
+  --judge    openai (an OpenAI-compatible endpoint: URL, model and key default to KLEINSCOPE_JUDGE_URL,
+             KLEINSCOPE_JUDGE_MODEL, KLEINSCOPE_JUDGE_KEY, then the experiment's "judge"), anthropic (the Messages
+             API; key from ANTHROPIC_API_KEY), or stub (offline verdicts from image statistics, for dry runs).
+             Default: the experiment's judge.provider, else openai. Answers are cached (<run>/judge-cache).
 metrics    dominant colour and ΔE00, SSIM, histogram distance, pixel change vs baseline, transfer index → <run>/metrics.jsonl.
 colors     the solid-colour family: swatch PNGs and a task file (colours × objects × seeds) in DIR.
 
@@ -73,7 +80,10 @@ async function runCommand(args: string[]): Promise<number> {
   const stop = new AbortController();
   let interrupts = 0;
   const onInterrupt = () => {
-    if (++interrupts > 1) Deno.exit(130);
+    if (++interrupts > 1) {
+      releaseHeldLocksSync(); // the partial folder is cleaned up on resume; the lock goes now
+      Deno.exit(130);
+    }
     console.error("stopping after the current run (Ctrl-C again to stop now)");
     stop.abort();
   };
@@ -120,6 +130,7 @@ async function judgeCommand(args: string[]): Promise<number> {
       args,
       allowPositionals: true,
       options: {
+        judge: { type: "string" },
         url: { type: "string" },
         model: { type: "string" },
         key: { type: "string" },
@@ -128,7 +139,6 @@ async function judgeCommand(args: string[]): Promise<number> {
         concurrency: { type: "string" },
         timeout: { type: "string" },
         "max-attempts": { type: "string" },
-        "retry-unparseable": { type: "boolean" },
         baseline: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -137,7 +147,10 @@ async function judgeCommand(args: string[]): Promise<number> {
   if (values.help) return console.log(HELP), 0;
   if (positionals.length !== 1) throw new UsageError("give one run folder");
   const run = await readRunFolder(positionals[0]);
-  const endpoint = resolveEndpoint({ url: values.url, model: values.model, key: values.key }, run.experiment.judge);
+  const endpoint = resolveEndpoint(
+    { provider: values.judge, url: values.url, model: values.model, key: values.key },
+    run.experiment.judge,
+  );
   const timeout = integerOption("timeout", values.timeout, 1);
   if (timeout !== undefined) endpoint.timeoutMs = timeout * 1000;
   endpoint.maxAttempts = integerOption("max-attempts", values["max-attempts"], 1) ?? endpoint.maxAttempts;
@@ -146,7 +159,6 @@ async function judgeCommand(args: string[]): Promise<number> {
     name: values.name,
     cacheDir: values.cache,
     concurrency: integerOption("concurrency", values.concurrency, 1),
-    retryUnparseable: values["retry-unparseable"],
     baseline: values.baseline,
   });
   return s.failed ? 1 : 0;

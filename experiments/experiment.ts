@@ -8,7 +8,7 @@
 //       { "name": "ko_ref_text", "interventions": [ {"type": "knockout", "setting": "ref->text", "blocks": "all"} ] },
 //       { "name": "lens_single0", "interventions": [ {"type": "lens", "block": "single.0", "mode": "diagonal"} ] },
 //       { "name": "patch_padding", "patch": { "block": "double.1", "mode": "padding_only", "pairing": "shift" } } ],
-//     "judge": { "questions": [ {"template": "color.reference_colour", "conditions": ["baseline", "ko_ref_text"]} ] } }
+//     "judge": { "provider": "anthropic", "questions": [ {"template": "color.knockout_lost", "conditions": ["ko_ref_text"]} ] } }
 //
 // Condition fields: name (names its folder), prompt (default "{instruction}"; {metadata.KEY} also works), textOnly
 // (no reference images), steps, interventions (knockout / lens / patch with an explicit source, as in a RunSpec),
@@ -21,7 +21,7 @@ import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson,
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import type { PairingRule, TaskPair } from "./generators.ts";
-import { findTemplate } from "./judge_templates.ts";
+import { parseTemplate, parseTemplateLines, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
 import type { Task } from "./tasks.ts";
 import { JsonFields } from "../studies/json_fields.ts";
 
@@ -46,16 +46,32 @@ export interface Condition {
 
 export interface JudgeQuestionRule {
   template: string;
-  /** Conditions asked (default all). */
+  /** Conditions asked (default all): names, or a prefix ending in "*" ("ko_ref_text@*" for a whole sweep). */
   conditions?: string[];
   /** Task families asked (default all). */
   families?: string[];
 }
 
+/** How verdicts are obtained: an OpenAI-compatible chat-completions endpoint, Anthropic's Messages API, or the
+ * offline stub (verdicts from image statistics, for tests and dry runs). */
+export type JudgeProvider = "openai" | "anthropic" | "stub";
+
 export interface JudgeSettings {
+  /** Default "openai". */
+  provider?: JudgeProvider;
   url?: string;
   model?: string;
-  /** Questions; without any, each family gets its default question (judge_templates.ts). */
+  /** Longest reply, in tokens (default 200). */
+  maxTokens?: number;
+  /** The condition behind the "baseline" image role (default "baseline"). */
+  baseline?: string;
+  /** The condition behind the "t2i_clean" image role (default "t2i_clean"). */
+  t2iClean?: string;
+  /** The experiment's own question templates: written inline, and read from templateFiles (JSON Lines, one
+   * template a line) when the experiment file is read, so the run's manifest holds them all. */
+  templates?: QuestionTemplate[];
+  templateFiles?: string[];
+  /** Questions; without any, each condition gets its family's default question for its intervention. */
   questions?: JudgeQuestionRule[];
 }
 
@@ -152,10 +168,70 @@ function parseCondition(v: unknown, i: number): Condition {
   return JSON.parse(JSON.stringify(cond));
 }
 
-function parseJudge(v: unknown, conditions: Condition[]): JudgeSettings {
+/** Whether a question rule's condition entry (a name, or a prefix ending in "*") covers a condition. */
+export function ruleMatches(entry: string, condition: string): boolean {
+  return entry.endsWith("*") ? condition.startsWith(entry.slice(0, -1)) : entry === condition;
+}
+
+function parseJudge(v: unknown, conditions: Condition[], baseDir: string): JudgeSettings {
   const o = F.obj(v, "judge");
-  F.only(o, "judge", ["url", "model", "questions"]);
-  const out: JudgeSettings = { url: F.str(o, "url", "judge.", { nonEmpty: true }), model: F.str(o, "model", "judge.", { nonEmpty: true }) };
+  F.only(o, "judge", ["provider", "url", "model", "maxTokens", "baseline", "t2iClean", "templates", "templateFiles", "questions"]);
+  const p = "judge.";
+  const provider = o.provider ?? undefined;
+  if (provider !== undefined && provider !== "openai" && provider !== "anthropic" && provider !== "stub") {
+    F.fail("judge.provider", `expected "openai", "anthropic" or "stub", got ${JSON.stringify(provider)}`);
+  }
+  const out: JudgeSettings = {
+    provider: provider as JudgeProvider | undefined,
+    url: F.str(o, "url", p, { nonEmpty: true }),
+    model: F.str(o, "model", p, { nonEmpty: true }),
+    maxTokens: F.int(o, "maxTokens", p, 1),
+    baseline: F.str(o, "baseline", p, { nonEmpty: true }),
+    t2iClean: F.str(o, "t2iClean", p, { nonEmpty: true }),
+  };
+  const known = (name: string) => conditions.some((x) => x.name === name);
+  for (const k of ["baseline", "t2iClean"] as const) {
+    if (out[k] !== undefined && !known(out[k]!)) F.fail(`judge.${k}`, `no condition is named "${out[k]}"`);
+  }
+  const own: QuestionTemplate[] = [];
+  if (o.templates !== undefined) {
+    if (!Array.isArray(o.templates)) F.fail("judge.templates", "expected a list of templates");
+    own.push(...o.templates.map((t, i) => {
+      try {
+        // Stored without its origin: the definition is part of the manifest and is read back as written.
+        const { origin: _o, ...parsed } = parseTemplate(t, `judge.templates[${i}]`);
+        return parsed;
+      } catch (e) {
+        throw new Error(`experiment.${(e as Error).message}`);
+      }
+    }));
+  }
+  const files = names(o, "templateFiles", p);
+  if (files) {
+    out.templateFiles = files.map((f) => resolve(baseDir, f));
+    for (const file of out.templateFiles) {
+      let text: string;
+      try {
+        text = Deno.readTextFileSync(file);
+      } catch (e) {
+        F.fail("judge.templateFiles", `cannot read ${file}: ${(e as Error).message}`);
+      }
+      own.push(...parseTemplateLines(text!, file).map(({ origin: _o, ...t }) => t));
+    }
+  }
+  let catalogue: Map<string, QuestionTemplate>;
+  try {
+    catalogue = templateCatalogue(own);
+  } catch (e) {
+    throw new Error(`experiment.judge: ${(e as Error).message}`);
+  }
+  for (const t of own) {
+    for (const [i, im] of t.images.entries()) {
+      const name = im.role.startsWith("condition:") ? im.role.slice("condition:".length) : undefined;
+      if (name !== undefined && !known(name)) F.fail(`judge template ${t.id}.images[${i}].role`, `no condition is named "${name}"`);
+    }
+  }
+  if (own.length) out.templates = own;
   if (o.questions !== undefined) {
     if (!Array.isArray(o.questions)) F.fail("judge.questions", "expected a list");
     out.questions = o.questions.map((q, i) => {
@@ -163,14 +239,12 @@ function parseJudge(v: unknown, conditions: Condition[]): JudgeSettings {
       const qo = F.obj(q, path);
       F.only(qo, path, ["template", "conditions", "families"]);
       const template = F.str(qo, "template", `${path}.`, { required: true, nonEmpty: true })!;
-      try {
-        findTemplate(template, `experiment.${path}.template`);
-      } catch (e) {
-        throw new Error((e as Error).message);
+      if (!catalogue.has(template)) {
+        F.fail(`${path}.template`, `unknown question template "${template}" (known: ${[...catalogue.keys()].join(", ")})`);
       }
       const conds = names(qo, "conditions", `${path}.`);
       for (const c of conds ?? []) {
-        if (!conditions.some((x) => x.name === c)) F.fail(`${path}.conditions`, `no condition is named "${c}"`);
+        if (!conditions.some((x) => ruleMatches(c, x.name))) F.fail(`${path}.conditions`, `no condition is named "${c}"`);
       }
       return JSON.parse(JSON.stringify({ template, conditions: conds, families: names(qo, "families", `${path}.`) }));
     });
@@ -208,7 +282,7 @@ export function parseExperiment(raw: unknown, baseDir: string): Experiment {
     if (seen.has(c.name)) F.fail(`conditions[${i}].name`, `"${c.name}" is used twice`);
     seen.add(c.name);
   }
-  if (o.judge !== undefined) exp.judge = parseJudge(o.judge, exp.conditions);
+  if (o.judge !== undefined) exp.judge = parseJudge(o.judge, exp.conditions, baseDir);
   return JSON.parse(JSON.stringify(exp));
 }
 

@@ -12,7 +12,7 @@ import { encodePng, Image } from "image-js";
 import { loadImage } from "../model/images.ts";
 import { pathExists, writeTextAtomic } from "./files.ts";
 import { type Judgment, readJudgments } from "./judge.ts";
-import { QUESTION_TEMPLATES } from "./judge_templates.ts";
+import { BUILTIN_TEMPLATES } from "./judge_templates.ts";
 import { computeRunMetrics, type FolderMetrics } from "./run_metrics.ts";
 import { conditionDir, readRunFolder, type RunFolder, taskReferences } from "./run_folder.ts";
 import { cellStats, judgeAgreement } from "./stats.ts";
@@ -101,10 +101,10 @@ function resultsTables(judgments: Map<string, Judgment[]>): string {
         `<th>95% Wilson interval</th><th></th><th>n</th><th>passes</th><th>“yes”</th><th>excluded</th></tr>`,
     );
     for (const c of cellStats(verdicts)) {
-      const t = QUESTION_TEMPLATES[c.template];
+      const t = BUILTIN_TEMPLATES[c.template];
       parts.push(
         `<tr data-family="${esc(c.family)}" data-condition="${esc(c.condition)}"><td>${esc(c.condition)}</td><td>${esc(c.family)}</td>` +
-          `<td title="${esc(t?.text ?? "")}">${esc(c.template)}</td><td>${esc(t?.passMeans ?? "")}</td>` +
+          `<td title="${esc(t?.question ?? "")}">${esc(c.template)}</td><td>${esc(t?.passMeans ?? "")}</td>` +
           `<td class="num">${pct(c.rate)}</td><td class="num">${Number.isFinite(c.rate) ? `${pct(c.low)} – ${pct(c.high)}` : "–"}</td>` +
           `<td>${
             ciBar(c.low, c.high, c.rate)
