@@ -4,6 +4,7 @@ import type { AuditCase } from "./audit.ts";
 import { elementwiseAuditCases } from "./reference/elementwise.ts";
 import { matmulAuditCases } from "./reference/matmul.ts";
 import { attentionAuditCases } from "./reference/attention.ts";
+import { attentionFlowAuditCases } from "./reference/attention_flow.ts";
 import { normAuditCases } from "./reference/norm.ts";
 import { ropeAuditCases } from "./reference/rope.ts";
 import { rowsAuditCases } from "./reference/rows.ts";
@@ -19,6 +20,7 @@ export const AUDIT_FAMILIES: Record<string, AuditCase[]> = {
   elementwise: elementwiseAuditCases,
   matmul: matmulAuditCases,
   attention: attentionAuditCases,
+  attention_flow: attentionFlowAuditCases,
   norm: normAuditCases,
   rope: ropeAuditCases,
   rows: rowsAuditCases,
