@@ -199,6 +199,17 @@ function shownUrl(url: URL, net: Net): string {
   return printable(`${url.protocol}//${url.host}${url.pathname}${query}`);
 }
 
+/** What a failed fetch says went wrong ("connection closed before message completed", "tcp connect error:
+ * Connection refused (os error 111)"): the innermost cause's message, after the client's own preamble, which repeats
+ * the URL (the request is named already, and a signed query must not appear). */
+function errorText(e: unknown): string {
+  let c = e;
+  for (let depth = 0; c instanceof Error && c.cause !== undefined && depth < 4; depth++) c = c.cause;
+  const text = c instanceof Error ? c.message : String(c);
+  const tail = /client error \([^)]*\): (.*)$/.exec(text)?.[1] ?? text;
+  return tail.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s()]+/gi, "…");
+}
+
 const seconds = (ms: number) => `${+(ms / 1000).toFixed(3)} s`;
 
 /** A failure another attempt may cure: connection errors, timeouts, HTTP 429 and 5xx. */
@@ -240,7 +251,7 @@ async function get(net: Net, start: URL, headers: Record<string, string>): Promi
       throw new TransientError(
         timedOut
           ? `${label}: no answer within ${seconds(net.connectTimeoutMs)}`
-          : `${label}: cannot connect: ${printable((e as Error).message)}`,
+          : `${label}: the request failed: ${printable(errorText(e))}`,
       );
     }
     clearTimeout(timer);
@@ -289,7 +300,7 @@ async function get(net: Net, start: URL, headers: Record<string, string>): Promi
               throw new TransientError(
                 timedOut
                   ? `${label}: nothing arrived for ${seconds(idleMs)} after ${received} bytes`
-                  : `${label}: the connection broke after ${received} bytes: ${printable((e as Error).message)}`,
+                  : `${label}: the connection broke after ${received} bytes: ${printable(errorText(e))}`,
               );
             } finally {
               clearTimeout(timer);
@@ -583,7 +594,7 @@ async function hashFromDisk(path: string, bytes: number, hash: Hash): Promise<vo
     const buf = new Uint8Array(4 << 20);
     for (let left = bytes; left > 0;) {
       const n = await f.read(buf.subarray(0, Math.min(buf.byteLength, left)));
-      if (n === null) throw new Error(`${path} ended after ${bytes - left} of ${bytes} bytes while being hashed`);
+      if (n === null) throw new Error(`${printable(path)} ended after ${bytes - left} of ${bytes} bytes while being hashed`);
       hash.update(buf.subarray(0, n));
       left -= n;
     }
@@ -625,7 +636,7 @@ export async function downloadRepoFile(repo: string, file: RepoFile, dir: string
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
   });
-  if (partStat && !partStat.isFile) throw new Error(`${part} exists and is not a regular file; refusing to write through it`);
+  if (partStat && !partStat.isFile) throw new Error(`${printable(part)} exists and is not a regular file; refusing to write through it`);
 
   let start = partStat?.size ?? 0;
   if (start > file.size) {

@@ -671,7 +671,7 @@ Deno.test("download: a connection closed at once is retried, then reported", asy
   try {
     await assert.rejects(
       listRepoFiles("acme/klein-fake", { endpoint: server.endpoint, token: "", ...FAST }),
-      /^Error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: cannot connect: .+ \(gave up after 3 attempts\)$/,
+      /^Error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/acme\/klein-fake\/tree\/main\?recursive=true&expand=false: the request failed: .+ \(gave up after 3 attempts\)$/,
     );
     assert.equal(server.connections(), 3);
   } finally {
@@ -955,6 +955,29 @@ Deno.test("download: hostile file names in the listing are refused, escaped in t
       });
     }
     assert.deepEqual(await listTree(root), []);
+    assert.equal(hub.seen.filter((s) => s.path.includes("/resolve/")).length, 0);
+  } finally {
+    await hub.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("download: a .partial that is a symbolic link is not written through", async () => {
+  const files = pipelineRepo();
+  const hub = fakeHub({ "acme/klein-fake": { files } });
+  const root = await tempDir();
+  const dir = join(root, "model");
+  const outside = join(root, "outside.bin");
+  try {
+    await Deno.writeTextFile(outside, "not yours");
+    await Deno.mkdir(join(dir, "vae"), { recursive: true });
+    await Deno.symlink(outside, join(dir, "vae/config.json.partial"));
+    const file = (await listRepoFiles("acme/klein-fake", { endpoint: hub.endpoint, token: "" })).find((f) => f.path === "vae/config.json")!;
+    await assert.rejects(
+      downloadRepoFile("acme/klein-fake", file, dir, { endpoint: hub.endpoint, token: "" }),
+      /vae\/config\.json\.partial exists and is not a regular file; refusing to write through it/,
+    );
+    assert.equal(await Deno.readTextFile(outside), "not yours");
     assert.equal(hub.seen.filter((s) => s.path.includes("/resolve/")).length, 0);
   } finally {
     await hub.stop();
