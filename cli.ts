@@ -1,5 +1,9 @@
 // kleinscope's command line: `deno task <command>` or `deno run -A cli.ts <command> [options]`.
-// Each command lives in cli/<command>.ts and is loaded only when used.
+// Each command lives in cli/<command>.ts and is loaded only when used. Whatever a command throws ends here: usage
+// mistakes (unknown option, missing value, …) exit with 2, other errors with 1, each in one line (reportError).
+
+import { reportError } from "./cli/common.ts";
+import { printable } from "./runtime/printable.ts";
 
 const COMMANDS: Record<string, { module: string; summary: string }> = {
   demo: { module: "./cli/demo.ts", summary: "text-to-image and an edit on the bundled tiny checkpoint" },
@@ -39,11 +43,15 @@ export async function main(args: string[]): Promise<number> {
   }
   const entry = COMMANDS[command];
   if (!entry) {
-    console.error(`unknown command "${command}"\n\n${usage()}`);
+    console.error(`error: unknown command "${printable(command)}"\n\n${usage()}`);
     return 2;
   }
   const mod = await import(entry.module);
-  return await mod.main(rest, command);
+  try {
+    return await mod.main(rest, command);
+  } catch (e) {
+    return reportError(e, command);
+  }
 }
 
 if (import.meta.main) {
@@ -51,11 +59,8 @@ if (import.meta.main) {
   try {
     code = await main(Deno.args);
   } catch (e) {
-    // Errors at the boundary are one line for the user; set KLEINSCOPE_DEBUG=1 for the stack.
-    const err = e as Error;
-    console.error(`error: ${err.message}`);
-    if (Deno.env.get("KLEINSCOPE_DEBUG")) console.error(err.stack);
-    code = 1;
+    // Loading a command's module failed: one line too; set KLEINSCOPE_DEBUG=1 for the stack.
+    code = reportError(e);
   }
   Deno.exit(code);
 }

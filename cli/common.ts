@@ -3,6 +3,7 @@
 
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { printable } from "../runtime/printable.ts";
 
 /** The tiny random-weight checkpoint shipped with the tests, so every command runs out of the box. */
 export const BUNDLED_MODEL_DIR = fileURLToPath(new URL("../tests/fixtures/klein-tiny/model", import.meta.url));
@@ -10,15 +11,44 @@ export const BUNDLED_MODEL_DIR = fileURLToPath(new URL("../tests/fixtures/klein-
 /** A mistake in the command line itself: reported in one line, exit code 2. */
 export class UsageError extends Error {}
 
-/** Run a command body, turning a UsageError into one line on stderr and exit code 2. Other errors propagate
+/** A mistake in how the command was called: a UsageError, or one of node:util parseArgs' own (unknown option,
+ * missing value, unexpected argument), whichever command's parser raised it. */
+export function isUsageMistake(e: unknown): boolean {
+  if (e instanceof UsageError) return true;
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}
+
+/** The one-line message of a usage mistake. parseArgs messages run over several lines and sentences with hints that
+ * do not apply here; the first sentence is kept. */
+function usageMessage(e: Error): string {
+  if (e instanceof UsageError) return e.message;
+  const first = e.message.split("\n")[0].split(". ")[0].replace(/\.$/, "");
+  const dashHint = /argument is ambiguous/.test(first) ? " (write --option=VALUE for a value that starts with -)" : "";
+  return first + dashHint;
+}
+
+/** Print an error that ended a command and return its exit code: usage mistakes one line and 2, other errors one
+ * line (the stack with KLEINSCOPE_DEBUG=1) and 1. The one place where the command line turns errors into codes. */
+export function reportError(e: unknown, command?: string): number {
+  const err = e instanceof Error ? e : new Error(String(e));
+  if (isUsageMistake(err)) {
+    console.error(`error: ${printable(usageMessage(err))}${command ? ` (see deno task ${printable(command)} --help)` : ""}`);
+    return 2;
+  }
+  console.error(`error: ${err.message}`);
+  if (Deno.env.get("KLEINSCOPE_DEBUG")) console.error(err.stack);
+  return 1;
+}
+
+/** Run a command body, turning a usage mistake into one line on stderr and exit code 2. Other errors propagate
  * (cli.ts prints them in one line with exit code 1). */
 export async function withUsageErrors(command: string, body: () => Promise<number>): Promise<number> {
   try {
     return await body();
   } catch (e) {
-    if (!(e instanceof UsageError)) throw e;
-    console.error(`error: ${e.message} (see deno task ${command} --help)`);
-    return 2;
+    if (!isUsageMistake(e)) throw e;
+    return reportError(e, command);
   }
 }
 
@@ -27,10 +57,8 @@ export function parseOrUsageError<R>(parse: () => R): R {
   try {
     return parse();
   } catch (e) {
-    // parseArgs messages run over several lines and sentences with hints that do not apply here; keep the first.
-    const first = (e as Error).message.split("\n")[0].split(". ")[0].replace(/\.$/, "");
-    const dashHint = /argument is ambiguous/.test(first) ? " (write --option=VALUE for a value that starts with -)" : "";
-    throw new UsageError(first + dashHint);
+    if (!isUsageMistake(e)) throw e;
+    throw new UsageError(usageMessage(e as Error));
   }
 }
 

@@ -1,19 +1,17 @@
-// File helpers shared by the experiment harness: atomic writes (temporary name + rename, so a reader or a resumed
-// run never sees half a file), content hashes and a canonical JSON form for hashing.
+// File helpers shared by the experiment harness: atomic writes (temporary name, fsync, rename, so a reader or a
+// resumed run never sees half a file), content hashes and a canonical JSON form for hashing.
 
-import { basename, dirname, join } from "node:path";
+import { join } from "node:path";
+import { writeFileAtomic } from "../studies/output_folder.ts";
 
-/** Write text beside its destination under a temporary name, then rename it into place. */
-export async function writeTextAtomic(path: string, content: string): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`);
-  try {
-    await Deno.mkdir(dirname(path), { recursive: true });
-    await Deno.writeTextFile(tmp, content);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw new Error(`cannot write ${path}: ${(e as Error).message}`);
-  }
+/** Write text atomically: a temporary file beside the destination, flushed to disk, renamed into place. */
+export function writeTextAtomic(path: string, content: string): Promise<void> {
+  return writeFileAtomic(path, content);
+}
+
+/** Copy a file atomically (the destination is whole or absent). */
+export async function copyFileAtomic(from: string, to: string): Promise<void> {
+  await writeFileAtomic(to, await Deno.readFile(from));
 }
 
 export function writeJsonAtomic(path: string, value: unknown): Promise<void> {

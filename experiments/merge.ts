@@ -3,11 +3,18 @@
 // spec.json bytes) — a conflicting duplicate refuses the whole merge before anything is copied. Folders arrive in the
 // destination under a partial name and are renamed when whole, like the runner's. Afterwards the coverage is checked
 // against the task file: every task × condition (except unpaired patch conditions) must be complete, and the missing
-// ones are listed in the merged manifest.
+// ones are listed in the merged manifest. The merge holds the destination's lock (no runner works there meanwhile),
+// first removes what a killed merge or run left there, and with --move removes a source folder only file by file,
+// only the files kleinscope wrote.
 
-import { dirname, join, relative, resolve } from "node:path";
-import { copyTree, fileSha256, listNames, pathExists, writeJsonAtomic } from "./files.ts";
+import { join, relative, resolve } from "node:path";
+import { printable } from "../runtime/printable.ts";
+import { ownedFiles, removeOwnedFolder, syncFolder, syncTree, tempFileWriter, writeOutputMarker } from "../studies/output_folder.ts";
+import { copyFileAtomic, copyTree, fileSha256, listNames, pathExists, writeJsonAtomic } from "./files.ts";
+import { acquireRunLock } from "./run_lock.ts";
 import {
+  checkRunFolderPath,
+  CONDITION_EXTRA_FILES,
   conditionDir,
   isCompleteFolder,
   manifestPath,
@@ -52,7 +59,9 @@ async function sameResult(a: string, b: string): Promise<boolean> {
   return (await sameBytes(join(a, "image.png"), join(b, "image.png"))) && (await sameBytes(join(a, "spec.json"), join(b, "spec.json")));
 }
 
-async function moveOrCopy(from: string, to: string, move: boolean): Promise<void> {
+/** Bring a complete condition folder to `to` (a partial name): renamed when moving on one file system, else copied
+ * and, when moving, the source removed file by file afterwards (only what kleinscope wrote; else it stays). */
+async function moveOrCopy(from: string, to: string, move: boolean, log: (line: string) => void): Promise<void> {
   if (move) {
     try {
       await Deno.rename(from, to);
@@ -60,7 +69,24 @@ async function moveOrCopy(from: string, to: string, move: boolean): Promise<void
     } catch { /* another file system: copy */ }
   }
   await copyTree(from, to);
-  if (move) await Deno.remove(from, { recursive: true });
+  if (!(await ownedFiles(to, CONDITION_EXTRA_FILES))?.foreign.length) await writeOutputMarker(to, "condition");
+  await syncTree(to);
+  if (move) {
+    await removeOwnedFolder(from, CONDITION_EXTRA_FILES).catch((e) =>
+      log(`warning: ${printable(from)} copied but not removed: ${(e as Error).message}`)
+    );
+  }
+}
+
+/** Partial folders and temporary files a killed merge or run left in the destination's task folders. */
+async function removeLeftovers(into: string): Promise<void> {
+  for (const id of await listNames(tasksDir(into))) {
+    for (const name of await listNames(taskDir(into, id))) {
+      const path = join(taskDir(into, id), name);
+      if (/^\..+\.partial-[0-9a-f]{8}$/.test(name)) await Deno.remove(path, { recursive: true }).catch(() => {});
+      else if (tempFileWriter(name) !== undefined) await Deno.remove(path).catch(() => {});
+    }
+  }
 }
 
 interface PlannedCopy {
@@ -82,6 +108,25 @@ export async function mergeRuns(inputs: string[], into: string, options: MergeOp
     if (!manifests.length) throw new Error(`${raw} holds no experiment manifest (manifest.json or shards/*.json)`);
     all.push({ dir, manifests });
   }
+  await checkRunFolderPath(into, "merge destination");
+  const created = !(await pathExists(into));
+  await Deno.mkdir(into, { recursive: true });
+  const lock = await acquireRunLock(into, { kind: "all" }, "merge", log);
+  try {
+    await removeLeftovers(into);
+    return await mergeLocked(all, into, options, log);
+  } finally {
+    await lock.release();
+    if (created) await Deno.remove(into).catch(() => {}); // only while still empty (a refused merge)
+  }
+}
+
+async function mergeLocked(
+  all: { dir: string; manifests: RunManifest[] }[],
+  into: string,
+  options: MergeOptions,
+  log: (line: string) => void,
+): Promise<MergeSummary> {
   const existing = (await readManifests(into)).map((m) => m.manifest);
   const hashes = new Map<string, string>();
   for (const { dir, manifests } of [...all, { dir: into, manifests: existing }]) {
@@ -134,21 +179,17 @@ export async function mergeRuns(inputs: string[], into: string, options: MergeOp
   }
 
   await Deno.mkdir(tasksDir(into), { recursive: true });
-  for (const [dest, from] of files) {
-    await Deno.mkdir(dirname(dest), { recursive: true });
-    const tmp = `${dest}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    await Deno.copyFile(from, tmp);
-    await Deno.rename(tmp, dest);
-  }
+  for (const [dest, from] of files) await copyFileAtomic(from, dest);
   let copied = 0;
   for (const { from, task, condition } of planned.values()) {
     const tmp = join(taskDir(into, task), `${partialPrefix(condition)}${crypto.randomUUID().slice(0, 8)}`);
     try {
-      await moveOrCopy(from, tmp, options.move ?? false);
+      await moveOrCopy(from, tmp, options.move ?? false, log);
       await Deno.rename(tmp, conditionDir(into, task, condition));
+      await syncFolder(taskDir(into, task));
     } catch (e) {
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
-      throw new Error(`copying ${from}: ${(e as Error).message}`);
+      throw new Error(`copying ${printable(from)}: ${(e as Error).message}`);
     }
     copied++;
   }

@@ -10,13 +10,18 @@
 //   <output>/tasks/<task_id>/.<condition>.partial-<id>/   a run in progress (or killed): never read, removed on resume
 //   <output>/judgments/<judge>.jsonl            verdicts of one judge;  <output>/judge-cache/  cached answers
 //   <output>/metrics.jsonl                      local metrics;          <output>/report.html
+//   <output>/locks/<all|shard-k-of-n>.lock      held by a runner (or a merge) while it works: pid, host, start
 //
 // A condition folder is complete when its spec.json and image.png exist: both are written into the partial folder,
-// which is renamed into place only afterwards, so a folder under its final name is always whole.
+// which is renamed into place only afterwards, so a folder under its final name is always whole. Task ids and
+// condition names name folders: they may not start with a dot (temporary names) nor be one of the runner's own
+// names (task.json, …), in any letter case, so a task or condition folder can never take the place of a file.
 
 import { join } from "node:path";
 import type { Experiment } from "./experiment.ts";
 import { listNames, pathExists, readJsonFile } from "./files.ts";
+import { checkOutputPath } from "../studies/output_folder.ts";
+import { printable } from "../runtime/printable.ts";
 import type { Task, TaskProblem } from "./tasks.ts";
 
 export const MANIFEST_FORMAT = "kleinscope-experiment-run";
@@ -51,6 +56,8 @@ export interface RunManifest {
   counts: { planned: number; complete: number; ranNow: number; alreadyComplete: number; failed: number; unpaired: number };
   failures: RunIssue[];
   unpaired: RunIssue[];
+  /** The task being run when the manifest was written (left set when the run was killed or crashed). */
+  running?: { task: string; condition: string; since: string };
   /** Set by a merge. */
   mergedFrom?: { dir: string; shard: ShardInfo | null; tasks: number }[];
   missing?: { task: string; condition: string }[];
@@ -65,6 +72,50 @@ export const shardManifestPath = (out: string, shard: { index: number; count: nu
 /** In a patch condition's folder: {source_task, source_seed, rule}. */
 export const PATCH_SOURCE_FILE = "patch_source.json";
 export const partialPrefix = (condition: string) => `.${condition}.partial-`;
+export const TASK_FILE = "task.json";
+export const locksDir = (out: string) => join(out, "locks");
+
+/** Names the run folder uses itself (at any level), and names some file systems reserve. */
+const RESERVED_NAMES = new Set([
+  TASK_FILE,
+  "manifest.json",
+  "shards",
+  "tasks",
+  "refs",
+  "locks",
+  "judgments",
+  "judge-cache",
+  "metrics.jsonl",
+  "report.html",
+  PATCH_SOURCE_FILE,
+]);
+
+/** Why `name` cannot name a task or condition folder, or undefined when it can. */
+export function folderNameProblem(name: string): string | undefined {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9._+-]*$/.test(name)) return "use letters, digits and . _ + -, not starting with a dot";
+  const lower = name.toLowerCase();
+  if (RESERVED_NAMES.has(lower)) return `"${lower}" is a name the run folder uses itself`;
+  if (/^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$/.test(lower)) return "some file systems reserve that name";
+  if (name.length > 200) return "longer than 200 characters";
+  return undefined;
+}
+
+/** A run folder to write into (a run's output, a merge's destination): new, empty, or holding a run — never a
+ * folder of other files, `.`, an ancestor of the current folder, home, a root, or the model folder. */
+export async function checkRunFolderPath(out: string, what: string, model?: string): Promise<void> {
+  await checkOutputPath(out, { what, protect: model ? [{ path: model, what: "model folder" }] : [] });
+  const names = await listNames(out).catch(() => [] as string[]);
+  const ours = ["manifest.json", "shards", "tasks", "locks", "refs", "judgments", "judge-cache", "metrics.jsonl", "report.html"];
+  if (names.length && !names.some((n) => ours.includes(n))) {
+    throw new Error(
+      `${what} ${printable(out)} holds files of its own (${names.slice(0, 3).map(printable).join(", ")}) and no experiment run; ` +
+        `choose a new or empty folder`,
+    );
+  }
+}
+
+/** What kleinscope writes into a condition folder besides a run's outputs. */
+export const CONDITION_EXTRA_FILES = [PATCH_SOURCE_FILE];
 
 export async function isCompleteFolder(dir: string): Promise<boolean> {
   return (await pathExists(join(dir, "spec.json"))) && (await pathExists(join(dir, "image.png")));

@@ -152,8 +152,9 @@ export interface OwnedFolder {
 }
 
 /** Whether `dir` is an output folder kleinscope wrote, and which of its entries are kleinscope's. Null when it is not
- * recognised at all. */
-export async function ownedFiles(dir: string): Promise<OwnedFolder | null> {
+ * recognised at all. `extra`: more names a folder without the marker may hold (e.g. an experiment's
+ * patch_source.json). */
+export async function ownedFiles(dir: string, extra: readonly string[] = []): Promise<OwnedFolder | null> {
   const marker = await readMarker(dir);
   let known: Set<string>;
   let by: OwnedFolder["by"];
@@ -163,7 +164,7 @@ export async function ownedFiles(dir: string): Promise<OwnedFolder | null> {
   } else {
     const isFile = async (n: string) => (await lstatOrNull(join(dir, n)))?.isFile ?? false;
     if (!(await isFile("spec.json")) || !(await isFile("run.json"))) return null;
-    known = new Set(SPEC_OUTPUT_FILES);
+    known = new Set([...SPEC_OUTPUT_FILES, ...extra]);
     by = "spec.json and run.json";
   }
   const files: string[] = [], foreign: string[] = [];
@@ -179,8 +180,8 @@ export async function ownedFiles(dir: string): Promise<OwnedFolder | null> {
 
 /** Remove a folder kleinscope wrote: its listed files one by one, then its (then empty) folders, never recursively.
  * Throws, having removed nothing, when the folder holds anything else. */
-export async function removeOwnedFolder(dir: string): Promise<void> {
-  const owned = await ownedFiles(dir);
+export async function removeOwnedFolder(dir: string, extra: readonly string[] = []): Promise<void> {
+  const owned = await ownedFiles(dir, extra);
   if (!owned) throw new OutputFolderError(`${printable(dir)} is not a folder kleinscope wrote; not removing it`);
   if (owned.foreign.length) {
     throw new OutputFolderError(
