@@ -37,8 +37,8 @@ files are resumed (HTTP Range), so after an interruption run the same command ag
                          ${D.retryDelayMs / 1000} s, 2 s, 4 s, … between them (default ${D.retries}); other HTTP errors fail at once
   -h, --help             this text
 
-The token goes only to the endpoint's own origin: redirects (at most ${D.maxRedirects} per request) and listing pages
-(at most ${D.maxListingPages}) on other hosts are fetched without it.
+Redirects (at most ${D.maxRedirects} per request) and listing pages (at most ${D.maxListingPages}, none twice) are followed; the
+token is sent only to the endpoint's own origin (scheme, host and port), never to another.
 
 Gated repositories (the FLUX.2 klein ones are) need their license accepted on the website once, and a token:
 create one at ${DEFAULT_ENDPOINT}/settings/tokens and set HF_TOKEN=hf_… in the environment.
