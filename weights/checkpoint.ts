@@ -1,7 +1,12 @@
 // A checkpoint: the tensors of one model component, from a single safetensors file, a folder holding one, or a
 // folder of shards with a `*.safetensors.index.json` weight map. Reads are routed to the shard that holds a tensor.
 
-import { describeJson, SafetensorsFile, type TensorInfo, type TensorSource } from "./safetensors.ts";
+import { fileKind, SafetensorsFile, type TensorInfo, type TensorSource } from "./safetensors.ts";
+import { describeStrict, type JsonValue, parseStrictJson, quoteName, StrictJsonError, toPlain } from "./strict_json.ts";
+import { printable } from "../runtime/printable.ts";
+
+/** Largest JSON file (config, model index, shard index) read, in bytes: real ones are kilobytes, a large index a few MB. */
+export const MAX_JSON_FILE_BYTES = 64 * 1024 * 1024;
 
 export type CheckpointLayout = "file" | "folder" | "sharded";
 
@@ -24,27 +29,31 @@ export class Checkpoint implements TensorSource {
     try {
       stat = await Deno.stat(path);
     } catch (e) {
-      if (e instanceof Deno.errors.NotFound) throw new Error(`checkpoint ${path}: no such file or folder`);
-      throw new Error(`checkpoint ${path}: ${(e as Error).message}`);
+      if (e instanceof Deno.errors.NotFound) throw new Error(`checkpoint ${printable(path)}: no such file or folder`);
+      throw new Error(`checkpoint ${printable(path)}: ${(e as Error).message}`);
     }
     if (stat.isFile) {
       if (path.endsWith(".index.json")) return await Checkpoint.openSharded(path, path);
       return Checkpoint.single(path, "file", await SafetensorsFile.open(path));
     }
-    if (!stat.isDirectory) throw new Error(`checkpoint ${path}: neither a file nor a folder`);
+    if (!stat.isDirectory) throw new Error(`checkpoint ${printable(path)}: neither a regular file nor a folder`);
     const entries: string[] = [];
     for await (const e of Deno.readDir(path)) if (e.isFile || e.isSymlink) entries.push(e.name);
     entries.sort();
     const indexes = entries.filter((n) => n.endsWith(".safetensors.index.json"));
     const files = entries.filter((n) => n.endsWith(".safetensors"));
     if (indexes.length > 1) {
-      throw new Error(`checkpoint ${path}: ${indexes.length} shard indexes (${indexes.join(", ")}); open the one you want directly`);
+      throw new Error(
+        `checkpoint ${printable(path)}: ${indexes.length} shard indexes (${printable(indexes.join(", "))}); open the one you want directly`,
+      );
     }
     if (indexes.length === 1) return await Checkpoint.openSharded(path, joinPath(path, indexes[0]));
     if (files.length === 1) return Checkpoint.single(path, "folder", await SafetensorsFile.open(joinPath(path, files[0])));
     if (files.length > 1) {
       throw new Error(
-        `checkpoint ${path}: ${files.length} .safetensors files (${listSome(files)}) and no *.safetensors.index.json ` +
+        `checkpoint ${printable(path)}: ${files.length} .safetensors files (${
+          printable(listSome(files))
+        }) and no *.safetensors.index.json ` +
           `to say which to use; open one file directly`,
       );
     }
@@ -52,10 +61,11 @@ export class Checkpoint implements TensorSource {
       const components: string[] = [];
       for await (const e of Deno.readDir(path)) if (e.isDirectory) components.push(e.name);
       throw new Error(
-        `checkpoint ${path} is a pipeline folder (model_index.json); open one of its components: ${components.sort().join(", ")}`,
+        `checkpoint ${printable(path)} is a pipeline folder (model_index.json); open one of its components: ` +
+          printable(components.sort().join(", ")),
       );
     }
-    throw new Error(`checkpoint ${path}: the folder holds no .safetensors file and no *.safetensors.index.json`);
+    throw new Error(`checkpoint ${printable(path)}: the folder holds no .safetensors file and no *.safetensors.index.json`);
   }
 
   /** Tensor names in natural order (layer 2 before layer 10). */
@@ -71,7 +81,9 @@ export class Checkpoint implements TensorSource {
     const f = this.byName.get(name);
     if (!f) {
       const close = closestName(name, this.byName.keys());
-      throw new Error(`checkpoint ${this.path} has no tensor "${name}"${close ? ` (did you mean "${close}"?)` : ""}`);
+      throw new Error(
+        `checkpoint ${printable(this.path)} has no tensor ${quoteName(name)}${close ? ` (did you mean ${quoteName(close)}?)` : ""}`,
+      );
     }
     return f.info(name);
   }
@@ -105,35 +117,44 @@ export class Checkpoint implements TensorSource {
   }
 
   private static async openSharded(path: string, indexPath: string): Promise<Checkpoint> {
-    const index = await readJson(indexPath);
+    const where = `checkpoint index ${printable(indexPath)}`;
     const fail = (what: string): never => {
-      throw new Error(`checkpoint index ${indexPath}: ${what}`);
+      throw new Error(`${where}: ${what}`);
     };
-    if (index === null || typeof index !== "object" || Array.isArray(index)) fail(`is ${describeJson(index)}, expected an object`);
-    const { weight_map: map, metadata } = index as Record<string, unknown>;
-    if (map === null || typeof map !== "object" || Array.isArray(map)) {
-      fail(`"weight_map" is ${describeJson(map)}, expected an object of tensor name → shard file`);
+    // Strict JSON: a tensor listed twice in the weight map is an error, not the last entry silently winning.
+    let index: JsonValue;
+    try {
+      index = parseStrictJson(await readJsonText(indexPath));
+    } catch (e) {
+      if (!(e instanceof StrictJsonError)) throw e;
+      return fail(`not valid JSON (${e.message})`);
+    }
+    if (!(index instanceof Map)) return fail(`is ${describeStrict(index)}, expected an object with "weight_map"`);
+    const map = index.get("weight_map"), metadata = index.get("metadata");
+    if (!(map instanceof Map)) return fail(`"weight_map" is ${describeStrict(map)}, expected an object of tensor name → shard file`);
+    if (metadata !== undefined && metadata !== null && !(metadata instanceof Map)) {
+      fail(`"metadata" is ${describeStrict(metadata)}, expected an object`);
     }
     const dir = dirName(indexPath);
     const needs = new Map<string, string[]>(); // shard file → tensors the index places there
-    for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
-      if (typeof shard !== "string" || shard === "" || shard.includes("/") || shard.includes("\\") || shard === "..") {
-        fail(`tensor "${name}" maps to ${describeJson(shard)}, expected a file name in the same folder`);
-      }
-      const list = needs.get(shard as string) ?? [];
+    for (const [name, shard] of map) {
+      if (typeof shard !== "string") return fail(`tensor ${quoteName(name)} maps to ${describeStrict(shard)}, expected a shard file name`);
+      const problem = shardNameProblem(shard);
+      if (problem) fail(`tensor ${quoteName(name)} maps to ${quoteName(shard)}, ${problem}`);
+      const list = needs.get(shard) ?? [];
       list.push(name);
-      needs.set(shard as string, list);
+      needs.set(shard, list);
     }
     if (needs.size === 0) fail(`"weight_map" lists no tensors`);
     for (const [shard, names] of needs) {
+      const holds = `it holds tensor ${quoteName(names[0])}${names.length > 1 ? ` and ${names.length - 1} more` : ""}`;
+      let stat: Deno.FileInfo;
       try {
-        await Deno.stat(joinPath(dir, shard));
+        stat = await Deno.stat(joinPath(dir, shard));
       } catch {
-        fail(
-          `shard ${shard} is missing from ${dir} (it holds tensor "${names[0]}"` +
-            `${names.length > 1 ? ` and ${names.length - 1} more` : ""})`,
-        );
+        return fail(`shard ${quoteName(shard)} is missing from ${printable(dir)} (${holds})`);
       }
+      if (!stat.isFile) fail(`shard ${quoteName(shard)} in ${printable(dir)} is not a regular file (${holds})`);
     }
     const files: SafetensorsFile[] = [];
     try {
@@ -145,14 +166,14 @@ export class Checkpoint implements TensorSource {
           if (!file.has(name)) {
             const close = closestName(name, file.tensors.keys());
             fail(
-              `tensor "${name}" is listed in shard ${shard}, but that file has no such tensor` +
-                `${close ? ` (closest: "${close}")` : ""}`,
+              `tensor ${quoteName(name)} is listed in shard ${quoteName(shard)}, but that file has no such tensor` +
+                `${close ? ` (closest: ${quoteName(close)})` : ""}`,
             );
           }
           byName.set(name, file);
         }
       }
-      const meta = metadata !== null && typeof metadata === "object" && !Array.isArray(metadata) ? { ...metadata } : {};
+      const meta = metadata instanceof Map ? toPlain(metadata) as Record<string, unknown> : {};
       return new Checkpoint(path, "sharded", files, byName, indexPath, meta);
     } catch (e) {
       for (const f of files) f.close();
@@ -166,20 +187,54 @@ export class Checkpoint implements TensorSource {
   }
 }
 
+/** The text of a small JSON file: refused unless it is a regular file (a named pipe would block the read) of at most
+ * MAX_JSON_FILE_BYTES holding UTF-8. Errors name the file. */
+export async function readJsonText(path: string): Promise<string> {
+  let stat: Deno.FileInfo;
+  try {
+    stat = await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${printable(path)}: no such file`);
+    throw new Error(`${printable(path)}: cannot read: ${(e as Error).message}`);
+  }
+  if (!stat.isFile) throw new Error(`${printable(path)}: is ${fileKind(stat)}, not a regular file; refusing to read it`);
+  if (stat.size > MAX_JSON_FILE_BYTES) {
+    throw new Error(`${printable(path)}: ${stat.size} bytes is more than the ${MAX_JSON_FILE_BYTES}-byte limit for a JSON file`);
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(`${printable(path)}: cannot read: ${(e as Error).message}`);
+  }
+  if (bytes.byteLength > MAX_JSON_FILE_BYTES) {
+    throw new Error(`${printable(path)}: more than the ${MAX_JSON_FILE_BYTES}-byte limit for a JSON file (it grew while read)`);
+  }
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new Error(`${printable(path)}: not valid UTF-8`);
+  }
+}
+
 /** Read and parse a JSON file (config.json, model_index.json, …); errors name the file and what went wrong. */
 export async function readJson<T = unknown>(path: string): Promise<T> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new Error(`${path}: no such file`);
-    throw new Error(`${path}: cannot read: ${(e as Error).message}`);
-  }
+  const text = await readJsonText(path);
   try {
     return JSON.parse(text) as T;
   } catch (e) {
-    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+    throw new Error(`${printable(path)}: not valid JSON (${printable((e as Error).message)})`);
   }
+}
+
+/** Why `name` cannot be a shard of an index (a plain file name in the index's folder), or null if it can. */
+function shardNameProblem(name: string): string | null {
+  if (name === "" || name === "." || name === "..") return "expected a file name in the same folder";
+  if (name.includes("/") || name.includes("\\")) return "expected a file name in the same folder, not a path";
+  // deno-lint-ignore no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(name)) return "a file name with control characters";
+  if (!name.isWellFormed()) return "a file name with a lone surrogate";
+  return null;
 }
 
 export function joinPath(dir: string, name: string): string {

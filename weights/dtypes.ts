@@ -1,16 +1,37 @@
 // Element types of checkpoint tensors and exact conversions between them on the CPU.
 
-export type StoredDType = "BF16" | "F16" | "F32" | "F64" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
+/** The element types a safetensors header may name (those of the reference reader, each a whole number of bytes). */
+export type StoredDType =
+  | "BF16"
+  | "F16"
+  | "F32"
+  | "F64"
+  | "F8_E4M3"
+  | "F8_E5M2"
+  | "I64"
+  | "I32"
+  | "I16"
+  | "I8"
+  | "U64"
+  | "U32"
+  | "U16"
+  | "U8"
+  | "BOOL";
 
 export const DTYPE_BYTES: Record<StoredDType, number> = {
   BF16: 2,
   F16: 2,
   F32: 4,
   F64: 8,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
   I64: 8,
   I32: 4,
   I16: 2,
   I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
   U8: 1,
   BOOL: 1,
 };
@@ -47,6 +68,21 @@ export function f16ToF32(bits: number): number {
   return s * (1 + m / 1024) * 2 ** (e - 15);
 }
 
+/** float8 e4m3fn bits → f32 (exact): bias 7, no infinities, S.1111.111 is NaN. */
+export function f8e4m3ToF32(bits: number): number {
+  const s = bits & 0x80 ? -1 : 1;
+  const e = (bits >> 3) & 0xf;
+  const m = bits & 0x7;
+  if (e === 0) return s * m * 2 ** -9;
+  if (e === 15 && m === 7) return NaN;
+  return s * (1 + m / 8) * 2 ** (e - 7);
+}
+
+/** float8 e5m2 bits → f32 (exact): the top byte of an f16. */
+export function f8e5m2ToF32(bits: number): number {
+  return f16ToF32((bits & 0xff) << 8);
+}
+
 /** Round an f32 array to bf16 values (kept as f32). */
 export function roundToBf16(values: Float32Array): Float32Array {
   const out = new Float32Array(values.length);
@@ -64,7 +100,7 @@ export function packBf16(values: ArrayLike<number>): Uint32Array {
   return out;
 }
 
-/** Decode raw little-endian bytes of a stored tensor to f32 (I64 must fit in ±2^53). */
+/** Decode raw little-endian bytes of a stored tensor to f32 (64-bit integers are rounded like any other large value). */
 export function decodeToF32(bytes: Uint8Array, dtype: StoredDType): Float32Array {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = bytes.byteLength / DTYPE_BYTES[dtype];
@@ -82,8 +118,23 @@ export function decodeToF32(bytes: Uint8Array, dtype: StoredDType): Float32Array
     case "F64":
       for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true);
       break;
+    case "F8_E4M3":
+      for (let i = 0; i < n; i++) out[i] = f8e4m3ToF32(dv.getUint8(i));
+      break;
+    case "F8_E5M2":
+      for (let i = 0; i < n; i++) out[i] = f8e5m2ToF32(dv.getUint8(i));
+      break;
     case "I64":
       for (let i = 0; i < n; i++) out[i] = Number(dv.getBigInt64(8 * i, true));
+      break;
+    case "U64":
+      for (let i = 0; i < n; i++) out[i] = Number(dv.getBigUint64(8 * i, true));
+      break;
+    case "U32":
+      for (let i = 0; i < n; i++) out[i] = dv.getUint32(4 * i, true);
+      break;
+    case "U16":
+      for (let i = 0; i < n; i++) out[i] = dv.getUint16(2 * i, true);
       break;
     case "I32":
       for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true);

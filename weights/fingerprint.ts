@@ -3,6 +3,7 @@
 // length changes; written into every experiment spec so an output can be traced to its weights.
 
 import { join, relative } from "node:path";
+import { MAX_HEADER_BYTES } from "./safetensors.ts";
 
 async function walk(dir: string, out: string[]): Promise<void> {
   for await (const e of Deno.readDir(dir)) {
@@ -33,7 +34,7 @@ export async function checkpointFingerprint(path: string): Promise<string> {
         const head = new Uint8Array(8);
         if ((await file.read(head)) === 8) {
           const n = Number(new DataView(head.buffer).getBigUint64(0, true));
-          const header = new Uint8Array(Math.min(n, 100 << 20));
+          const header = new Uint8Array(Math.min(n, MAX_HEADER_BYTES));
           let got = 0;
           while (got < header.length) {
             const r = await file.read(header.subarray(got));

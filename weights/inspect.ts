@@ -2,6 +2,10 @@
 // folder (sharded or not), or each component of a pipeline folder (one with model_index.json).
 
 import { Checkpoint, joinPath, naturalCompare } from "./checkpoint.ts";
+import { printable } from "../runtime/printable.ts";
+
+// Names come from files: each is shown through printable(), so a name holding terminal escapes cannot move the
+// cursor or clear the screen.
 
 /** The tensor table and summary of a checkpoint, or of every component of a pipeline folder. */
 export async function inspectCheckpoint(path: string): Promise<string> {
@@ -22,14 +26,14 @@ export async function inspectCheckpoint(path: string): Promise<string> {
       }
     }
   }
-  if (!components.length) throw new Error(`pipeline folder ${path}: no component subfolder holds .safetensors files`);
+  if (!components.length) throw new Error(`pipeline folder ${printable(path)}: no component subfolder holds .safetensors files`);
   components.sort();
   const sections: string[] = [];
   let tensors = 0, bytes = 0, shards = 0;
   for (const c of components) {
     const ckpt = await Checkpoint.open(joinPath(path, c));
     try {
-      sections.push(render(`${c}/`, ckpt));
+      sections.push(render(`${printable(c)}/`, ckpt));
       tensors += ckpt.names().length;
       bytes += ckpt.totalBytes();
       shards += ckpt.files.length;
@@ -38,7 +42,7 @@ export async function inspectCheckpoint(path: string): Promise<string> {
     }
   }
   sections.push(
-    `pipeline ${path}: ${components.length} components (${components.join(", ")}), ${tensors} tensors, ` +
+    `pipeline ${printable(path)}: ${components.length} components (${printable(components.join(", "))}), ${tensors} tensors, ` +
       `${formatBytes(bytes)}, ${shards} ${shards === 1 ? "shard" : "shards"}`,
   );
   return sections.join("\n\n");
@@ -47,7 +51,7 @@ export async function inspectCheckpoint(path: string): Promise<string> {
 async function inspectOne(path: string, title: string): Promise<string> {
   const ckpt = await Checkpoint.open(path);
   try {
-    return render(title, ckpt);
+    return render(printable(title), ckpt);
   } finally {
     ckpt.close();
   }
@@ -57,7 +61,7 @@ function render(title: string, ckpt: Checkpoint): string {
   const names = ckpt.names();
   const rows = names.map((n) => {
     const t = ckpt.info(n);
-    return [n, t.dtype, `[${t.shape.join(", ")}]`];
+    return [printable(n), t.dtype, `[${t.shape.join(", ")}]`];
   });
   const header = ["name", "dtype", "shape"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -69,7 +73,7 @@ function render(title: string, ckpt: Checkpoint): string {
     dtypes.set(t.dtype, (dtypes.get(t.dtype) ?? 0) + 1);
     params += t.shape.reduce((a, b) => a * b, 1);
   }
-  const shardNames = ckpt.files.map((f) => f.path.slice(f.path.lastIndexOf("/") + 1)).sort(naturalCompare);
+  const shardNames = ckpt.files.map((f) => printable(f.path.slice(f.path.lastIndexOf("/") + 1))).sort(naturalCompare);
   const byType = [...dtypes].sort((a, b) => b[1] - a[1]).map(([d, c]) => `${c} ${d}`).join(", ");
   const summary = `${names.length} tensors (${byType}), ${formatCount(params)} elements, ${formatBytes(ckpt.totalBytes())}, ` +
     `${shardNames.length} ${shardNames.length === 1 ? "shard" : "shards"} (${shardNames.join(", ")})`;

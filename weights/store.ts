@@ -9,6 +9,7 @@ import { shapeString, tensorBytes, type TensorSpec } from "../runtime/tensor.ts"
 import { canUpload, convertForUpload, DTYPE_BYTES, type UploadDType } from "./dtypes.ts";
 import type { TensorInfo, TensorSource } from "./safetensors.ts";
 import { closestName } from "./checkpoint.ts";
+import { printable } from "../runtime/printable.ts";
 
 export interface WeightPiece {
   /** A Checkpoint (or a single SafetensorsFile). */
@@ -72,7 +73,7 @@ export class WeightStore implements WeightSource {
   add(name: string, entry: WeightEntry): void {
     this.checkLive();
     const { shape, dtype, pieces } = entry;
-    const what = `weight ${name} ${shapeString(shape)} ${dtype}`;
+    const what = `weight ${printable(name)} ${shapeString(shape)} ${dtype}`;
     if (this.weights.has(name)) throw new Error(`${what}: a weight of that name was already added to the store`);
     if (dtype !== "bf16" && dtype !== "f32") throw new Error(`${what}: dtype must be bf16 or f32`);
     if (!shape.every((d) => Number.isSafeInteger(d) && d > 0)) throw new Error(`${what}: invalid shape`);
@@ -89,10 +90,10 @@ export class WeightStore implements WeightSource {
       const tRowElems = info.shape.slice(1).reduce((a, b) => a * b, 1);
       const start = p.rowStart ?? 0;
       const count = p.rowCount ?? tRows - start;
-      const src = `${p.tensor} ${shapeString(info.shape)} ${info.dtype}`;
+      const src = `${printable(p.tensor)} ${shapeString(info.shape)} ${info.dtype}`;
       const range = p.rowStart !== undefined || p.rowCount !== undefined ? ` rows ${start}..${start + count}` : "";
       described.push(`${src}${range}`);
-      if (!canUpload(info.dtype)) throw new Error(`${what}: piece ${src} (in ${info.file}) cannot be converted to ${dtype}`);
+      if (!canUpload(info.dtype)) throw new Error(`${what}: piece ${src} (in ${printable(info.file)}) cannot be converted to ${dtype}`);
       if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count <= 0 || start + count > tRows) {
         throw new Error(`${what}: piece ${src} asks for rows ${start}..${start + count}, outside its ${tRows} rows`);
       }
@@ -148,7 +149,9 @@ export class WeightStore implements WeightSource {
       const oom = await this.gpu.device.popErrorScope();
       if (oom) {
         buffer.destroy();
-        throw new Error(`weight ${w.name} ${shapeString(w.shape)}: the GPU is out of memory for its ${w.bytes} bytes (${oom.message})`);
+        throw new Error(
+          `weight ${printable(w.name)} ${shapeString(w.shape)}: the GPU is out of memory for its ${w.bytes} bytes (${oom.message})`,
+        );
       }
       try {
         for (const p of w.pieces) {
@@ -167,7 +170,7 @@ export class WeightStore implements WeightSource {
         }
       } catch (e) {
         buffer.destroy();
-        throw new Error(`weight ${w.name}: upload failed: ${(e as Error).message}`);
+        throw new Error(`weight ${printable(w.name)}: upload failed: ${(e as Error).message}`);
       }
       w.buffer = buffer;
     }
@@ -180,14 +183,16 @@ export class WeightStore implements WeightSource {
     const w = this.weights.get(name);
     if (!w) {
       const close = closestName(name, this.weights.keys());
-      throw new Error(`the weight store has no weight ${name}${close ? ` (did you mean ${close}?)` : ""}`);
+      throw new Error(`the weight store has no weight ${printable(name)}${close ? ` (did you mean ${printable(close)}?)` : ""}`);
     }
     if (spec.dtype !== w.dtype || spec.shape.length !== w.shape.length || spec.shape.some((d, i) => d !== w.shape[i])) {
       throw new Error(
-        `weight ${name}: the graph wants ${shapeString(spec.shape)} ${spec.dtype}, the store holds ${shapeString(w.shape)} ${w.dtype}`,
+        `weight ${printable(name)}: the graph wants ${shapeString(spec.shape)} ${spec.dtype}, the store holds ${
+          shapeString(w.shape)
+        } ${w.dtype}`,
       );
     }
-    if (!w.buffer) throw new Error(`weight ${name} has not been uploaded yet (call upload() first)`);
+    if (!w.buffer) throw new Error(`weight ${printable(name)} has not been uploaded yet (call upload() first)`);
     return { buffer: w.buffer, offset: 0 };
   }
 
