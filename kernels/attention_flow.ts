@@ -115,8 +115,9 @@ export function attentionFlowWorkgroupBytes(headDim: number): number {
   const qk = 2 * flowDStep(headDim) * 16 * 16;
   const prob = BLOCK_Q * (BLOCK_K + 1) * 4;
   const red = 16 * 16 * 16;
-  const perRow = BLOCK_K * 4 + 2 * BLOCK_Q * 4;
-  return qk + prob + red + perRow + 8;
+  const keyMask = 4 * BLOCK_K * 16;
+  const perRow = 2 * BLOCK_Q * 4;
+  return qk + prob + red + keyMask + perRow + 8;
 }
 
 /** Add the flow passes for an attention problem to the graph. Returns the output tensors. */

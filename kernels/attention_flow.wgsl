@@ -11,8 +11,9 @@
 //            block are computed in a 4×4 register tile per thread (transposed q and k staged in workgroup memory, as
 //            attention.wgsl does), masked, turned into probabilities relative to the running row maximum and
 //            written to `prob`; then the four threads of each row add the block's probabilities into per-group
-//            accumulators (thread part p owns groups p, p+4, p+8, p+12, kept in one vec4, so no private array is
-//            indexed at run time), rescaling them when the maximum moves. Writes rows[h, i, g] = mass of row i
+//            accumulators (thread part p owns groups p, p+4, p+8, p+12, kept in one vec4 and added to with one fma
+//            by the key's group indicator, so no private array is indexed at run time), rescaling them when the
+//            maximum moves. Writes rows[h, i, g] = mass of row i
 //            on key group g, and stats[h, i] = (row maximum in the log2 domain, softmax denominator).
 //  1 tokens: one workgroup per (BK keys, head) walks the query blocks that hold a row of query group tokenGroup,
 //            recomputes the same scores and adds exp2(s − m_i) / (l_i·|group|) over those rows: the mass each key
@@ -54,8 +55,9 @@ var<workgroup> prob: array<f32, BQ * PW>;
 // red[a][b]: partial row maxima (rows pass: [tx][ty], rows 4ty..+3), column sums (tokens pass: [ty][tx]), or
 // per-lane sums and counts (groups pass: [lane][group]).
 var<workgroup> red: array<array<vec4<f32>, 16>, 16>;
-// Key group of each key of the block (rows pass).
-var<workgroup> keyGroupTile: array<u32, BK>;
+// keyMask[p][c]: for key c of the block, 1.0 in component i where the key belongs to group p + 4i, else 0.0 (rows
+// pass), so that adding a probability to the accumulators of part p is one fma.
+var<workgroup> keyMask: array<array<vec4<f32>, BK>, 4>;
 // Per row of the block: rescale factor (rows pass) or weight (tokens pass); then the row maximum.
 var<workgroup> rowA: array<f32, BQ>;
 var<workgroup> rowB: array<f32, BQ>;
@@ -187,7 +189,6 @@ fn rowsPass(wid: vec3<u32>, lid: u32) {
   // As an accumulator: row ar of the block, groups part + 4c (c < 4), and the row's running denominator.
   let ar = lid / 4u;
   let part = lid % 4u;
-  let mine = vec4<u32>(part) + vec4<u32>(0u, 4u, 8u, 12u);
   var acc = vec4<f32>(0.0);
   var l = 0.0;
 
@@ -199,9 +200,13 @@ fn rowsPass(wid: vec3<u32>, lid: u32) {
       t = maskTile(t, rows, qb, keys, keyBits4(k0 + 4u * tx));
     }
     red[tx][ty] = vec4<f32>(maxOf(t.s0), maxOf(t.s1), maxOf(t.s2), maxOf(t.s3));
-    if (lid < BK) {
-      let key = k0 + lid;
-      keyGroupTile[lid] = select(0xffffffffu, keyGroups[min(key, params.sk - 1u)], key < kEnd);
+    {
+      // NT = 4·BK: each thread fills one (part, key) entry.
+      let key = k0 + lid % BK;
+      let group = select(0xffffffffu, keyGroups[min(key, params.sk - 1u)], key < kEnd);
+      let owner = lid / BK;
+      let groups = vec4<u32>(owner) + vec4<u32>(0u, 4u, 8u, 12u);
+      keyMask[owner][lid % BK] = select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(group) == groups);
     }
     workgroupBarrier();
 
@@ -248,7 +253,7 @@ fn rowsPass(wid: vec3<u32>, lid: u32) {
     l = l * alpha;
     for (var c = 0u; c < BK; c++) {
       let p = prob[ar * PW + c];
-      acc = acc + select(vec4<f32>(0.0), vec4<f32>(p), vec4<u32>(keyGroupTile[c]) == mine);
+      acc = fma(vec4<f32>(p), keyMask[part][c], acc);
       l = l + p;
     }
     // The next block's first writes to these arrays come after the barriers of its score tile.
