@@ -146,16 +146,22 @@ export function decodeImage(bytes: Uint8Array, name: string, options: LoadImageO
     fault(`not a readable PNG or JPEG (it starts with bytes ${head}, not a PNG or JPEG signature)`);
   } catch (e) {
     if (e instanceof ImageFault) throw new Error(`image ${printable(name)}: ${e.message}`);
-    // A decoder's own failure (jpeg-js, an allocation) is still a fault of this file.
-    throw new Error(`image ${printable(name)}: not a readable PNG or JPEG (${oneLine(e)})`);
+    // Anything else (an allocation failing, say) is still reported against this file, on one line.
+    throw new Error(`image ${printable(name)}: cannot decode it (${oneLine(e)})`);
   }
 }
 
 /** Width and height from the header alone (PNG IHDR, JPEG SOFn), without decoding; throws like decodeImage. */
 export function imageSize(bytes: Uint8Array, name: string): { format: "png" | "jpeg"; width: number; height: number } {
   try {
-    if (startsWith(bytes, PNG_SIGNATURE)) return { format: "png", ...pngHeader(bytes) };
-    if (startsWith(bytes, [0xff, 0xd8, 0xff])) return { format: "jpeg", ...jpegFrame(bytes) };
+    if (startsWith(bytes, PNG_SIGNATURE)) {
+      const { width, height } = pngHeader(bytes);
+      return { format: "png", width, height };
+    }
+    if (startsWith(bytes, [0xff, 0xd8, 0xff])) {
+      const { width, height } = jpegFrame(bytes);
+      return { format: "jpeg", width, height };
+    }
     fault("not a readable PNG or JPEG");
   } catch (e) {
     if (e instanceof ImageFault) throw new Error(`image ${printable(name)}: ${e.message}`);
@@ -440,7 +446,8 @@ const SOF_NAMES: Record<number, string> = {
 function jpegFrame(bytes: Uint8Array): JpegFrame {
   const n = bytes.length;
   let frame: JpegFrame | null = null;
-  let jfif = false, adobeTransform = -1, scans = 0;
+  let jfif = false, adobeTransform = -1, scans = 0, restartInterval = 0;
+  let misreadScan = "";
   const adobeTransformAt: number[] = [];
   let at = 2;
   for (;;) {
@@ -494,9 +501,20 @@ function jpegFrame(bytes: Uint8Array): JpegFrame {
     } else if (marker === 0xee && seg.length >= 12 && startsWith(seg, [0x41, 0x64, 0x6f, 0x62, 0x65])) {
       adobeTransform = seg[11];
       adobeTransformAt.push(at + 2 + 11);
+    } else if (marker === 0xdd && seg.length >= 2) {
+      restartInterval = (seg[0] << 8) | seg[1];
     } else if (marker === 0xda) {
       if (!frame) fault("a scan (SOS) comes before the frame header (SOF)");
       scans++;
+      // jpeg-js 0.4.4 reads past the end of a one-component scan whose last restart interval is partial.
+      const only = seg[0] === 1 ? frame.components.find((c) => c.id === seg[1]) : undefined;
+      if (only && restartInterval > 0 && !misreadScan) {
+        const maxH = Math.max(...frame.components.map((c) => c.h)), maxV = Math.max(...frame.components.map((c) => c.v));
+        const blocks = Math.ceil(Math.ceil((frame.width * only.h) / maxH) / 8) * Math.ceil(Math.ceil((frame.height * only.v) / maxV) / 8);
+        if (blocks % restartInterval !== 0) {
+          misreadScan = `a one-component scan of ${blocks} blocks with restart markers every ${restartInterval}`;
+        }
+      }
       // Entropy-coded data runs to the next marker other than a stuffed 0xff00 or a restart marker.
       at += length;
       while (at < n && !(bytes[at] === 0xff && at + 1 < n && bytes[at + 1] !== 0 && !(bytes[at + 1] >= 0xd0 && bytes[at + 1] <= 0xd7))) {
@@ -508,6 +526,11 @@ function jpegFrame(bytes: Uint8Array): JpegFrame {
   }
   if (!frame) fault("no frame header (SOF) before the end-of-image marker");
   if (scans === 0) fault("no scan (SOS): the file holds no image data");
+  if (misreadScan) {
+    fault(
+      `it has ${misreadScan}, a valid layout the JPEG decoder (jpeg-js 0.4.4) cannot read; re-save it without restart markers, or as PNG`,
+    );
+  }
   return frame;
 }
 

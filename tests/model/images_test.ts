@@ -1,13 +1,19 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decode, encodePng, Image } from "image-js";
+import { deflateSync } from "node:zlib";
 import {
   centreCrop,
   checkReferenceImage,
+  decodeImage,
+  DEFAULT_MAX_PIXELS,
+  imageSize,
   loadImage,
+  MAX_PIXELS_ENV,
   preprocessReference,
   referenceResize,
   resizeLanczos,
+  resolveMaxPixels,
   type RgbImage,
   savePng,
   toModelPixels,
@@ -419,4 +425,297 @@ Deno.test("a failing savePng leaves neither a partial file nor a temporary one",
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---- Decoding against Pillow, limits and hostile files ---------------------------------------------------------
+// tests/fixtures/images/make_images.py writes the fixtures and expected.json: Pillow's Image.open(f).convert("RGB").
+
+const IMAGES = new URL("../fixtures/images/", import.meta.url).pathname;
+const expected: Record<string, { width: number; height: number; pillowMode: string; rgb: string }> =
+  JSON.parse(await Deno.readTextFile(join(IMAGES, "expected.json"))).images;
+const fixture = (name: string) => Deno.readFile(join(IMAGES, name));
+const base64Bytes = (s: string) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+
+/** Valid JPEGs whose layout jpeg-js 0.4.4 misreads (a one-component scan with a partial last restart interval). */
+const JPEG_UNREADABLE = ["cjpeg420_progressive_restart.jpg", "cjpeg_gray_restart.jpg"];
+
+Deno.test("every PNG colour type and bit depth, Adam7 or not, with or without tRNS, decodes exactly as Pillow's convert('RGB')", async () => {
+  const names = Object.keys(expected).filter((n) => n.endsWith(".png"));
+  const required = [
+    ...[1, 2, 4, 8, 16].map((d) => `gray${d}`),
+    ...[1, 2, 4, 8].map((d) => `palette${d}`),
+    ...[8, 16].flatMap((d) => [`rgb${d}`, `grayalpha${d}`, `rgba${d}`]),
+  ].flatMap((n) => [`${n}.png`, `${n}_adam7.png`]);
+  for (const n of [...required, "gray1_trns.png", "gray16_adam7_trns.png", "rgb16_trns.png", "palette4_adam7_trns.png"]) {
+    assert.ok(names.includes(n), `fixture ${n} is missing`);
+  }
+  for (const name of names) {
+    const want = expected[name];
+    const img = decodeImage(await fixture(name), name);
+    assert.equal(img.width, want.width, name);
+    assert.equal(img.height, want.height, name);
+    const ref = base64Bytes(want.rgb);
+    const first = ref.findIndex((v, i) => img.data[i] !== v);
+    assert.equal(first, -1, `${name}: value ${first} is ${img.data[first]}, Pillow gives ${ref[first]}`);
+  }
+});
+
+Deno.test("JPEGs stay within 3 levels of Pillow (libjpeg), mean under 0.25; greyscale and RGB-coded within 1", async () => {
+  // jpeg-js's inverse DCT rounds differently from libjpeg's (a sample can differ by 1); chroma upsampling and the
+  // colour conversion are libjpeg's, and the YCbCr → RGB matrix turns ±1 in Y and Cb into up to ±3 in blue.
+  const names = Object.keys(expected).filter((n) => n.endsWith(".jpg") && !JPEG_UNREADABLE.includes(n));
+  assert.ok(names.length >= 15);
+  for (const name of names) {
+    const img = decodeImage(await fixture(name), name);
+    const ref = base64Bytes(expected[name].rgb);
+    assert.equal(img.data.length, ref.length, name);
+    let max = 0, sum = 0;
+    for (let i = 0; i < ref.length; i++) {
+      const d = Math.abs(img.data[i] - ref[i]);
+      max = Math.max(max, d);
+      sum += d;
+    }
+    const noColourTransform = name.startsWith("gray") || name.startsWith("rgb_ids");
+    assert.ok(max <= (noColourTransform ? 1 : 3), `${name}: max |Δ| ${max}`);
+    assert.ok(sum / ref.length <= 0.25, `${name}: mean |Δ| ${sum / ref.length}`);
+  }
+  for (const name of JPEG_UNREADABLE) {
+    assert.throws(() => decodeImage(new Uint8Array(0), name), /it is empty/);
+    const bytes = await fixture(name);
+    assert.throws(
+      () => decodeImage(bytes, name),
+      /one-component scan of \d+ blocks with restart markers every \d+, a valid layout .*cannot read/,
+    );
+  }
+});
+
+// A PNG writer for crafting broken files: chunks with correct CRCs around whatever data a test gives.
+const CRC = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+function chunk(type: string, data: Uint8Array): Uint8Array {
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length);
+  out.set(new TextEncoder().encode(type), 4);
+  out.set(data, 8);
+  view.setUint32(8 + data.length, crc(out.subarray(4, 8 + data.length)));
+  return out;
+}
+function ihdr(width: number, height: number, depth: number, colourType: number, interlace = 0): Uint8Array {
+  const d = new Uint8Array(13);
+  new DataView(d.buffer).setUint32(0, width);
+  new DataView(d.buffer).setUint32(4, height);
+  d.set([depth, colourType, 0, 0, interlace], 8);
+  return chunk("IHDR", d);
+}
+function png(...chunks: Uint8Array[]): Uint8Array {
+  return Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, ...chunks.flatMap((c) => [...c])]);
+}
+const IEND = chunk("IEND", new Uint8Array(0));
+const idat = (raw: number[] | Uint8Array) => chunk("IDAT", deflateSync(Uint8Array.from(raw)));
+
+/** Recompute every chunk's CRC in place, where the chunk structure still holds, so mutations reach inflate and filters. */
+function fixCrcs(bytes: Uint8Array): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let at = 8; at + 12 <= bytes.length;) {
+    const length = view.getUint32(at);
+    if (at + 12 + length > bytes.length) return;
+    view.setUint32(at + 8 + length, crc(bytes.subarray(at + 4, at + 8 + length)));
+    at += 12 + length;
+  }
+}
+
+function assertOneLine(fn: () => unknown, name: string, pattern: RegExp): void {
+  assert.throws(fn, (e: Error) => {
+    assert.ok(e.message.startsWith(`image ${name}: `), e.message);
+    assert.ok(!e.message.includes("\n"), e.message);
+    assert.match(e.message, pattern);
+    return true;
+  });
+}
+
+Deno.test("broken PNGs and JPEGs end in one line naming the file and the fault", async () => {
+  const rgb8 = await fixture("rgb8.png");
+  const flipped = rgb8.slice();
+  const idatAt = rgb8.findIndex((_, i) => String.fromCharCode(...rgb8.subarray(i, i + 4)) === "IDAT");
+  flipped[idatAt + 20] ^= 0x10; // inside the IDAT data
+  assertOneLine(() => decodeImage(flipped, "crc.png"), "crc.png", /the IDAT chunk at byte \d+ fails its CRC check/);
+  assertOneLine(() => decodeImage(rgb8.subarray(0, 80), "cut.png"), "cut.png", /truncated/);
+  assertOneLine(() => decodeImage(rgb8.subarray(0, rgb8.length - 12), "noend.png"), "noend.png", /ends before its IEND chunk/);
+  assertOneLine(() => decodeImage(new Uint8Array(0), "empty.png"), "empty.png", /it is empty \(0 bytes\)/);
+  assertOneLine(() => decodeImage(new TextEncoder().encode("hello, not an image"), "t.png"), "t.png", /not a readable PNG or JPEG/);
+  assertOneLine(() => decodeImage(rgb8.subarray(0, 8), "sig.png"), "sig.png", /truncated/);
+
+  // 2×2 8-bit grey: rows are a filter byte and two samples.
+  const rows = [0, 1, 2, 0, 3, 4];
+  assert.deepEqual([...decodeImage(png(ihdr(2, 2, 8, 0), idat(rows), IEND), "ok.png").data], [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]);
+  const zlibCut = deflateSync(Uint8Array.from(rows)).subarray(0, 6);
+  assertOneLine(
+    () => decodeImage(png(ihdr(2, 2, 8, 0), chunk("IDAT", zlibCut), IEND), "z.png"),
+    "z.png",
+    /IDAT\) is corrupt or truncated \(zlib/,
+  );
+  assertOneLine(() => decodeImage(png(ihdr(2, 2, 8, 0), idat(rows.slice(0, 4)), IEND), "s.png"), "s.png", /inflates to 4 of the 6 bytes/);
+  assertOneLine(() => decodeImage(png(ihdr(2, 2, 8, 0), idat([...rows, 0]), IEND), "l.png"), "l.png", /more than the 6 bytes/);
+  assertOneLine(() => decodeImage(png(ihdr(2, 2, 8, 0), idat([0, 1, 2, 7, 3, 4]), IEND), "f.png"), "f.png", /row 1 has filter type 7/);
+  assertOneLine(() => decodeImage(png(ihdr(2, 2, 3, 0), idat([0, 0, 0]), IEND), "d.png"), "d.png", /bit depth 3 for colour type 0/);
+  assertOneLine(() => decodeImage(png(ihdr(2, 1, 8, 3), idat([0, 0, 1]), IEND), "p.png"), "p.png", /palette image without a PLTE/);
+  const plte = chunk("PLTE", Uint8Array.from([9, 8, 7, 6, 5, 4]));
+  assert.deepEqual([...decodeImage(png(ihdr(2, 1, 8, 3), plte, idat([0, 1, 0]), IEND), "p.png").data], [6, 5, 4, 9, 8, 7]);
+  assertOneLine(
+    () => decodeImage(png(ihdr(2, 1, 8, 3), plte, idat([0, 1, 2]), IEND), "p.png"),
+    "p.png",
+    /pixel \(1, 0\) uses palette entry 2, but PLTE has only 2/,
+  );
+  assertOneLine(() => decodeImage(png(ihdr(2, 2, 8, 0), IEND), "n.png"), "n.png", /no IDAT chunk/);
+  assertOneLine(
+    () => decodeImage(png(ihdr(2, 2, 8, 0), chunk("ABCD", new Uint8Array(1)), idat(rows), IEND), "c.png"),
+    "c.png",
+    /unknown critical chunk ABCD/,
+  );
+  assertOneLine(() => decodeImage(png(ihdr(0, 2, 8, 0), idat(rows), IEND), "0.png"), "0.png", /invalid size 0×2/);
+
+  const jpeg = await fixture("baseline420.jpg");
+  assertOneLine(
+    () => decodeImage(jpeg.subarray(0, jpeg.length - 20), "cut.jpg"),
+    "cut.jpg",
+    /truncated: the file ends before its end-of-image marker/,
+  );
+  assertOneLine(() => decodeImage(jpeg.subarray(0, 30), "head.jpg"), "head.jpg", /truncated/);
+  const sof = jpeg.findIndex((b, i) => b === 0xff && jpeg[i + 1] === 0xc0);
+  const arithmetic = jpeg.slice();
+  arithmetic[sof + 1] = 0xc9;
+  assertOneLine(() => decodeImage(arithmetic, "a.jpg"), "a.jpg", /arithmetic-coded sequential JPEG coding, which is not supported/);
+  const twelveBit = jpeg.slice();
+  twelveBit[sof + 4] = 12;
+  assertOneLine(() => decodeImage(twelveBit, "12.jpg"), "12.jpg", /12-bit samples/);
+  const name = "a\x1b[2Jb.png"; // control characters in a name are echoed escaped
+  assertOneLine(() => decodeImage(new Uint8Array(3), name), "a\\x1b[2Jb.png", /not a readable PNG or JPEG/);
+});
+
+Deno.test("the pixel limit is checked from the header before decoding, and can be raised", async () => {
+  assert.equal(DEFAULT_MAX_PIXELS, 4096 * 4096);
+  const saved = Deno.env.get(MAX_PIXELS_ENV);
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.env.delete(MAX_PIXELS_ENV);
+    assert.equal(resolveMaxPixels(), DEFAULT_MAX_PIXELS);
+    // A valid 16000×16000 1-bit PNG (all rows zero) of a few tens of KB.
+    const width = 16000, height = 16000, rowBytes = 1 + width / 8;
+    const big = png(ihdr(width, height, 1, 0), chunk("IDAT", deflateSync(new Uint8Array(rowBytes * height), { level: 9 })), IEND);
+    const bigPath = join(dir, "big.png");
+    await Deno.writeFile(bigPath, big);
+    await assert.rejects(loadImage(bigPath), (e: Error) => {
+      assert.equal(
+        e.message,
+        `image ${bigPath}: 16000×16000 is 256.0 MP, over the limit of ${DEFAULT_MAX_PIXELS} pixels (16.8 MP); ` +
+          `to read it, set ${MAX_PIXELS_ENV}=256000000 or pass { maxPixels: 256000000 }`,
+      );
+      return true;
+    });
+    // Refused before decoding: the same header over image data that would not inflate.
+    const garbage = png(ihdr(width, height, 1, 0), chunk("IDAT", new Uint8Array(64).fill(0xee)), IEND);
+    assertOneLine(() => decodeImage(garbage, "g.png"), "g.png", /16000×16000 is 256\.0 MP, over the limit/);
+    assert.deepEqual(imageSize(garbage, "g.png"), { format: "png", width, height });
+    // A JPEG whose frame header claims 65500×65500.
+    const jpeg = (await fixture("baseline444.jpg")).slice();
+    const sof = jpeg.findIndex((b, i) => b === 0xff && jpeg[i + 1] === 0xc0);
+    jpeg.set([0xff, 0xdc, 0xff, 0xdc], sof + 5);
+    assertOneLine(() => decodeImage(jpeg, "huge.jpg"), "huge.jpg", /65500×65500 is 4290\.3 MP, over the limit of 16777216 pixels/);
+    assert.deepEqual(imageSize(jpeg, "huge.jpg"), { format: "jpeg", width: 65500, height: 65500 });
+
+    // At and above a lowered limit (gray8.png is 19×7 = 133 pixels): option, environment, option over environment.
+    const small = await fixture("gray8.png");
+    assert.equal(decodeImage(small, "s.png", { maxPixels: 133 }).width, 19);
+    assertOneLine(() => decodeImage(small, "s.png", { maxPixels: 132 }), "s.png", /19×7 is 0\.0 MP, over the limit of 132 pixels/);
+    Deno.env.set(MAX_PIXELS_ENV, "132");
+    assert.equal(resolveMaxPixels(), 132);
+    assertOneLine(() => decodeImage(small, "s.png"), "s.png", /over the limit of 132 pixels.*KLEINSCOPE_MAX_PIXELS=133/);
+    assert.equal(decodeImage(small, "s.png", { maxPixels: 200 }).height, 7);
+    Deno.env.set(MAX_PIXELS_ENV, "lots");
+    assert.throws(() => decodeImage(small, "s.png"), /^Error: KLEINSCOPE_MAX_PIXELS=lots: must be a positive whole number of pixels/);
+    assert.throws(() => resolveMaxPixels({ maxPixels: 0 }), /maxPixels 0: must be a positive whole number/);
+  } finally {
+    if (saved === undefined) Deno.env.delete(MAX_PIXELS_ENV);
+    else Deno.env.set(MAX_PIXELS_ENV, saved);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("only regular files are opened: a FIFO, a folder and a device are refused without blocking", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const fifo = join(dir, "pipe.png");
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.ok(made.success, "mkfifo failed");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<string>((resolve) => timer = setTimeout(() => resolve("blocked"), 5000));
+    const outcome = await Promise.race([loadImage(fifo).then(() => "read", (e: Error) => e.message), timeout]);
+    clearTimeout(timer);
+    assert.equal(outcome, `image ${fifo}: not a regular file (it is a named pipe (FIFO)); only image files can be read`);
+    await assert.rejects(loadImage(dir), new RegExp(`^Error: image ${dir}: not a regular file \\(it is a folder\\)`));
+    await assert.rejects(loadImage("/dev/null"), /^Error: image \/dev\/null: not a regular file \(it is a character device\)/);
+    const empty = join(dir, "empty.png");
+    await Deno.writeFile(empty, new Uint8Array(0));
+    await assert.rejects(loadImage(empty), new RegExp(`image ${empty}: it is empty \\(0 bytes\\)`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("seeded mutations of a PNG and a JPEG give a clean error or an image of the header's size", async () => {
+  let seed = 0x5eed;
+  const random = () => { // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const pick = (n: number) => Math.floor(random() * n);
+  const start = performance.now();
+  const outcomes = { decoded: 0, refused: 0 };
+  for (const name of ["rgb8_adam7.png", "palette4.png", "grayalpha16.png", "baseline420.jpg", "progressive420.jpg"]) {
+    const original = await fixture(name);
+    for (let i = 0; i < 250; i++) {
+      let bytes = original.slice();
+      const kind = pick(4);
+      if (kind === 0) {
+        for (let k = 1 + pick(4); k > 0; k--) bytes[8 + pick(bytes.length - 8)] ^= 1 << pick(8);
+      } else if (kind === 1) {
+        bytes = bytes.subarray(0, pick(bytes.length));
+      } else if (kind === 2) {
+        const at = 8 + pick(bytes.length - 8), n = 1 + pick(16);
+        bytes = Uint8Array.from([...bytes.subarray(0, at), ...bytes.subarray(at + n)]);
+      } else {
+        const at = 8 + pick(bytes.length - 8);
+        bytes[at] = pick(256);
+        bytes[at + 1 < bytes.length ? at + 1 : at] = [0x00, 0xff, 0xd9, 0xda][pick(4)];
+      }
+      if (name.endsWith(".png") && random() < 0.7) fixCrcs(bytes);
+      const label = `${name}#${i}`;
+      try {
+        const img = decodeImage(bytes, label, { maxPixels: 1 << 16 });
+        const size = imageSize(bytes, label);
+        assert.equal(img.width, size.width, label);
+        assert.equal(img.height, size.height, label);
+        assert.equal(img.data.length, size.width * size.height * 3, label);
+        outcomes.decoded++;
+      } catch (e) {
+        const message = (e as Error).message;
+        assert.ok(message.startsWith(`image ${label}: `) && !message.includes("\n"), message);
+        assert.doesNotMatch(message, /cannot decode it/, "an undiagnosed failure"); // every refusal names its fault
+        outcomes.refused++;
+      }
+    }
+  }
+  assert.ok(outcomes.decoded > 50 && outcomes.refused > 500, JSON.stringify(outcomes));
+  assert.ok(performance.now() - start < 10_000, `took ${performance.now() - start} ms`);
 });
