@@ -164,6 +164,7 @@ export async function acquireRunLock(
     purpose,
   };
   const body = JSON.stringify(holder, null, 1) + "\n";
+  let tookOver: LockHolder | undefined;
   for (let attempt = 0;; attempt++) {
     // The lock appears whole: written under a temporary name, then linked to its name (which fails if it exists).
     const tmp = tempPathFor(path);
@@ -194,8 +195,9 @@ export async function acquireRunLock(
       continue;
     }
     await Deno.remove(aside).catch(() => {});
-    warn(`warning: took over the stale lock ${printable(path)} of ${describeHolder(current)}: that process is gone`);
+    tookOver = current;
   }
+  if (tookOver) warn(`warning: took over the stale lock ${printable(path)} of ${describeHolder(tookOver)}: that process is gone`);
   const lock = new RunLock(path, holder);
   held.add(lock);
   // Another live lock on an overlapping part (a whole run beside a shard, shards of different splits) refuses too.
