@@ -234,7 +234,8 @@ export const attentionFlowCaseSpecs: AttentionFlowCaseSpec[] = [
     tokenGroup: 3,
   },
   {
-    label: "D32 H3 Hkv1 Sq70 Sk203 keys partly ungrouped, scale0.3",
+    // Ids past the group counts (7 for queries, 9 for keys, then 0xffffffff) put tokens in no group.
+    label: "D32 H3 Hkv1 Sq70 Sk203 tokens partly ungrouped, scale0.3",
     sq: 70,
     sk: 203,
     heads: 3,
@@ -242,8 +243,8 @@ export const attentionFlowCaseSpecs: AttentionFlowCaseSpec[] = [
     headDim: 32,
     scale: 0.3,
     spread: 1.5,
-    queryRuns: [[1, 20], [0, 50]],
-    keyRuns: [[2, 40], [0, 100], [1, 33]],
+    queryRuns: [[1, 20], [7, 5], [0, 45]],
+    keyRuns: [[2, 40], [0, 100], [1, 33], [9, 10]],
     queryGroupCount: 2,
     keyGroupCount: 3,
     tokenGroup: 1,
