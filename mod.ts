@@ -6,6 +6,7 @@
 //   const cap = new CaptureIntervention([{ tap: "double.2.txt", group: "text[content]" }]);
 //   const run = await pipe.generate({ prompt: "draw a couch in this color", refs: ["swatch.png"], interventions: [ko, cap] });
 //   await savePng("out.png", run.image, run.width, run.height);
+//   const rows = cap.results(run).at("double.2.txt", "text[content]", 0); // { rows, cols, data }
 
 // Pipeline and components
 export { checkSize, Flux2KleinPipeline } from "./model/pipeline.ts";
@@ -21,15 +22,33 @@ export { loadImage, preprocessReference, savePng, toUnitRange } from "./model/im
 export { empiricalMu, flowSchedule, packLatents, seededNoise, unpackLatents } from "./model/sampler.ts";
 
 // Interventions and experiment specs
-export { resolveGroup, resolveGroups, type RunLayout } from "./interventions/groups.ts";
-export { type Intervention, resolveBlocks, resolveSteps, type RunContext } from "./interventions/intervention.ts";
+export type {
+  AttentionCut,
+  ForwardSite,
+  Intervention,
+  InterventionOutputs,
+  RunBinding,
+  RunContext,
+  RunLayout,
+  TapInfo,
+} from "./model/run.ts";
+export { resolveGroup, resolveGroups } from "./interventions/groups.ts";
+export { resolveBlocks, resolveSteps } from "./interventions/intervention.ts";
 export { KnockoutIntervention, type KnockoutSetting } from "./interventions/knockout.ts";
-export { PatchIntervention, type PatchSpec } from "./interventions/patch.ts";
-export { type CapturedTensor, CaptureIntervention, type CaptureRequest } from "./interventions/capture_run.ts";
-export { captureTextRows, type LensOptions, runLens } from "./studies/lens.ts";
-export { knownTaps, takeRows, textTapOfBlock } from "./interventions/taps.ts";
+export { PatchIntervention, type PatchSpec, type RowSupply } from "./interventions/patch.ts";
+export {
+  type CapturedRows,
+  type CapturedTensor,
+  CaptureIntervention,
+  type CaptureRequest,
+  CaptureSet,
+} from "./interventions/capture_run.ts";
+
+// Studies: specs, several runs tied together, outputs
 export { parseSpec, readSpec, type RunSpec, SPEC_VERSION } from "./studies/spec.ts";
-export { checkSpec, executeSpec, KLEINSCOPE_VERSION, writeSpecOutputs } from "./studies/execute.ts";
+export { checkSpec, executePlan, executeSpec, KLEINSCOPE_VERSION, planSpec, type SpecPlan, type SpecRunResult } from "./studies/execute.ts";
+export { SourceRows, type SourceRowsRequest } from "./studies/source_rows.ts";
+export { resolvedSpec, writeSpecOutputs } from "./studies/outputs.ts";
 
 // Runtime, kernels and weights (for auditing and for building your own graphs)
 export { getGpu, type GpuContext, openGpu } from "./runtime/device.ts";

@@ -19,7 +19,6 @@ import { savePng } from "../model/images.ts";
 import { Rng } from "../runtime/random.ts";
 import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { CaptureIntervention } from "../interventions/capture_run.ts";
-import { textTapOfBlock } from "../interventions/taps.ts";
 import { exists, formatGB, formatTable, median, runCommand } from "./common.ts";
 
 const CHECKPOINT_SCRIPT = fileURLToPath(new URL("./make_random_checkpoint.py", import.meta.url));
@@ -118,11 +117,11 @@ export async function main(args: string[]): Promise<void> {
     const ko = await pipe.generate({ ...request, interventions: [new KnockoutIntervention([{ setting: "ref->text", blocks: "all" }])] });
     row("knockout ref->text, all blocks", ko);
     const cap = new CaptureIntervention(
-      pipe.blockNames().map((b) => ({ tap: textTapOfBlock(b), group: b.startsWith("single") ? "text" : undefined })),
+      pipe.blockNames().map((b) => ({ tap: `${b}.txt` })),
     );
     const captured = await pipe.generate({ ...request, interventions: [cap] });
     let capturedBytes = 0;
-    for (const c of cap.captured.values()) for (const d of c.steps.values()) capturedBytes += d.byteLength;
+    for (const c of cap.results(captured).tensors) for (const d of c.steps.values()) capturedBytes += d.byteLength;
     row(`capture text rows, ${pipe.blockNames().length} blocks × ${steps} steps (${formatGB(capturedBytes)} read back)`, captured);
     console.log(formatTable(["run", "median step ms", "over plain", "plan GPU", "plan over plain"], rows));
   }

@@ -2,7 +2,8 @@
 
 import { basename, dirname, join } from "node:path";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
-import { executeSpec, writeSpecOutputs } from "../studies/execute.ts";
+import { executeSpec } from "../studies/execute.ts";
+import { writeSpecOutputs } from "../studies/outputs.ts";
 import type { RunSpec } from "../studies/spec.ts";
 
 export async function runSpecToFolder(spec: RunSpec, out: string, overwrite: boolean): Promise<void> {

@@ -2,8 +2,9 @@
 // `--print-spec` prints the spec instead of running it (to save and edit for `deno task run`).
 
 import { parseArgs } from "node:util";
-import { type CaptureSpec, type InterventionSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
+import { type CaptureSpec, type InterventionSpec, type KnockoutSettingSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
+import { UsageError } from "./common.ts";
 
 const DEFAULT_MODEL = "tests/fixtures/klein-tiny/model";
 
@@ -24,8 +25,11 @@ const HELP: Record<string, string> = {
 Attention knockout: queries in group B may not read keys in group A, in the selected blocks and steps.
 Groups: text, text[content], text[scaffold], text[pad], text[padding], text[i..j], image, ref, ref[k]; join with +.
 Blocks: all, double, single, 3, 0..4, first:k, last:k, window:i:k, double.2 (comma-separated).
-  --setting "A->B"     repeatable: several settings in one run
+  --setting "A->B"     repeatable: several settings in one run cut the union of their edges
   --blocks SEL         default all        --knockout-steps SEL   default all
+                       given after a --setting, they apply to that setting; given before the first, to every
+                       setting without its own. The paper's split schedule:
+                       --setting "ref->text" --blocks 0..16 --setting "ref->image" --blocks 16..32
 
 ${COMMON}
 
@@ -77,9 +81,31 @@ function parseCapture(v: string, steps?: string): CaptureSpec {
   return at < 0 ? { tap: v, steps } : { tap: v.slice(0, at), group: v.slice(at + 1), steps };
 }
 
+/** Knockout settings from the command line in order: `--blocks`/`--knockout-steps` after a `--setting` belong to
+ * it; before the first `--setting` they are the default of every setting. */
+function knockoutSettings(tokens: NonNullable<ReturnType<typeof parseArgs>["tokens"]>): KnockoutSettingSpec[] {
+  const settings: KnockoutSettingSpec[] = [];
+  const defaults: { blocks?: string; steps?: string } = {};
+  for (const t of tokens) {
+    if (t.kind !== "option" || typeof t.value !== "string") continue;
+    const current = settings[settings.length - 1];
+    if (t.name === "setting") settings.push({ setting: t.value });
+    else if (t.name === "blocks" || t.name === "knockout-steps") {
+      const key = t.name === "blocks" ? "blocks" : "steps";
+      const target = current ?? defaults;
+      if (target[key] !== undefined) {
+        throw new UsageError(`--${t.name} is given twice for ${current ? `setting "${current.setting}"` : "every setting"}`);
+      }
+      target[key] = t.value;
+    }
+  }
+  return settings.map((s) => ({ setting: s.setting, blocks: s.blocks ?? defaults.blocks, steps: s.steps ?? defaults.steps }));
+}
+
 export async function main(args: string[], command: string): Promise<number> {
-  const { values } = parseArgs({
+  const { values, tokens } = parseArgs({
     args,
+    tokens: true,
     options: {
       model: { type: "string" },
       prompt: { type: "string" },
@@ -96,8 +122,8 @@ export async function main(args: string[], command: string): Promise<number> {
       "print-spec": { type: "boolean" },
       help: { type: "boolean", short: "h" },
       setting: { type: "string", multiple: true },
-      blocks: { type: "string" },
-      "knockout-steps": { type: "string" },
+      blocks: { type: "string", multiple: true },
+      "knockout-steps": { type: "string", multiple: true },
       block: { type: "string" },
       mode: { type: "string" },
       group: { type: "string" },
@@ -125,10 +151,8 @@ export async function main(args: string[], command: string): Promise<number> {
   }
   const interventions: InterventionSpec[] = [];
   if (command === "knockout") {
-    if (!values.setting?.length) throw new Error(`--setting "A->B" is required (e.g. --setting "ref->text")`);
-    for (const setting of values.setting) {
-      interventions.push({ type: "knockout", setting, blocks: values.blocks, steps: values["knockout-steps"] });
-    }
+    if (!values.setting?.length) throw new UsageError(`--setting "A->B" is required (e.g. --setting "ref->text")`);
+    interventions.push({ type: "knockout", settings: knockoutSettings(tokens!) });
   } else if (command === "patch") {
     if (!values.block) throw new Error("--block is required (e.g. --block double.1)");
     interventions.push({

@@ -6,23 +6,7 @@
 // `text[padding]` = scaffold ∪ pad (the chat template's tokens and the pad tokens), the paper's "padding".
 // `text[i..j]` is half-open (i, i+1, …, j−1). Several groups are joined with `+`.
 
-export interface PromptGroups {
-  content: number[];
-  scaffold: number[];
-  pad: number[];
-  padding: number[];
-}
-
-export interface RunLayout {
-  textRows: number;
-  noiseRows: number;
-  refRows: number[];
-  prompt: PromptGroups;
-}
-
-export function sequenceLength(l: RunLayout): number {
-  return l.textRows + l.noiseRows + l.refRows.reduce((a, b) => a + b, 0);
-}
+import type { RunLayout } from "../model/run.ts";
 
 const range = (start: number, count: number) => Array.from({ length: count }, (_, i) => start + i);
 

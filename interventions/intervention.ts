@@ -1,31 +1,5 @@
-// What an intervention is to the pipeline: a graph rewrite applied once when the step plan is built, and optional
-// hooks around every denoising step (to swap per-step data in or copy captured rows out).
-
-import type { Graph } from "../runtime/graph.ts";
-import type { Plan } from "../runtime/executor.ts";
-import type { RunLayout } from "./groups.ts";
-import type { AttentionArgs } from "../kernels/attention.ts";
-
-export interface RunContext {
-  layout: RunLayout;
-  /** Block names in absolute order (double.0 … single.N). */
-  blocks: string[];
-  steps: number;
-  /** The attention node of every block, in block order, with the arguments it was built from. */
-  attention: { node: string; args: AttentionArgs & { out: number } }[];
-  /** Report something the user should know that does not stop the run (e.g. a group empty in this run). */
-  warn(message: string): void;
-}
-
-export interface Intervention {
-  /** A short human description, e.g. "knockout ref->text on all blocks". */
-  readonly label: string;
-  /** Check everything that can be checked before any GPU work (groups, blocks, steps, shapes). */
-  validate(ctx: RunContext): void;
-  rewrite(g: Graph, ctx: RunContext): void;
-  beforeStep?(plan: Plan, step: number): void;
-  afterStep?(plan: Plan, step: number): Promise<void>;
-}
+// The block and step grammars of interventions. (What an intervention is to the pipeline — bind to a prepared run,
+// rewrite its graph, act around steps — is defined by the model in model/run.ts.)
 
 /** Block selection: "all", a list of names or absolute indices, "a..b" ranges, "first:k", "last:k", "window:i:k". */
 export function resolveBlocks(spec: string | (string | number)[], blocks: string[], where: string): number[] {

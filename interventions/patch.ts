@@ -1,18 +1,28 @@
-// Activation patching as a graph rewrite: after the node that produces a tap point, rows at given positions are
-// replaced by (or shifted by alpha times) rows supplied per step or fixed for the whole run.
+// Activation patching as a graph rewrite: after the node that produces a tap point, rows at given token positions
+// are replaced by (or shifted by alpha times) rows supplied per step or fixed for the whole run. In a guided run the
+// patch applies to both forwards of a step, as the reference implementation's hooks do.
 
 import type { Graph } from "../runtime/graph.ts";
 import type { Plan } from "../runtime/executor.ts";
 import { type PatchMode, patchRows } from "../kernels/patch.ts";
-import { type Intervention, resolveSteps, type RunContext } from "./intervention.ts";
+import type { Intervention, RunBinding, RunContext, TapInfo } from "../model/run.ts";
+import { resolveSteps } from "./intervention.ts";
+
+/** Rows supplied while the run goes on (e.g. by a source run that ran first): `count` rows of `cols` per step. */
+export interface RowSupply {
+  count: number;
+  cols: number;
+  /** Rows [count, cols] for a step of the patched run. */
+  rowsAt(step: number): Float32Array;
+}
 
 export interface PatchSpec {
-  /** The tap point whose rows are replaced (e.g. "double.1.txt", "single.0", "context_embedder"). */
+  /** The tap point whose rows are replaced (e.g. "double.1.txt", "single.0.txt", "context_embedder"). */
   tap: string;
-  /** Row positions inside the tap's rows, or a function of the run's layout that gives them. */
+  /** Sequence positions of the replaced rows, or a function of the run that gives them. */
   positions: number[] | ((ctx: RunContext) => number[]);
-  /** Rows [positions.length, cols]: one array for every step, or a list indexed by step. */
-  rows: Float32Array | Float32Array[];
+  /** Rows [positions.length, cols]: one array for every step, a list indexed by step, or a supply. */
+  rows: Float32Array | Float32Array[] | RowSupply;
   mode?: PatchMode;
   /** Scale of the added rows in "add" mode (steering). */
   alpha?: number;
@@ -23,80 +33,107 @@ export interface PatchSpec {
 
 let patchCounter = 0;
 
+/** The tap's row index of every sequence position, refused when a position lies outside the tap. */
+export function tapRows(tap: TapInfo, positions: readonly number[], where: string): number[] {
+  if (tap.sequenceStart === null) throw new Error(`${where}: the rows of tap ${tap.name} are not tokens; it cannot be indexed by group`);
+  const start = tap.sequenceStart;
+  return positions.map((p) => {
+    const row = p - start;
+    if (!Number.isInteger(p) || row < 0 || row >= tap.rows) {
+      throw new Error(`${where}: sequence position ${p} is outside tap ${tap.name} (positions ${start}..${start + tap.rows - 1})`);
+    }
+    return row;
+  });
+}
+
+/** A tap of the run, refused with the known names when it does not exist. */
+export function findTap(ctx: Pick<RunContext, "taps" | "blocks">, tap: string, where: string): TapInfo {
+  const info = ctx.taps.get(tap);
+  if (!info) {
+    const b = ctx.blocks;
+    throw new Error(
+      `${where}: unknown tap point "${tap}" (e.g. ${b[0]}.txt, ${b[0]}.img, ${b[b.length - 1]}.txt, ${b[b.length - 1]}, ` +
+        `context_embedder, ${b[0]}.attn.q)`,
+    );
+  }
+  return info;
+}
+
+function supplyOf(rows: PatchSpec["rows"], count: number, cols: number, label: string): RowSupply {
+  if (!(rows instanceof Float32Array) && !Array.isArray(rows)) return rows;
+  return {
+    count,
+    cols,
+    rowsAt(step) {
+      const r = rows instanceof Float32Array ? rows : rows[step];
+      if (!r) throw new Error(`${label}: no patch rows for step ${step} (the source gives ${(rows as Float32Array[]).length} step(s))`);
+      return r;
+    },
+  };
+}
+
 export class PatchIntervention implements Intervention {
   readonly label: string;
-  private readonly id = patchCounter++;
-  private positions: number[] = [];
-  private active = new Set<number>();
-  private fixedWritten = false;
-  private warnedEmpty = false;
 
   constructor(readonly spec: PatchSpec) {
     this.label = spec.label ?? `patch ${spec.tap} (${spec.mode ?? "replace"})`;
   }
 
-  private rowsFor(step: number): Float32Array {
-    const r = this.spec.rows;
-    if (!Array.isArray(r)) return r;
-    const rows = r[step];
-    if (!rows) throw new Error(`${this.label}: no patch rows for step ${step} (the source has ${r.length} steps)`);
-    return rows;
-  }
-
-  validate(ctx: RunContext): void {
-    const positions = typeof this.spec.positions === "function" ? this.spec.positions(ctx) : this.spec.positions;
-    this.positions = positions;
-    this.active = resolveSteps(this.spec.steps, ctx.steps, this.label);
-    const mode = this.spec.mode ?? "replace";
-    if (mode !== "replace" && mode !== "add") throw new Error(`${this.label}: mode must be "replace" or "add", got ${mode}`);
+  bind(ctx: RunContext): RunBinding {
+    const spec = this.spec;
+    const label = this.label;
+    const mode = spec.mode ?? "replace";
+    if (mode !== "replace" && mode !== "add") throw new Error(`${label}: mode must be "replace" or "add", got ${mode}`);
+    const tap = findTap(ctx, spec.tap, label);
+    const positions = typeof spec.positions === "function" ? spec.positions(ctx) : spec.positions;
+    const active = resolveSteps(spec.steps, ctx.steps, label);
     if (!positions.length) {
-      if (!this.warnedEmpty) ctx.warn(`${this.label}: the patched token group is empty in this run; nothing is patched`);
-      this.warnedEmpty = true;
-      return;
+      ctx.warn(`${label}: the patched token group is empty in this run; nothing is patched`);
+      return {};
     }
-    if (Array.isArray(this.spec.rows) && this.spec.rows.length < Math.max(...this.active) + 1) {
+    const rows = tapRows(tap, positions, label);
+    const supply = supplyOf(spec.rows, positions.length, tap.cols, label);
+    if (supply.count !== positions.length || supply.cols !== tap.cols) {
       throw new Error(
-        `${this.label}: the source has ${this.spec.rows.length} step(s) but the patch is active up to step ${Math.max(...this.active)}`,
+        `${label}: the source gives ${supply.count} rows of ${supply.cols}, but ${positions.length} rows of ${tap.cols} are patched ` +
+          `at ${spec.tap} (row counts must match group by group)`,
       );
     }
-  }
-
-  rewrite(g: Graph, _ctx: RunContext): void {
-    if (!this.positions.length) return;
-    const dst = g.tapTensor(this.spec.tap);
-    const [tapRows, cols] = g.shape(dst);
-    this.fixedWritten = false;
-    const bad = this.positions.find((p) => !Number.isInteger(p) || p < 0 || p >= tapRows);
-    if (bad !== undefined) throw new Error(`${this.label}: position ${bad} is outside the ${tapRows} rows of ${this.spec.tap}`);
-    for (const step of this.active) {
-      const rows = this.rowsFor(step);
-      if (rows.length !== this.positions.length * cols) {
-        throw new Error(
-          `${this.label}: the source gives ${rows.length / cols} rows of ${cols} at step ${step}, ` +
-            `but ${this.positions.length} positions are patched (row counts must match group by group)`,
-        );
-      }
+    if (Array.isArray(spec.rows)) {
+      const last = Math.max(...active);
+      if (spec.rows.length <= last) throw new Error(`${label}: the source has ${spec.rows.length} step(s) but the patch is active up to step ${last}`);
+      spec.rows.forEach((r, s) => {
+        if (r.length !== rows.length * tap.cols) throw new Error(`${label}: the rows for step ${s} hold ${r.length} values, not ${rows.length}×${tap.cols}`);
+      });
+    } else if (spec.rows instanceof Float32Array && spec.rows.length !== rows.length * tap.cols) {
+      throw new Error(`${label}: the rows hold ${spec.rows.length} values, not ${rows.length}×${tap.cols}`);
     }
-    const producer = g.producerIndex(dst);
-    if (producer < 0) throw new Error(`${this.label}: nothing produces ${this.spec.tap}`);
-    const p = `patch${this.id}`;
-    g.insertBuilt(producer, () => {
-      const src = g.state(`${p}.rows`, [this.positions.length, cols]);
-      const index = g.constant(`${p}.index`, [this.positions.length], "u32", Uint32Array.from(this.positions));
-      const control = g.state(`${p}.control`, [2]);
-      patchRows(g, `${p}:${this.spec.tap}`, { src, dst, index, control, mode: this.spec.mode ?? "replace" });
-    });
-  }
-
-  beforeStep(plan: Plan, step: number): void {
-    if (!this.positions.length) return;
-    const p = `patch${this.id}`;
-    const on = this.active.has(step);
-    plan.write(`${p}.control`, Float32Array.of(on ? 1 : 0, this.spec.alpha ?? 1));
-    // Per-step rows change every step; fixed rows are written once, at the first active step.
-    if (on && (Array.isArray(this.spec.rows) || !this.fixedWritten)) {
-      plan.write(`${p}.rows`, this.rowsFor(step));
-      this.fixedWritten = true;
-    }
+    const p = `patch${patchCounter++}`;
+    let written: Float32Array | null = null;
+    return {
+      rewrite(g: Graph, forwards) {
+        const src = g.state(`${p}.rows`, [rows.length, tap.cols]);
+        const index = g.constant(`${p}.index`, [rows.length], "u32", Uint32Array.from(rows));
+        const control = g.state(`${p}.control`, [2]);
+        for (const f of forwards) {
+          const dst = g.tapTensor(f.scope + spec.tap);
+          const producer = g.producerIndex(dst);
+          if (producer < 0) throw new Error(`${label}: nothing produces ${f.scope}${spec.tap}`);
+          g.insertBuilt(producer, () => patchRows(g, `${p}:${f.scope}${spec.tap}`, { src, dst, index, control, mode }));
+        }
+      },
+      beforeStep(plan: Plan, step: number) {
+        const on = active.has(step);
+        plan.write(`${p}.control`, Float32Array.of(on ? 1 : 0, spec.alpha ?? 1));
+        if (!on) return;
+        const data = supply.rowsAt(step);
+        if (data.length !== rows.length * tap.cols) {
+          throw new Error(`${label}: the source gives ${data.length} values at step ${step}, not ${rows.length}×${tap.cols}`);
+        }
+        // Rows that stay the same across steps (a fixed source step) are written once.
+        if (data !== written) plan.write(`${p}.rows`, data);
+        written = data;
+      },
+    };
   }
 }

@@ -1,16 +1,20 @@
-// Initial latents from a safetensors file: the tensor "latents" (else the first), channel-major [C, h, w] (a leading
-// batch of 1 allowed) or packed [h·w, C], checked against the image size and for non-finite values.
+// Initial latents from a safetensors file: the tensor named after "#" (`file.safetensors#initial_latents`), else
+// "latents", else the first; channel-major [C, h, w] (a leading batch of 1 allowed) or packed [h·w, C], checked
+// against the image size and for non-finite values.
 
 import { SafetensorsFile } from "../weights/safetensors.ts";
 import { packLatents } from "./sampler.ts";
 
 /** Initial latents from a safetensors file, as packed tokens [(height/16)·(width/16), channels]. */
-export async function readInitialLatents(path: string, channels: number, width: number, height: number): Promise<Float32Array> {
+export async function readInitialLatents(where: string, channels: number, width: number, height: number): Promise<Float32Array> {
+  const hash = where.lastIndexOf("#");
+  const [path, wanted] = hash > 0 ? [where.slice(0, hash), where.slice(hash + 1)] : [where, undefined];
   const file = await SafetensorsFile.open(path);
   try {
     const names = file.names();
     if (!names.length) throw new Error(`latents ${path}: the file holds no tensor`);
-    const name = file.has("latents") ? "latents" : names[0];
+    if (wanted !== undefined && !file.has(wanted)) throw new Error(`latents ${path}: the file holds no tensor "${wanted}"`);
+    const name = wanted ?? (file.has("latents") ? "latents" : names[0]);
     const shape = file.info(name).shape;
     const h = height / 16, w = width / 16;
     const expected = `[${channels}, ${h}, ${w}] (channel-major) or [${h * w}, ${channels}] (packed)`;

@@ -1,6 +1,7 @@
 // FLUX.2 klein text-to-image and in-context editing: prompt → embeddings; references → tokens; per step one
 // transformer forward over [text ; noise ; references] with the Euler update on the GPU; decode.
-// Interventions rewrite the step graph once; the step loop only writes σ-dependent inputs and submits.
+// A run is a value: prepare() does every check and all CPU work once (references decoded, prompt tokenised, step
+// graph built, interventions bound and rewritten); execute() does the GPU work of that prepared run, once.
 
 import { join } from "node:path";
 import { getGpu, type GpuContext } from "../runtime/device.ts";
@@ -18,8 +19,18 @@ import { loadQwen3Tokenizer } from "./qwen3/tokenizer.ts";
 import { loadChatTemplate } from "./qwen3/template.ts";
 import { Vae } from "./vae/vae.ts";
 import { loadImage, preprocessReference, toUnitRange } from "./images.ts";
-import type { Intervention, RunContext } from "../interventions/intervention.ts";
-import type { RunLayout } from "../interventions/groups.ts";
+import {
+  type AttentionCut,
+  type ForwardSite,
+  type Intervention,
+  type InterventionOutputs,
+  type RunBinding,
+  type RunContext,
+  type RunLayout,
+  sequenceLength,
+  type TapInfo,
+} from "./run.ts";
+import { fullyMaskedQueries, groupMaskBits, setAttentionGroupMask } from "../kernels/attention.ts";
 
 export interface ReferenceImage {
   /** Where it came from (for messages and specs). */
@@ -40,6 +51,9 @@ export interface GenerateRequest {
   steps?: number;
   /** Classifier-free guidance scale; only for base (non-distilled) checkpoints. */
   guidance?: number;
+  /** Treat the checkpoint as guidance-distilled (true) or as a base model (false); default model_index.json's
+   * `is_distilled`. A base model runs a conditional and an unconditional forward per step when guidance ≠ 1. */
+  distilled?: boolean;
   seed?: number;
   /** Initial noise, packed tokens [(h/16)·(w/16), channels]; overrides the seed. */
   initialLatents?: Float32Array;
@@ -52,11 +66,14 @@ export interface GenerateRequest {
   onStep?: (info: StepInfo) => void;
 }
 
-/** A run checked and laid out on the CPU, ready for the GPU. */
+/** A run checked and laid out on the CPU, with its step graph built and its interventions bound: ready for the
+ * GPU. Execute it once with `Flux2KleinPipeline.execute`. */
 export interface PreparedRun {
   request: GenerateRequest;
   steps: number;
   guidance: number;
+  /** True when each step runs a conditional and an unconditional forward. */
+  guided: boolean;
   refs: ReferenceImage[];
   width: number;
   height: number;
@@ -64,8 +81,11 @@ export interface PreparedRun {
   refGrids: Grid[];
   layout: RunLayout;
   prompt: EncodedPrompt;
+  /** Tap points of one forward, by name. */
+  taps: ReadonlyMap<string, TapInfo>;
   interventions: Intervention[];
-  context(attention: RunContext["attention"]): RunContext;
+  /** Everything the run's checks had to say that did not stop it (kept on the result). */
+  warnings: string[];
 }
 
 export interface StepInfo {
@@ -99,6 +119,10 @@ export interface GenerateResult {
   planBytes: number;
   /** Largest GPU bytes of a VAE plan (encode or decode) during the run; freed before the steps and after decoding. */
   vaePlanBytes: number;
+  /** Warnings of the run (an intervention whose group is empty here, …). */
+  warnings: string[];
+  /** What each intervention collected in this run (see e.g. CaptureIntervention.results). */
+  outputs: InterventionOutputs;
 }
 
 export interface PipelineOptions {
@@ -111,14 +135,36 @@ interface ModelIndex {
   is_distilled?: boolean;
 }
 
-/** Output sizes must be multiples of 16 (two 2× VAE stages and 2×2 patches). */
+/** The largest output side accepted: the VAE's activations at 4096² already take several GB. */
+export const MAX_OUTPUT_SIDE = 4096;
+
+/** Output sizes must be multiples of 16 (two 2× VAE stages and 2×2 patches) and at most MAX_OUTPUT_SIDE. */
 export function checkSize(width: number, height: number, where: string): void {
   for (const [name, v] of [["width", width], ["height", height]] as const) {
     if (!Number.isInteger(v) || v < 16 || v % 16) {
       throw new Error(`${where}: ${name} ${v} must be a positive multiple of 16 (try ${Math.max(16, Math.round(v / 16) * 16)})`);
     }
+    if (v > MAX_OUTPUT_SIDE) throw new Error(`${where}: ${name} ${v} is above the largest supported side, ${MAX_OUTPUT_SIDE}`);
   }
 }
+
+/** The step graph of a prepared run: forward(s), guidance and the Euler update, before interventions rewrite it. */
+interface StepGraph {
+  graph: Graph;
+  forwards: ForwardSite[];
+  taps: Map<string, TapInfo>;
+}
+
+/** Prepared runs are values that run once: this remembers which have (a second execute is a mistake). */
+const executedRuns = new WeakSet<PreparedRun>();
+
+/** Per prepared run, what only the pipeline needs: the step graph and the bound interventions. */
+interface RunInternals {
+  step: StepGraph;
+  bindings: RunBinding[];
+  cuts: AttentionCut[];
+}
+const internals = new WeakMap<PreparedRun, RunInternals>();
 
 export class Flux2KleinPipeline {
   private textEncoder: Qwen3TextEncoder | null = null;
@@ -156,23 +202,31 @@ export class Flux2KleinPipeline {
     return this.transformer.blockNames();
   }
 
-  /** Prompt embeddings [512, joint_dim] (cached per prompt). */
-  async encodePrompt(prompt: string): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }> {
-    const hit = this.embedCache.get(prompt);
-    if (hit) return hit;
-    if (!this.textEncoder) this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
-    try {
-      const r = await this.textEncoder.encode(prompt);
-      if (r.prompt.warning) this.options.log?.(`warning: ${r.prompt.warning}`);
-      if (this.embedCache.size >= 8) this.embedCache.delete(this.embedCache.keys().next().value!);
-      this.embedCache.set(prompt, r);
-      return r;
-    } finally {
-      if (!this.options.keepTextEncoder) {
-        this.textEncoder.release();
-        this.textEncoder = null;
+  /** Prompt embeddings [512, joint_dim] of each prompt (cached per prompt); the text encoder is loaded once for all. */
+  async encodePrompts(prompts: string[]): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }[]> {
+    const missing = [...new Set(prompts.filter((p) => !this.embedCache.has(p)))];
+    if (missing.length) {
+      if (!this.textEncoder) this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
+      try {
+        for (const prompt of missing) {
+          const r = await this.textEncoder.encode(prompt);
+          if (r.prompt.warning) this.options.log?.(`warning: ${r.prompt.warning}`);
+          if (this.embedCache.size >= 8) this.embedCache.delete(this.embedCache.keys().next().value!);
+          this.embedCache.set(prompt, r);
+        }
+      } finally {
+        if (!this.options.keepTextEncoder) {
+          this.textEncoder.release();
+          this.textEncoder = null;
+        }
       }
     }
+    return prompts.map((p) => this.embedCache.get(p)!);
+  }
+
+  /** Prompt embeddings [512, joint_dim] (cached per prompt). */
+  async encodePrompt(prompt: string): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }> {
+    return (await this.encodePrompts([prompt]))[0];
   }
 
   /** Load and preprocess a reference image as the reference pipeline does. */
@@ -189,19 +243,31 @@ export class Flux2KleinPipeline {
     return encodePrompt(tokenizer, template, prompt, { maxLength: QWEN3_PROMPT_LENGTH });
   }
 
-  /** Everything about a run that can be known without the GPU: references decoded, the prompt tokenised, sizes,
-   * steps and the sequence layout — and every intervention validated against it. Bad input fails here. */
-  async prepare(req: GenerateRequest): Promise<PreparedRun> {
-    const steps = req.steps ?? (this.distilled ? 4 : 50);
+  /** The number of denoising steps a request runs (its own, else 4 for distilled checkpoints and 50 for base ones). */
+  stepsOf(req: Pick<GenerateRequest, "steps" | "distilled">): number {
+    const steps = req.steps ?? ((req.distilled ?? this.distilled) ? 4 : 50);
     if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be a positive integer, got ${steps}`);
-    const guidance = req.guidance ?? (this.distilled ? 1 : 4);
+    return steps;
+  }
+
+  /** Everything about a run that can be done without the GPU: references decoded, the prompt tokenised, sizes,
+   * steps, the sequence layout, the step graph — and every intervention bound to it (and so validated). Bad input
+   * fails here, before any GPU work. */
+  async prepare(req: GenerateRequest): Promise<PreparedRun> {
+    const distilled = req.distilled ?? this.distilled;
+    const steps = this.stepsOf(req);
+    const guidance = req.guidance ?? (distilled ? 1 : 4);
     if (!Number.isFinite(guidance)) throw new Error(`guidance must be a number, got ${guidance}`);
-    if (this.distilled && guidance !== 1) {
-      throw new Error(`guidance ${guidance}: this checkpoint is guidance-distilled (model_index.json is_distilled); leave guidance at 1`);
+    if (distilled && guidance !== 1) {
+      throw new Error(
+        `guidance ${guidance}: this checkpoint is guidance-distilled (model_index.json is_distilled); leave guidance at 1, ` +
+          `or run it as a base model (distilled: false)`,
+      );
     }
     if (req.f16 && !this.gpu.hasF16) {
       throw new Error(`f16: adapter ${this.gpu.adapterDescription} offers no shader-f16; run without f16`);
     }
+    if (req.width !== undefined || req.height !== undefined) checkSize(req.width ?? 1024, req.height ?? 1024, "output size");
     const refs: ReferenceImage[] = [];
     for (const r of req.refs ?? []) refs.push(typeof r === "string" ? await this.loadReference(r) : r);
     const width = req.width ?? refs[0]?.width ?? 1024;
@@ -220,25 +286,119 @@ export class Flux2KleinPipeline {
     if (req.initialLatents && req.initialLatents.length !== layout.noiseRows * channels) {
       throw new Error(`initial latents hold ${req.initialLatents.length} values; ${width}×${height} needs ${layout.noiseRows}×${channels}`);
     }
+    const guided = !distilled && guidance !== 1;
+    const step = this.buildStepGraph(layout, guided, guidance, req.f16);
+    this.checkFits(step.graph, width, height);
+
+    const warnings: string[] = [];
+    const cuts: AttentionCut[] = [];
     const interventions = req.interventions ?? [];
-    const context = (attention: RunContext["attention"]): RunContext => ({
+    const context: RunContext = {
       layout,
       blocks: this.blockNames(),
       steps,
-      attention,
-      warn: (m) => (this.options.log ?? console.warn)(`warning: ${m}`),
-    });
-    for (const iv of interventions) iv.validate(context([]));
-    return { request: req, steps, guidance, refs, width, height, grid, refGrids, layout, prompt, interventions, context };
+      taps: step.taps,
+      guided,
+      warn: (m) => {
+        if (warnings.includes(m)) return;
+        warnings.push(m);
+        (this.options.log ?? console.warn)(`warning: ${m}`);
+      },
+      cutAttention: (cut) => cuts.push(cut),
+    };
+    const bindings = interventions.map((iv) => iv.bind(context));
+    checkCuts(cuts, layout, context.blocks, steps);
+    applyCuts(step, cuts, sequenceLength(layout));
+    for (const b of bindings) b.rewrite?.(step.graph, step.forwards);
+    const run: PreparedRun = {
+      request: req,
+      steps,
+      guidance,
+      guided,
+      refs,
+      width,
+      height,
+      grid,
+      refGrids,
+      layout,
+      prompt,
+      taps: step.taps,
+      interventions,
+      warnings,
+    };
+    internals.set(run, { step, bindings, cuts });
+    return run;
   }
 
-  /** Run one generation. */
-  async generate(req: GenerateRequest): Promise<GenerateResult> {
-    const t0 = performance.now();
-    const run = await this.prepare(req);
-    const { steps, guidance, refs, width, height, grid, refGrids, layout, interventions } = run;
+  /** The step plan's graph: forward(s) + guidance + Euler update, before interventions. */
+  private buildStepGraph(layout: RunLayout, guided: boolean, guidance: number, f16 = false): StepGraph {
     const cfg = this.transformer.config;
-    const useCfg = !this.distilled && guidance !== 1;
+    const imageRows = layout.noiseRows + layout.refRows.reduce((a, b) => a + b, 0);
+    const channels = cfg.inChannels;
+    const g = new Graph();
+    const x = g.state("pipe.x", [imageRows, channels]);
+    const ctx = g.state("pipe.ctx", [layout.textRows, cfg.jointAttentionDim]);
+    const velocity = g.state("pipe.velocity", [imageRows, cfg.outChannels]);
+    const fwd = this.transformer.buildForward(g, layout.textRows, imageRows, { x, ctx, output: velocity, f16 });
+    const forwards: ForwardSite[] = [{ forward: "cond", scope: "", attention: fwd.attention }];
+    const taps = new Map<string, TapInfo>();
+    for (const [name, id] of g.taps) {
+      const [rows, cols] = g.shape(id);
+      taps.set(name, { name, rows, cols, sequenceStart: g.tapSequenceStart.get(name) ?? null });
+    }
+    let guidedVelocity = velocity;
+    if (guided) {
+      // Unconditional forward on the same inputs (names under "uncond/"), then v = v_c + (g − 1)·(v_c − v_u).
+      const ctxU = g.state("pipe.ctx_uncond", [layout.textRows, cfg.jointAttentionDim]);
+      const vU = g.state("pipe.velocity_uncond", [imageRows, cfg.outChannels]);
+      const uncond = g.scoped(
+        "uncond/",
+        () => this.transformer.buildForward(g, layout.textRows, imageRows, { ...fwd.inputs, ctx: ctxU, output: vU, f16 }),
+      );
+      forwards.push({ forward: "uncond", scope: "uncond/", attention: uncond.attention });
+      const diff = g.activation("pipe.cfg_diff", [imageRows, cfg.outChannels]);
+      const minusOne = g.constant("pipe.minus_one", [1], "f32", Float32Array.of(-1));
+      elementwiseNode(g, "pipe.cfg_diff", { op: "gated_sum", a: vU, b: minusOne, c: velocity, out: diff, cols: 1 });
+      guidedVelocity = g.activation("pipe.velocity_guided", [imageRows, cfg.outChannels]);
+      const scale = g.constant("pipe.guidance", [1], "f32", Float32Array.of(guidance - 1));
+      elementwiseNode(g, "pipe.cfg", { op: "gated_sum", a: diff, b: scale, c: velocity, out: guidedVelocity, cols: 1 });
+    }
+    const noiseView = g.view("pipe.latents", x, 0, [layout.noiseRows, channels]);
+    const dt = g.input("pipe.dt", [1]);
+    axpyInPlace(g, "pipe.euler", noiseView, g.view("pipe.velocity_noise", guidedVelocity, 0, [layout.noiseRows, cfg.outChannels]), dt);
+    return { graph: g, forwards, taps };
+  }
+
+  /** Refuse, before any GPU work, a size whose largest step tensor exceeds what one binding of this device holds. */
+  private checkFits(g: Graph, width: number, height: number): void {
+    const limit = this.gpu.device.limits.maxStorageBufferBindingSize;
+    let largest = g.tensors[0];
+    for (const t of g.tensors) if (g.elementCount(t.id) > g.elementCount(largest.id)) largest = t;
+    const bytes = g.elementCount(largest.id) * 4;
+    if (bytes > limit) {
+      throw new Error(
+        `output size ${width}×${height}: the step's largest tensor (${largest.name}, ${(bytes / 2 ** 20).toFixed(0)} MiB) exceeds this ` +
+          `device's largest binding (${(limit / 2 ** 20).toFixed(0)} MiB); choose a smaller size`,
+      );
+    }
+  }
+
+  /** Run one generation (prepare, then execute). */
+  async generate(req: GenerateRequest): Promise<GenerateResult> {
+    return await this.execute(await this.prepare(req));
+  }
+
+  /** The GPU work of a prepared run: encode references and the prompt, the denoising steps, decode. Once per run. */
+  async execute(run: PreparedRun): Promise<GenerateResult> {
+    const inner = internals.get(run);
+    if (!inner) throw new Error("execute() takes a run returned by this pipeline's prepare()");
+    if (executedRuns.has(run)) throw new Error("this prepared run was already executed; prepare the request again for another run");
+    executedRuns.add(run);
+    const t0 = performance.now();
+    const req = run.request;
+    const { steps, refs, width, height, grid, refGrids, layout, guided } = run;
+    const { step, bindings, cuts } = inner;
+    const cfg = this.transformer.config;
 
     const tr = performance.now();
     const refTokens: Float32Array[] = [];
@@ -249,8 +409,7 @@ export class Flux2KleinPipeline {
     const refsMs = performance.now() - tr;
 
     const tt = performance.now();
-    const cond = await this.encodePrompt(req.prompt);
-    const uncond = useCfg ? await this.encodePrompt("") : null;
+    const [cond, uncond] = await this.encodePrompts(guided ? [req.prompt, ""] : [req.prompt]);
     const textMs = performance.now() - tt;
 
     const noiseRows = layout.noiseRows;
@@ -258,36 +417,8 @@ export class Flux2KleinPipeline {
     const latents0 = req.initialLatents ?? seededNoise(req.seed ?? 0, noiseRows, channels);
     const imageRows = noiseRows + layout.refRows.reduce((a, b) => a + b, 0);
 
-    // The step plan: forward(s) + Euler update, with every intervention's rewrite applied.
     const tp = performance.now();
-    const g = new Graph();
-    const x = g.state("pipe.x", [imageRows, channels]);
-    const ctx = g.state("pipe.ctx", [layout.textRows, cfg.jointAttentionDim]);
-    const velocity = g.state("pipe.velocity", [imageRows, cfg.outChannels]);
-    const fwd = this.transformer.buildForward(g, layout.textRows, imageRows, { x, ctx, output: velocity, f16: req.f16 });
-    let guided = velocity;
-    if (useCfg) {
-      // Unconditional forward on the same inputs (names under "uncond/"), then v = v_c + (g − 1)·(v_c − v_u).
-      const ctxU = g.state("pipe.ctx_uncond", [layout.textRows, cfg.jointAttentionDim]);
-      const vU = g.state("pipe.velocity_uncond", [imageRows, cfg.outChannels]);
-      g.scoped(
-        "uncond/",
-        () => this.transformer.buildForward(g, layout.textRows, imageRows, { ...fwd.inputs, ctx: ctxU, output: vU, f16: req.f16 }),
-      );
-      const diff = g.activation("pipe.cfg_diff", [imageRows, cfg.outChannels]);
-      const minusOne = g.constant("pipe.minus_one", [1], "f32", Float32Array.of(-1));
-      elementwiseNode(g, "pipe.cfg_diff", { op: "gated_sum", a: vU, b: minusOne, c: velocity, out: diff, cols: 1 });
-      guided = g.activation("pipe.velocity_guided", [imageRows, cfg.outChannels]);
-      const scale = g.constant("pipe.guidance", [1], "f32", Float32Array.of(guidance - 1));
-      elementwiseNode(g, "pipe.cfg", { op: "gated_sum", a: diff, b: scale, c: velocity, out: guided, cols: 1 });
-    }
-    const noiseView = g.view("pipe.latents", x, 0, [noiseRows, channels]);
-    const dt = g.input("pipe.dt", [1]);
-    axpyInPlace(g, "pipe.euler", noiseView, g.view("pipe.velocity_noise", guided, 0, [noiseRows, cfg.outChannels]), dt);
-    const runCtx = run.context(fwd.attention);
-    for (const iv of interventions) iv.validate(runCtx);
-    for (const iv of interventions) iv.rewrite(g, runCtx);
-    const plan = await Plan.compile(this.gpu, g, this.transformer.store, { label: "step" });
+    const plan = await Plan.compile(this.gpu, step.graph, this.transformer.store, { label: "step" });
     const planMs = performance.now() - tp;
 
     try {
@@ -304,15 +435,17 @@ export class Flux2KleinPipeline {
         o += t.length;
       }
       plan.write("pipe.x", xInit);
+      const cutWriter = new CutMaskWriter(cuts, sequenceLength(layout));
       const stepsMs: number[] = [];
       const stepLatents: Float32Array[] = [];
       for (let i = 0; i < steps; i++) {
         const ts = performance.now();
         this.transformer.writeForwardInputs(plan, { timestep: schedule.timesteps[i] });
         plan.write("pipe.dt", Float32Array.of(Math.fround(schedule.sigmas[i + 1] - schedule.sigmas[i])));
-        for (const iv of interventions) iv.beforeStep?.(plan, i);
+        cutWriter.beforeStep(plan, i);
+        for (const b of bindings) b.beforeStep?.(plan, i);
         plan.submit();
-        for (const iv of interventions) await iv.afterStep?.(plan, i);
+        for (const b of bindings) await b.afterStep?.(plan, i);
         if (req.keepStepLatents) stepLatents.push(await plan.readRows("pipe.x", 0, noiseRows));
         else await this.gpu.device.queue.onSubmittedWorkDone();
         const ms = performance.now() - ts;
@@ -329,6 +462,8 @@ export class Flux2KleinPipeline {
       await this.vae.releasePlans();
       const image = toUnitRange(decoded);
       const decodeMs = performance.now() - td;
+      const outputs = new Map<Intervention, unknown>();
+      bindings.forEach((b, i) => b.output && outputs.set(run.interventions[i], b.output()));
       return {
         image,
         width,
@@ -340,6 +475,8 @@ export class Flux2KleinPipeline {
         times: { textMs, refsMs, planMs, stepsMs, decodeMs, totalMs: performance.now() - t0 },
         planBytes,
         vaePlanBytes,
+        warnings: [...run.warnings],
+        outputs,
       };
     } finally {
       plan.destroy();
@@ -351,5 +488,67 @@ export class Flux2KleinPipeline {
     this.textEncoder = null;
     this.transformer.release();
     this.vae.release();
+  }
+}
+
+/** Most knockout rules one attention node takes at one step (one bit per rule per token). */
+const MAX_CUTS_PER_BLOCK = 32;
+
+/** The cuts active in `block` at `step`. */
+function activeCuts(cuts: readonly AttentionCut[], block: number, step: number): AttentionCut[] {
+  return cuts.filter((c) => c.block === block && c.steps.has(step));
+}
+
+/** Refuse, before any GPU work, a union of cuts that leaves some query of some block and step with no key. */
+function checkCuts(cuts: readonly AttentionCut[], layout: RunLayout, blocks: readonly string[], steps: number): void {
+  const S = sequenceLength(layout);
+  const checked = new Set<string>();
+  for (const block of new Set(cuts.map((c) => c.block))) {
+    for (let step = 0; step < steps; step++) {
+      const active = activeCuts(cuts, block, step);
+      const key = `${block}|${active.map((c) => cuts.indexOf(c)).join(",")}`;
+      if (!active.length || checked.has(key)) continue;
+      checked.add(key);
+      const names = [...new Set(active.map((c) => c.label))].join("; ");
+      if (active.length > MAX_CUTS_PER_BLOCK) {
+        throw new Error(`${names}: ${active.length} cuts at ${blocks[block]}, step ${step}; at most ${MAX_CUTS_PER_BLOCK} per block`);
+      }
+      const bits = groupMaskBits(S, S, active.map((c) => ({ queries: c.queries, keys: c.keys })));
+      const dead = fullyMaskedQueries(S, S, { bits });
+      if (dead.length) {
+        throw new Error(
+          `${names}: at ${blocks[block]}, step ${step}, ${dead.length} quer${dead.length === 1 ? "y" : "ies"} (first: sequence ` +
+            `position ${dead[0]}) would have no key left to attend to; such a mask is undefined (softmax over nothing)`,
+        );
+      }
+    }
+  }
+}
+
+/** Give the attention node of every cut block, in every forward, per-token mask bits (one pair of state tensors per
+ * block, shared by the forwards: both see the same cuts, as in the reference). */
+function applyCuts(step: StepGraph, cuts: readonly AttentionCut[], S: number): void {
+  for (const block of new Set(cuts.map((c) => c.block))) {
+    const queryBits = step.graph.state(`knockout.${block}.query_bits`, [S], "u32");
+    const keyBits = step.graph.state(`knockout.${block}.key_bits`, [S], "u32");
+    for (const f of step.forwards) setAttentionGroupMask(step.graph, f.attention[block].node, { queryBits, keyBits });
+  }
+}
+
+/** Writes each cut block's mask bits before a step, when the set of cuts active there changes. */
+class CutMaskWriter {
+  private readonly written = new Map<number, string>();
+  constructor(private readonly cuts: readonly AttentionCut[], private readonly S: number) {}
+
+  beforeStep(plan: Plan, step: number): void {
+    for (const block of new Set(this.cuts.map((c) => c.block))) {
+      const active = activeCuts(this.cuts, block, step);
+      const key = active.map((c) => this.cuts.indexOf(c)).join(",");
+      if (this.written.get(block) === key) continue;
+      this.written.set(block, key);
+      const bits = groupMaskBits(this.S, this.S, active.map((c) => ({ queries: c.queries, keys: c.keys })));
+      plan.write(`knockout.${block}.query_bits`, bits.queryBits);
+      plan.write(`knockout.${block}.key_bits`, bits.keyBits);
+    }
   }
 }

@@ -22,6 +22,8 @@ export class Graph {
   readonly nodes: GraphNode[] = [];
   /** Named tap points: a name → the tensor that holds that activation once its producer ran. */
   readonly taps: Map<string, number> = new Map();
+  /** Per tap: the sequence position of its row 0, or null when its rows are not tokens. */
+  readonly tapSequenceStart: Map<string, number | null> = new Map();
   /** Contents of constant tensors (index lists, masks' bit sets), written once when a plan is compiled. */
   readonly constants: Map<number, Float32Array | Uint32Array | Int32Array> = new Map();
   private readonly byName = new Map<string, number>();
@@ -119,11 +121,13 @@ export class Graph {
     this.nodes.push(this.scope ? { ...node, name: this.scope + node.name } : node);
   }
 
-  /** Register a named tap point for a tensor. */
-  tap(name: string, id: number): number {
+  /** Register a named tap point for a tensor whose row 0 is sequence position `sequenceStart` (null: its rows are
+   * not tokens, e.g. the timestep embedding). */
+  tap(name: string, id: number, sequenceStart: number | null = 0): number {
     name = this.scope + name;
     if (this.taps.has(name)) throw new Error(`tap point ${name} is declared twice`);
     this.taps.set(name, id);
+    this.tapSequenceStart.set(name, sequenceStart);
     return id;
   }
 

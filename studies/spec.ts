@@ -9,19 +9,27 @@ export const SPEC_VERSION = 1;
 export type Selection = string | (string | number)[];
 
 export interface CaptureSpec {
-  /** A tap point ("double.1.txt", "single.0", "context_embedder", "double.0.attn.q", …). */
+  /** A tap point ("double.1.txt", "single.0", "single.0.img", "context_embedder", "double.0.attn.q", …). */
   tap: string;
   /** Token group of the rows to keep; default all rows of the tap. */
   group?: string;
   steps?: string | number[];
+  /** In a guided run: "cond" (default) or "uncond". */
+  forward?: "cond" | "uncond";
 }
 
-export interface KnockoutSpec {
-  type: "knockout";
+export interface KnockoutSettingSpec {
   /** "A->B" (queries in B may not read keys in A). */
   setting: string;
   blocks?: Selection;
   steps?: string | number[];
+}
+
+/** One setting (`setting`, `blocks`, `steps`) or several applied together (`settings`): the run cuts the union of
+ * their edges, and so does a spec with several knockout entries. */
+export interface KnockoutSpec extends Partial<KnockoutSettingSpec> {
+  type: "knockout";
+  settings?: KnockoutSettingSpec[];
 }
 
 /** Where patch rows come from: another run (fields default to this run's), or a capture file. */
@@ -67,11 +75,12 @@ export interface LensSpec {
   targetSteps?: number;
   /** Prompt of the target; default "". */
   targetPrompt?: string;
-  /** The target's seed is the run's seed plus this; default 0. */
+  /** The target's seed is the run's seed plus this; default 1 (the paper's convention: target seed = source seed + 1). */
   targetSeedOffset?: number;
   /** Initial latents of the target (safetensors); overrides the seed. */
   targetLatents?: string;
-  /** Text group decoded; default every text row. */
+  /** Text rows decoded: "all" (default), "padding_only", "content_only" or a token group, resolved on this (the
+   * source) run's prompt and copied to the same positions of the target, which keeps its own rows elsewhere. */
   group?: string;
 }
 
@@ -86,7 +95,10 @@ export interface RunSpec {
   height?: number;
   steps?: number;
   guidance?: number;
+  /** Run the checkpoint as guidance-distilled (true) or as a base model (false); default: its model_index.json. */
+  distilled?: boolean;
   seed?: number;
+  /** Initial latents: a safetensors file, or `file.safetensors#tensor` for one tensor of it. */
   latents?: string;
   captures?: CaptureSpec[];
   interventions?: InterventionSpec[];
@@ -102,6 +114,13 @@ function selection(o: Record<string, unknown>, k: string, path: string): Selecti
   if (typeof v === "string") return v;
   if (Array.isArray(v) && v.every((x) => typeof x === "string" || (typeof x === "number" && Number.isInteger(x)))) return v as Selection;
   F.fail(`${path}${k}`, `expected "all", a string like "0..3,single" or a list of block indices/names, got ${JSON.stringify(v)}`);
+}
+
+function bool(o: Record<string, unknown>, k: string, path: string): boolean | undefined {
+  const v = o[k];
+  if (v === undefined) return undefined;
+  if (typeof v !== "boolean") F.fail(`${path}${k}`, `expected true or false, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 function steps(o: Record<string, unknown>, k: string, path: string): string | number[] | undefined {
@@ -125,16 +144,30 @@ function parseSource(v: unknown, path: string): SourceRunSpec {
   };
 }
 
+function parseKnockoutSetting(v: unknown, path: string): KnockoutSettingSpec {
+  const o = F.obj(v, path);
+  const p = `${path}.`;
+  const setting = F.str(o, "setting", p, { required: true })!;
+  if (setting.split("->").length !== 2) F.fail(`${path}.setting`, `"${setting}" must look like "A->B", e.g. "ref->text"`);
+  if (o.type === undefined) F.only(o, path, ["setting", "blocks", "steps"]);
+  return { setting, blocks: selection(o, "blocks", p), steps: steps(o, "steps", p) };
+}
+
 function parseIntervention(v: unknown, path: string): InterventionSpec {
   const o = F.obj(v, path);
   const p = `${path}.`;
   const type = F.oneOf(o, "type", p, ["knockout", "patch", "lens"] as const);
   if (!type) F.fail(`${path}.type`, `is required ("knockout", "patch" or "lens")`);
   if (type === "knockout") {
-    F.only(o, path, ["type", "setting", "blocks", "steps"]);
-    const setting = F.str(o, "setting", p, { required: true })!;
-    if (setting.split("->").length !== 2) F.fail(`${path}.setting`, `"${setting}" must look like "A->B", e.g. "ref->text"`);
-    return { type, setting, blocks: selection(o, "blocks", p), steps: steps(o, "steps", p) };
+    F.only(o, path, ["type", "setting", "blocks", "steps", "settings"]);
+    if (o.settings !== undefined) {
+      if (o.setting !== undefined || o.blocks !== undefined || o.steps !== undefined) {
+        F.fail(`${path}.settings`, `give either "settings" (a list of {setting, blocks, steps}) or one "setting" with its "blocks" and "steps"`);
+      }
+      if (!Array.isArray(o.settings) || !o.settings.length) F.fail(`${path}.settings`, "expected a non-empty list of {setting, blocks, steps}");
+      return { type, settings: o.settings.map((v, i) => parseKnockoutSetting(v, `${path}.settings[${i}]`)) };
+    }
+    return { type, ...parseKnockoutSetting(o, path) };
   }
   if (type === "patch") {
     F.only(o, path, ["type", "block", "tap", "mode", "group", "op", "alpha", "steps", "schedule", "sourceStep", "source"]);
@@ -202,6 +235,7 @@ export function parseSpec(raw: unknown): RunSpec {
     "height",
     "steps",
     "guidance",
+    "distilled",
     "seed",
     "latents",
     "captures",
@@ -216,6 +250,7 @@ export function parseSpec(raw: unknown): RunSpec {
     height: F.int(o, "height", "", 16),
     steps: F.int(o, "steps", "", 1),
     guidance: F.num(o, "guidance", ""),
+    distilled: bool(o, "distilled", ""),
     seed: F.int(o, "seed", "", 0),
     latents: F.str(o, "latents", ""),
     output: F.str(o, "output", ""),
@@ -228,11 +263,12 @@ export function parseSpec(raw: unknown): RunSpec {
     spec.captures = o.captures.map((c, i) => {
       const path = `captures[${i}]`;
       const co = F.obj(c, path);
-      F.only(co, path, ["tap", "group", "steps"]);
+      F.only(co, path, ["tap", "group", "steps", "forward"]);
       return {
         tap: F.str(co, "tap", `${path}.`, { required: true })!,
         group: F.str(co, "group", `${path}.`),
         steps: steps(co, "steps", `${path}.`),
+        forward: F.oneOf(co, "forward", `${path}.`, ["cond", "uncond"] as const),
       };
     });
   }

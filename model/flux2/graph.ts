@@ -66,14 +66,14 @@ export function buildFlux2Forward(
   // Timestep embedding and the shared modulations.
   const t1 = matmul(g, "time.linear_1", inp.tembIn, w("time.linear_1", [D, cfg.timestepChannels]));
   const temb = matmul(g, "time.linear_2", silu(g, "time.silu", t1), w("time.linear_2", [D, D]));
-  g.tap("temb", temb);
+  g.tap("temb", temb, null);
   const tembAct = silu(g, "temb.silu", temb);
   const modImg = matmul(g, "mod.double_img", tembAct, w("mod.double_img", [6 * D, D]));
   const modTxt = matmul(g, "mod.double_txt", tembAct, w("mod.double_txt", [6 * D, D]));
   const modSingle = matmul(g, "mod.single", tembAct, w("mod.single", [3 * D, D]));
   const modFinal = matmul(g, "mod.final", tembAct, w("mod.final", [2 * D, D]));
 
-  let img = g.tap("x_embedder", matmul(g, "x_embedder", inp.x, w("x_embedder", [D, cfg.inChannels])));
+  let img = g.tap("x_embedder", matmul(g, "x_embedder", inp.x, w("x_embedder", [D, cfg.inChannels])), textRows);
   let txt = g.tap("context_embedder", matmul(g, "context_embedder", inp.ctx, w("context_embedder", [D, cfg.jointAttentionDim])));
 
   const headNorm = (name: string, x: number, weight: string) => rmsNorm(g, name, x, w(weight, [hd]), { eps, groupSize: hd });
@@ -118,7 +118,7 @@ export function buildFlux2Forward(
       w(`${b}.txt_ff_out`, [D, F]),
     );
     const txtOut = gatedSum(g, `${b}.txt`, txtMid, ffTxt, modTxt, 5 * D);
-    img = g.tap(`${b}.img`, imgOut);
+    img = g.tap(`${b}.img`, imgOut, textRows);
     txt = g.tap(`${b}.txt`, txtOut);
   }
 
@@ -138,6 +138,9 @@ export function buildFlux2Forward(
     copyCols(g, `${b}.cat_mlp`, mlp, cat, { dstCol: D });
     const o = blockMatmul(g, `${b}.out`, cat, w(`${b}.out`, [D, D + F]));
     h = g.tap(b, gatedSum(g, b, h, o, modSingle, 2 * D));
+    // The stream's text and image rows as taps of their own, so that single blocks read like double blocks.
+    g.tap(`${b}.txt`, g.view(`${b}.txt_rows`, h, 0, [textRows, D]));
+    g.tap(`${b}.img`, g.view(`${b}.img_rows`, h, rowOffset(textRows, D), [imageRows, D]), textRows);
   }
 
   // Final modulated norm and projection over the image rows only.
@@ -150,6 +153,6 @@ export function buildFlux2Forward(
     w("proj_out", [cfg.outChannels, D]),
     outputTensor === undefined ? undefined : { out: outputTensor },
   );
-  g.tap("output", output);
+  g.tap("output", output, textRows);
   return { output, attention: attentionNodes };
 }

@@ -1,0 +1,75 @@
+// Writing a spec's outputs next to each other so that the run can be regenerated: the image, the source run's image,
+// captures with their index, the spec as it ran and what happened (sizes, times, token groups, warnings).
+
+import { join } from "node:path";
+import { savePng } from "../model/images.ts";
+import { writeSafetensors } from "../weights/safetensors_writer.ts";
+import { checkpointFingerprint } from "../weights/fingerprint.ts";
+import { type RunSpec, SPEC_VERSION } from "./spec.ts";
+import { KLEINSCOPE_VERSION, type SpecRunResult } from "./execute.ts";
+
+/** The spec as it ran: defaults made explicit, version and checkpoint fingerprint added. */
+export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<RunSpec> {
+  return {
+    ...spec,
+    kleinscope: { version: KLEINSCOPE_VERSION, spec: SPEC_VERSION, fingerprint: await checkpointFingerprint(spec.model) },
+    width: spec.width ?? (spec.interventions?.some((i) => i.type === "lens") ? run.source?.width : run.result.width),
+    height: spec.height ?? (spec.interventions?.some((i) => i.type === "lens") ? run.source?.height : run.result.height),
+    steps: spec.steps ??
+      (spec.interventions?.some((i) => i.type === "lens") ? run.source?.times.stepsMs.length : run.result.times.stepsMs.length),
+    seed: spec.latents ? undefined : spec.seed ?? 0,
+  };
+}
+
+/** Write image.png, spec.json, run.json and (with captures) captures.safetensors + captures.json into `dir`. */
+export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise<string[]> {
+  await Deno.mkdir(dir, { recursive: true });
+  const written: string[] = [];
+  const image = join(dir, "image.png");
+  await savePng(image, run.result.image, run.result.width, run.result.height);
+  written.push(image);
+  if (run.source) {
+    const src = join(dir, "source.png");
+    await savePng(src, run.source.image, run.source.width, run.source.height);
+    written.push(src);
+  }
+  const captured = run.captures?.tensors.filter((c) => c.steps.size) ?? [];
+  if (captured.length) {
+    const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
+    const index: Record<string, unknown>[] = [];
+    for (const c of captured) {
+      const key = `${c.tap}[${c.group}]${c.forward === "uncond" ? "(uncond)" : ""}`;
+      for (const [step, data] of [...c.steps].sort((a, b) => a[0] - b[0])) {
+        const name = `${key}@step${step}`;
+        const shape = [data.length / c.cols, c.cols];
+        tensors[name] = { dtype: "F32", shape, data };
+        index.push({ name, tap: c.tap, group: c.group, forward: c.forward, step, positions: c.positions, shape });
+      }
+    }
+    await writeSafetensors(join(dir, "captures.safetensors"), tensors, { format: "kleinscope-captures" });
+    await Deno.writeTextFile(join(dir, "captures.json"), JSON.stringify({ tensors: index }, null, 1));
+    written.push(join(dir, "captures.safetensors"), join(dir, "captures.json"));
+  }
+  const spec = await resolvedSpec(run.spec, run);
+  delete spec.output;
+  await Deno.writeTextFile(join(dir, "spec.json"), JSON.stringify(spec, null, 2) + "\n");
+  written.push(join(dir, "spec.json"));
+  const r = run.result;
+  await Deno.writeTextFile(
+    join(dir, "run.json"),
+    JSON.stringify(
+      {
+        width: r.width,
+        height: r.height,
+        times: r.times,
+        layout: { ...r.layout, prompt: undefined },
+        promptGroups: r.layout.prompt,
+        warnings: run.warnings,
+      },
+      null,
+      1,
+    ),
+  );
+  written.push(join(dir, "run.json"));
+  return written;
+}
