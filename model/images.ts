@@ -614,7 +614,9 @@ function upsampleLikeLibjpeg(full: Uint8Array, k: number, width: number, height:
   const out = new Uint8Array(width * height);
   const dw = Math.ceil(width / rh), dh = Math.ceil(height / rv); // libjpeg's downsampled_width and _height
   const s = (i: number, j: number) => full[((rv * i) * width + rh * j) * 3 + k];
-  if (rh === 2 && rv === 1 && dw > 2) {
+  if (rh === 1 && rv === 1) {
+    for (let p = 0; p < out.length; p++) out[p] = full[3 * p + k];
+  } else if (rh === 2 && rv === 1 && dw > 2) {
     const row = new Uint8Array(2 * dw);
     for (let y = 0; y < height; y++) {
       row[0] = s(y, 0);
