@@ -381,7 +381,7 @@ async function runOne(
   if (pair) await ensureSyntheticReference(executor, loaded, pair.source, log);
   const final = conditionDir(out, task.task_id, condition.name);
   // A folder under the final name that is not complete (files removed by hand): only what kleinscope wrote goes.
-  if (await pathExists(final)) {
+  if (await pathExists(final) && !(await Deno.remove(final).then(() => true, () => false))) { // (removed when empty)
     const owned = await ownedFiles(final, CONDITION_EXTRA_FILES).catch(() => null);
     if (!owned || owned.foreign.length) {
       throw new Error(
