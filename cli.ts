@@ -15,6 +15,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   lens: { module: "./cli/shortcuts.ts", summary: "decode text-token activations through a text-to-image run" },
   capture: { module: "./cli/shortcuts.ts", summary: "capture activations to safetensors" },
   audit: { module: "./cli/audit.ts", summary: "every kernel against its float64 reference" },
+  tune: { module: "./cli/tune.ts", summary: "tune the kernel tiles for this adapter again (cached per adapter and driver)" },
   conformance: { module: "./cli/conformance.ts", summary: "replay reference cases and compare" },
   inspect: { module: "./cli/inspect.ts", summary: "list a checkpoint's tensors" },
   download: { module: "./cli/download.ts", summary: "fetch a FLUX.2 klein repository" },

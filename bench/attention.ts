@@ -22,8 +22,8 @@ import {
   attentionConfigName,
   attentionWorkgroupBytes,
   loadAttentionTuning,
-  setAttentionDevice,
 } from "../kernels/attention.ts";
+import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { attentionCase } from "../kernels/reference/attention.ts";
 import { type AttentionMeasurement, knockoutBits, timeAttention } from "./attention_timing.ts";
 
@@ -99,7 +99,7 @@ const shapes: Shape[] = opts.small
 const allShapes = shapes.flatMap((s) => [s, { ...s, masked: true }]);
 const largest = Math.max(...allShapes.map((s) => s.seq * s.heads * s.headDim * 4));
 const gpu = await getGpu({ maxBufferSize: largest, maxStorageBufferBindingSize: largest });
-setAttentionDevice(gpu);
+await applyDeviceTuning(gpu);
 console.log(
   `device: ${gpu.adapterDescription} (workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, timestamps ${gpu.hasTimestamps})`,
 );
@@ -155,12 +155,18 @@ if (opts.sweep) {
     ? new URL(opts["tuning-out"], `file://${Deno.cwd()}/`)
     : new URL("../kernels/attention_tuned.json", import.meta.url);
   const table_ = loadAttentionTuning(file);
-  table_[gpu.adapterDescription] = { ...table_[gpu.adapterDescription], ...winners };
+  // The built-in table is keyed by device class (this adapter's own winners live in its tile cache).
+  const deviceClass = gpu.caps.deviceClass;
+  table_[deviceClass] = { ...table_[deviceClass], ...winners };
   Deno.writeTextFileSync(file, JSON.stringify(table_, null, 2) + "\n");
-  console.log(`recorded ${JSON.stringify(winners)} for "${gpu.adapterDescription}" in ${file.pathname}`);
-  for (const shape of allShapes) await checkedMeasure(shape, winners[String(shape.headDim)] ?? attentionConfigFor(shape.headDim));
+  console.log(
+    `recorded ${JSON.stringify(winners)} for ${deviceClass} devices (measured on "${gpu.adapterDescription}") in ${file.pathname}`,
+  );
+  for (const shape of allShapes) {
+    await checkedMeasure(shape, winners[String(shape.headDim)] ?? attentionConfigFor(gpu.caps, shape.headDim));
+  }
 } else {
-  for (const shape of allShapes) await checkedMeasure(shape, attentionConfigFor(shape.headDim));
+  for (const shape of allShapes) await checkedMeasure(shape, attentionConfigFor(gpu.caps, shape.headDim));
 }
 
 console.log(`\ndevice: ${gpu.adapterDescription}`);

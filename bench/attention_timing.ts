@@ -49,7 +49,7 @@ export async function timeAttention(
   shape: { seq: number; heads: number; headDim: number },
   masked: boolean,
   iters: number,
-  config: AttentionConfig = attentionConfigFor(shape.headDim),
+  config: AttentionConfig = attentionConfigFor(gpu.caps, shape.headDim),
 ): Promise<AttentionMeasurement> {
   const { seq, heads, headDim } = shape;
   const cols = heads * headDim;

@@ -353,7 +353,7 @@ export interface TorchComparison {
 export async function runDitBench(opts: DitBenchOptions, log: (s: string) => void = console.log): Promise<DitBenchReport> {
   const modelDir = await resolveTransformerDir(opts, log);
   const gpu = await getGpu();
-  applyDeviceTuning(gpu);
+  await applyDeviceTuning(gpu);
   if (opts.f16 && !gpu.hasF16) throw new Error(`--f16: adapter ${gpu.adapterDescription} offers no shader-f16`);
   const seq = ditSequence(opts.size, opts.refs);
   log(`device: ${gpu.adapterDescription} (timestamp queries: ${gpu.hasTimestamps ? "yes" : "no"})`);

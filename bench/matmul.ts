@@ -5,7 +5,7 @@
 //
 // Times come from timestamp queries around the dispatch when the adapter has them, else from the wall clock
 // around a submit-and-wait of the plan. --sweep times every tile configuration on every shape, prints a table and
-// the winners; --write stores the winner of each shape class for this device in kernels/matmul_tuned.json (or in
+// the winners; --write stores the winner of each shape class for this device class in kernels/matmul_tuned.json (or in
 // --tuning-file), keeping the entries of other devices and classes.
 // --f16 times f16 multiplication (kernels/matmul.ts `f16`) and sweeps and records its own shape classes ("f16.…").
 // Every run checks a few output entries against a float64 dot product.
@@ -25,9 +25,9 @@ import {
   matmulConfigName,
   matmulShapeClass,
   matmulWorkgroupBytes,
-  setMatmulDevice,
   validateMatmulConfig,
 } from "../kernels/matmul.ts";
+import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { bf16ToF32 } from "../weights/dtypes.ts";
 import { median } from "./common.ts";
 
@@ -206,7 +206,7 @@ async function main() {
 
   const gpu = await openGpu();
   if (f16 && !gpu.hasF16) throw new Error(`--f16: adapter ${gpu.adapterDescription} offers no shader-f16`);
-  setMatmulDevice(gpu);
+  await applyDeviceTuning(gpu);
   const workgroupLimit = gpu.limits.maxComputeWorkgroupStorageSize;
   console.log(`device: ${gpu.adapterDescription} (workgroup memory ${workgroupLimit} B, timestamps: ${gpu.hasTimestamps ? "yes" : "no"})`);
 
@@ -215,7 +215,7 @@ async function main() {
     for (const shape of shapes) {
       for (const dtype of dtypes as WeightDType[]) {
         const ops = new Operands(shape, dtype);
-        const config = values.config ? parseConfig(values.config) : matmulConfigFor(shape.m, shape.n, shape.k, dtype, f16);
+        const config = values.config ? parseConfig(values.config) : matmulConfigFor(gpu.caps, shape.m, shape.n, shape.k, dtype, f16);
         const t = await timeMatmul(gpu, ops, config, iters, f16);
         rows.push([shapeName(shape), dtype, matmulConfigName(config), t.medianMs.toFixed(3), formatTflops(t.tflops), t.source]);
         console.log(rows.at(-1)!.join("  "));
@@ -270,9 +270,15 @@ async function main() {
   if (values.write) {
     const file = values["tuning-file"] ? pathToFileURL(resolve(values["tuning-file"])) : TUNING_FILE;
     const tuned = loadMatmulTuning(file);
-    tuned[gpu.adapterDescription] = { ...tuned[gpu.adapterDescription], ...winners };
+    // The built-in table is keyed by device class (this adapter's own winners live in its tile cache).
+    const deviceClass = gpu.caps.deviceClass;
+    tuned[deviceClass] = { ...tuned[deviceClass], ...winners };
     Deno.writeTextFileSync(file, stableJson(tuned) + "\n");
-    console.log(`wrote ${Object.keys(winners).length} winner(s) for "${gpu.adapterDescription}" to ${file.pathname}`);
+    console.log(
+      `wrote ${
+        Object.keys(winners).length
+      } winner(s) for ${deviceClass} devices (measured on "${gpu.adapterDescription}") to ${file.pathname}`,
+    );
   }
 }
 
@@ -283,7 +289,7 @@ function stableJson(table: Record<string, Record<string, MatmulConfig>>): string
     sorted[device] = {};
     for (const key of Object.keys(table[device]).sort()) {
       const c = table[device][key];
-      sorted[device][key] = { bm: c.bm, bn: c.bn, bk: c.bk, tm: c.tm, tn: c.tn };
+      sorted[device][key] = { bm: c.bm, bn: c.bn, bk: c.bk, tm: c.tm, tn: c.tn, ...(c.form === "dot" ? { form: c.form } : {}) };
     }
   }
   return JSON.stringify(sorted, null, 2);

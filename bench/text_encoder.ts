@@ -13,8 +13,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { openGpu } from "../runtime/device.ts";
-import { setMatmulDevice } from "../kernels/matmul.ts";
-import { setAttentionDevice } from "../kernels/attention.ts";
+import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { maxAbsDiff, relativeL2 } from "../kernels/audit.ts";
 import { TextEncoder as Qwen3TextEncoder } from "../model/qwen3/text_encoder.ts";
 import { QWEN3_LAYERS_USED } from "../model/qwen3/config.ts";
@@ -283,8 +282,7 @@ async function main(): Promise<void> {
   }
   try {
     const gpu = await openGpu();
-    setMatmulDevice(gpu);
-    setAttentionDevice(gpu);
+    await applyDeviceTuning(gpu);
     console.log(`adapter: ${gpu.adapterDescription}`);
     const t0 = performance.now();
     const encoder = await Qwen3TextEncoder.load(gpu, model);

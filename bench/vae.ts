@@ -357,7 +357,7 @@ async function main() {
       const ops = operands(c);
       const tiles: (Conv2dTile | undefined)[] = [fixed];
       if (values.sweep) {
-        const def = fixed ?? conv2dTileFor(c.cout, c.k * c.k);
+        const def = fixed ?? conv2dTileFor(gpu.caps, c.cout, c.k * c.k);
         for (const t of CONV2D_SWEEP_TILES) {
           if (conv2dTileName(t) !== conv2dTileName(def) && conv2dWorkgroupBytes(t) <= limit) tiles.push({ ...t });
         }
@@ -365,7 +365,7 @@ async function main() {
       const runs: { name: string; tile?: Conv2dTile; kernel?: KernelSpec }[] = tiles.map((t) => ({ name: "", tile: t }));
       if (compare) runs.push({ name: "compare", tile: compareTile(c.cout), kernel: compare });
       for (const r of runs) {
-        const tile = r.tile ?? conv2dTileFor(c.cout, c.k * c.k);
+        const tile = r.tile ?? conv2dTileFor(gpu.caps, c.cout, c.k * c.k);
         const t = await timeConv(gpu, c, ops, r.tile, iters, r.kernel);
         const bad = !(t.error < 1e-4);
         rows.push([

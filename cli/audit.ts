@@ -31,7 +31,7 @@ export async function main(args: string[]): Promise<number> {
     if (!(f in AUDIT_FAMILIES)) throw new Error(`unknown kernel family "${f}" (known: ${Object.keys(AUDIT_FAMILIES).join(", ")})`);
   }
   const gpu = await getGpu();
-  applyDeviceTuning(gpu);
+  await applyDeviceTuning(gpu);
   console.log(`adapter: ${gpu.adapterDescription}`);
   const results: AuditResult[] = [];
   for (const [family, cases] of Object.entries(AUDIT_FAMILIES)) {

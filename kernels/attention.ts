@@ -1,15 +1,18 @@
 // Flash attention with masks given as rules (causal, right padding, token-group knockout), never as an S×S tensor.
 // One WGSL family; the variant key is the head dimension, the tile configuration and whether a group mask is bound.
-// The tile configuration comes from the caller, else from kernels/attention_tuned.json for the device chosen with
-// setAttentionDevice, else from a default that fits 32 KiB of workgroup memory.
+// The tile configuration comes from the caller, else it is chosen for the device the plan is compiled on
+// (attentionConfigFor): tiles tuned for that adapter, the built-in table for its class of device
+// (kernels/attention_tuned.json), a rule for software adapters, else a default that fits 32 KiB of workgroup memory.
 //
 // A query row whose keys are all masked has no probability mass: the kernel writes zeros for it rather than NaN.
 // Such a mask is almost always a mistake, so callers refuse it beforehand with fullyMaskedQueries().
 
 import type { Graph, GraphNode } from "../runtime/graph.ts";
+import type { DeviceCapabilities } from "../runtime/device.ts";
 import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/kernel.ts";
 import { shapeString } from "../runtime/tensor.ts";
-import { readTuningFile, type TuningTable } from "./tuning_file.ts";
+import { checkTuningTable, readTuningFile, type TuningTable } from "./tuning_file.ts";
+import builtinTiles from "./attention_tuned.json" with { type: "json" };
 import { LANES, range } from "./register_tile.ts";
 
 /** Tile configuration. Threads form (blockQ / rowsPerThread) row groups × threadsPerRow; a key block holds
@@ -64,7 +67,7 @@ export interface AttentionArgs {
   groupMask?: { queryBits: number; keyBits: number };
   /** Write into this f32 [Sq, heads·headDim] tensor instead of a new activation. */
   out?: number;
-  /** Tile configuration; default: tuned for the active device and head dim, else defaultAttentionConfig(headDim). */
+  /** Tile configuration; default: chosen for the device and head dim when the plan is compiled (attentionConfigFor). */
   config?: AttentionConfig;
 }
 
@@ -84,6 +87,13 @@ export function defaultAttentionConfig(headDim: number): AttentionConfig {
   const rowsPerThread = 8 * (dv / threadsPerRow) <= 64 ? 8 : 4;
   const dStep = headDim % 8 === 0 ? 8 : 4;
   return { blockQ: 64, rowsPerThread, threadsPerRow, keysPerThread: 4, dStep, keyStep: 4, maxDv: 128 };
+}
+
+/** Software adapters (llvmpipe): 16 query rows of 4 per thread and steps of 4. Measured on llvmpipe (2 cores, head dim
+ * 128, 600 tokens): its unrolled code compiles in 0.7 s where the default's takes 1.2 s, and runs 20% slower. */
+export function softwareAttentionConfig(headDim: number): AttentionConfig {
+  const threadsPerRow = [16, 8, 4, 2, 1].find((n) => (headDim / 4) % n === 0) ?? 1;
+  return { blockQ: 16, rowsPerThread: 4, threadsPerRow, keysPerThread: 4, dStep: 4, keyStep: 4, maxDv: 128 };
 }
 
 /** The configurations a tuning sweep tries (too large ones for a head dim or device are skipped). */
@@ -436,36 +446,40 @@ export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): nu
   return (qkp + v + red) * 4;
 }
 
-// ---- Tuned configurations -------------------------------------------------------------------------------------
+// ---- Tile choice ----------------------------------------------------------------------------------------------
 
-/** kernels/attention_tuned.json: device description → head dim → configuration. */
+/** kernels/attention_tuned.json: device class → head dim → configuration. */
 export type AttentionTuningTable = TuningTable<AttentionConfig>;
 
-const TUNING_FILE = new URL("./attention_tuned.json", import.meta.url);
-let tuningTable: AttentionTuningTable | null = null;
-let activeDevice: { description: string; workgroupBytes: number } | null = null;
+/** The built-in table. Its nvidia-datacenter entries are the sweep winners measured on an H100 80GB HBM3 (bench
+ * attention --sweep, bench/results/attention*.txt), the best known for NVIDIA's datacenter parts. */
+export const BUILTIN_ATTENTION_TILES: AttentionTuningTable = checkTuningTable<AttentionConfig>(
+  builtinTiles,
+  "kernels/attention_tuned.json",
+  "head dim",
+  (config, dim, where) => attentionTiles(config, Number(dim), where),
+);
 
-/** Read a tuning file; a missing file means no tuned configurations. */
-export function loadAttentionTuning(file: URL = TUNING_FILE): AttentionTuningTable {
+/** Read and check a tuning file in the layout of kernels/attention_tuned.json; a missing file means none. */
+export function loadAttentionTuning(file: URL): AttentionTuningTable {
   return readTuningFile<AttentionConfig>(file, "head dim", (config, dim, where) => attentionTiles(config, Number(dim), where));
 }
 
-/** Replace the tuning table (null: read kernels/attention_tuned.json again on next use). */
-export function setAttentionTuning(table: AttentionTuningTable | null): void {
-  tuningTable = table;
+/** Whether a configuration fits the device's workgroup memory (null: the 32 KiB the defaults assume). */
+export function attentionConfigFits(c: AttentionConfig, headDim: number, device: DeviceCapabilities | null): boolean {
+  return attentionWorkgroupBytes(c, headDim) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 32768);
 }
 
-/** Choose the device whose tuned configurations attention() uses (null: defaults only). */
-export function setAttentionDevice(gpu: { adapterDescription: string; limits: { maxComputeWorkgroupStorageSize: number } } | null): void {
-  activeDevice = gpu ? { description: gpu.adapterDescription, workgroupBytes: gpu.limits.maxComputeWorkgroupStorageSize } : null;
-}
-
-/** The configuration attention() uses for this head dim on the active device. */
-export function attentionConfigFor(headDim: number): AttentionConfig {
-  if (activeDevice) {
-    tuningTable ??= loadAttentionTuning();
-    const tuned = tuningTable[activeDevice.description]?.[String(headDim)];
-    if (tuned && attentionWorkgroupBytes(tuned, headDim) <= activeDevice.workgroupBytes) return { ...tuned };
+/** The configuration attention() uses for this head dim on a device (null: the default): the tiles tuned for the
+ * adapter, else the built-in entry for its device class, else softwareAttentionConfig on a software adapter, else
+ * defaultAttentionConfig. */
+export function attentionConfigFor(device: DeviceCapabilities | null, headDim: number): AttentionConfig {
+  if (device) {
+    const tuned = device.tiles.attention?.[String(headDim)] as AttentionConfig | undefined;
+    for (const c of [tuned, BUILTIN_ATTENTION_TILES[device.deviceClass]?.[String(headDim)]]) {
+      if (c && attentionConfigFits(c, headDim, device)) return { ...c };
+    }
+    if (device.software) return softwareAttentionConfig(headDim);
   }
   return defaultAttentionConfig(headDim);
 }
@@ -557,35 +571,43 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
     out = g.activation(name, [sq, qCols]);
   }
 
-  const tiles = attentionTiles(args.config ?? attentionConfigFor(headDim), headDim, name);
-  const dChunks = headDim / tiles.dv;
-  const qkp = attentionQkpLayout(tiles);
-  const queryBlocks = ceilDiv(sq, tiles.blockQ);
-  if (queryBlocks > MAX_WORKGROUPS_PER_DIM || heads * dChunks > MAX_WORKGROUPS_PER_DIM) {
-    throw new Error(
-      `${name}: ${queryBlocks} query blocks × ${heads * dChunks} head chunks exceed ${MAX_WORKGROUPS_PER_DIM} workgroups per dimension`,
-    );
-  }
+  // Without an explicit configuration the node starts with the default, and the plan compiler swaps in the one
+  // chosen for its device.
+  const tileChoice = (device: DeviceCapabilities | null) => {
+    const tiles = attentionTiles(args.config ?? attentionConfigFor(device, headDim), headDim, name);
+    const dChunks = headDim / tiles.dv;
+    const qkp = attentionQkpLayout(tiles);
+    const queryBlocks = ceilDiv(sq, tiles.blockQ);
+    if (queryBlocks > MAX_WORKGROUPS_PER_DIM || heads * dChunks > MAX_WORKGROUPS_PER_DIM) {
+      throw new Error(
+        `${name}: ${queryBlocks} query blocks × ${heads * dChunks} head chunks exceed ${MAX_WORKGROUPS_PER_DIM} workgroups per dimension`,
+      );
+    }
+    return {
+      variant: {
+        BQ: tiles.blockQ,
+        TR: tiles.rowsPerThread,
+        NTX: tiles.threadsPerRow,
+        TK: tiles.keysPerThread,
+        DK: tiles.dStep,
+        KS: tiles.keyStep,
+        DV: tiles.dv,
+        QH: qkp.rows,
+        QW: qkp.width,
+        QN: qkp.slabs,
+        P_OFF: qkp.pOffset,
+        KPR: qkp.keysPerRow,
+      },
+      params: { dChunks },
+      workgroups: [queryBlocks, heads * dChunks, 1] as [number, number, number],
+    };
+  };
+  const initial = tileChoice(null);
   const flops = 4 * sq * sk * headDim * heads;
   g.add({
     name,
     kernel: attentionKernel,
-    variant: {
-      D: headDim,
-      BQ: tiles.blockQ,
-      TR: tiles.rowsPerThread,
-      NTX: tiles.threadsPerRow,
-      TK: tiles.keysPerThread,
-      DK: tiles.dStep,
-      KS: tiles.keyStep,
-      DV: tiles.dv,
-      QH: qkp.rows,
-      QW: qkp.width,
-      QN: qkp.slabs,
-      P_OFF: qkp.pOffset,
-      KPR: qkp.keysPerRow,
-      GROUP_MASK: args.groupMask !== undefined,
-    },
+    variant: { D: headDim, ...initial.variant, GROUP_MASK: args.groupMask !== undefined },
     // Without a group mask, q stands in for the bit bindings (the shader never reads them).
     bindings: { q, k, v, queryBits: args.groupMask?.queryBits ?? q, keyBits: args.groupMask?.keyBits ?? q, out },
     params: {
@@ -595,11 +617,12 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
       qRow4: qCols / 4,
       kvRow4: kCols / 4,
       groupSize: heads / kvHeads,
-      dChunks,
+      dChunks: initial.params.dChunks,
       scaleLog2: scale * Math.LOG2E,
     },
-    workgroups: [queryBlocks, heads * dChunks, 1],
+    workgroups: initial.workgroups,
     flops: args.causal ? flops / 2 : flops,
+    chooseTiles: args.config ? undefined : tileChoice,
   });
   return out;
 }

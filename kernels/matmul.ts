@@ -1,12 +1,15 @@
 // Matrix products in the nn.Linear layout: y[M, N] = x[M, K] · W[N, K]ᵀ (+ bias), x f32, W bf16 or f32.
 // One WGSL family; the variant key is (W dtype, vectorised or element-wise loads, tile configuration, bias,
-// accumulate, epilogue). The tile configuration comes from the caller, else from kernels/matmul_tuned.json for
-// the device chosen with setMatmulDevice, else from a default that fits any WebGPU device.
+// accumulate, epilogue). The tile configuration comes from the caller, else it is chosen for the device the plan is
+// compiled on (matmulConfigFor): tiles tuned for that adapter, the built-in table for its class of device
+// (kernels/matmul_tuned.json), a rule for software adapters, else a default that fits any WebGPU device.
 
 import type { Graph } from "../runtime/graph.ts";
+import type { DeviceCapabilities } from "../runtime/device.ts";
 import { ceilDiv, grid1d, type KernelSpec, type Variant } from "../runtime/kernel.ts";
 import { type DType, shapeString } from "../runtime/tensor.ts";
-import { readTuningFile, type TuningTable } from "./tuning_file.ts";
+import { checkTuningTable, readTuningFile, type TuningTable } from "./tuning_file.ts";
+import builtinTiles from "./matmul_tuned.json" with { type: "json" };
 import { joinBlocks, LANES, outerProductStep, range } from "./register_tile.ts";
 
 /** Output tile bm×bn per workgroup, register tile tm×tn per thread (bm/tm × bn/tn threads), K step bk (a
@@ -33,7 +36,7 @@ export interface MatmulOptions {
   out?: number;
   /** out += x·Wᵀ (needs `out`): a fused residual add. */
   accumulate?: boolean;
-  /** Tile configuration; default: tuned for the device and shape class, else DEFAULT_MATMUL_CONFIG. */
+  /** Tile configuration; default: chosen for the device and shape class when the plan is compiled (matmulConfigFor). */
   config?: MatmulConfig;
   /** Applied to x·Wᵀ + bias before it is written (or accumulated). */
   epilogue?: MatmulEpilogue;
@@ -105,28 +108,23 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul", f16 = fa
   if (c.tm * c.tn > MAX_ACCUMULATORS) throw new Error(`${name}: a ${c.tm}×${c.tn} register tile exceeds ${MAX_ACCUMULATORS} accumulators`);
 }
 
-// ---- Tuned configurations ------------------------------------------------------------------------------------
+// ---- Tile choice ----------------------------------------------------------------------------------------------
 
-/** kernels/matmul_tuned.json: device description → shape class → configuration. */
+/** kernels/matmul_tuned.json: device class → shape class → configuration. */
 export type MatmulTuningTable = TuningTable<MatmulConfig>;
 
-const TUNING_FILE = new URL("./matmul_tuned.json", import.meta.url);
-let tuningTable: MatmulTuningTable | null = null;
-let activeDevice: { description: string; workgroupBytes: number } | null = null;
+/** The built-in table. Its nvidia-datacenter entries are the sweep winners measured on an H100 80GB HBM3 (bench
+ * matmul --sweep, bench/results/matmul*.txt), the best known for NVIDIA's datacenter parts. */
+export const BUILTIN_MATMUL_TILES: MatmulTuningTable = checkTuningTable<MatmulConfig>(
+  builtinTiles,
+  "kernels/matmul_tuned.json",
+  "shape class",
+  (config, _key, where) => validateMatmulConfig(config, where),
+);
 
-/** Read the tuning file once; a missing file means no tuned configurations. */
-export function loadMatmulTuning(file: URL = TUNING_FILE): MatmulTuningTable {
+/** Read and check a tuning file in the layout of kernels/matmul_tuned.json; a missing file means none. */
+export function loadMatmulTuning(file: URL): MatmulTuningTable {
   return readTuningFile<MatmulConfig>(file, "shape class", (config, _key, where) => validateMatmulConfig(config, where));
-}
-
-/** Replace the tuning table read from kernels/matmul_tuned.json (null: read the file again when next needed). */
-export function setMatmulTuning(table: MatmulTuningTable | null): void {
-  tuningTable = table;
-}
-
-/** Choose the device whose tuned configurations matmul() uses (null: defaults only). */
-export function setMatmulDevice(gpu: { adapterDescription: string; limits: { maxComputeWorkgroupStorageSize: number } } | null): void {
-  activeDevice = gpu ? { description: gpu.adapterDescription, workgroupBytes: gpu.limits.maxComputeWorkgroupStorageSize } : null;
 }
 
 function bucket(v: number, edges: number[]): string {
@@ -140,14 +138,31 @@ export function matmulShapeClass(m: number, n: number, k: number, wDtype: DType,
   return `${f16 ? "f16." : ""}${wDtype}.m${bucket(m, [FEW_ROWS, 1024, 4096])}.n${bucket(n, [1024, 4096])}.k${bucket(k, [1024, 4096])}`;
 }
 
-/** The configuration matmul() uses for this shape on the active device. */
-export function matmulConfigFor(m: number, n: number, k: number, wDtype: DType, f16 = false): MatmulConfig {
-  if (activeDevice) {
-    tuningTable ??= loadMatmulTuning();
-    const tuned = tuningTable[activeDevice.description]?.[matmulShapeClass(m, n, k, wDtype, f16)];
-    if (tuned && (!f16 || tuned.form !== "dot") && matmulWorkgroupBytes(tuned, f16) <= activeDevice.workgroupBytes) return { ...tuned };
+/** Whether a configuration can run this product on the device (f16 needs the outer form; workgroup memory). */
+export function matmulConfigFits(c: MatmulConfig, device: DeviceCapabilities | null, f16 = false): boolean {
+  return (!f16 || c.form !== "dot") && matmulWorkgroupBytes(c, f16) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 16384);
+}
+
+/** The configuration matmul() uses for this shape on a device (null: one that fits any device): the tiles tuned for
+ * the adapter, else the built-in entry for its device class, else the rule — few rows get short tiles; software
+ * adapters (llvmpipe) take the K step of 8 for f16 too, whose unrolled code compiles in half the time there. */
+export function matmulConfigFor(
+  device: DeviceCapabilities | null,
+  m: number,
+  n: number,
+  k: number,
+  wDtype: DType,
+  f16 = false,
+): MatmulConfig {
+  if (device) {
+    const key = matmulShapeClass(m, n, k, wDtype, f16);
+    const tuned = device.tiles.matmul?.[key] as MatmulConfig | undefined;
+    for (const c of [tuned, BUILTIN_MATMUL_TILES[device.deviceClass]?.[key]]) {
+      if (c && matmulConfigFits(c, device, f16)) return { ...c };
+    }
   }
-  return { ...(m <= FEW_ROWS ? FEW_ROWS_MATMUL_CONFIG : f16 ? DEFAULT_F16_MATMUL_CONFIG : DEFAULT_MATMUL_CONFIG) };
+  if (m <= FEW_ROWS) return { ...FEW_ROWS_MATMUL_CONFIG };
+  return { ...(f16 && !device?.software ? DEFAULT_F16_MATMUL_CONFIG : DEFAULT_MATMUL_CONFIG) };
 }
 
 // ---- Kernel declarations ------------------------------------------------------------------------------------
@@ -408,23 +423,24 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
   }
   const wDtype = ws.dtype;
   const f16 = opts.f16 ?? false;
-  const config = opts.config ?? matmulConfigFor(m, n, k, wDtype, f16);
-  validateMatmulConfig(config, name, f16);
+  // Without an explicit configuration the node starts with the one that fits any device, and the plan compiler
+  // swaps in the one chosen for its device.
+  const tileChoice = (device: DeviceCapabilities | null) => {
+    const config = opts.config ?? matmulConfigFor(device, m, n, k, wDtype, f16);
+    validateMatmulConfig(config, name, f16);
+    const variant = { BM: config.bm, BN: config.bn, BK: config.bk, TM: config.tm, TN: config.tn, FORM: config.form ?? "outer" };
+    return { variant, workgroups: grid1d(ceilDiv(m, config.bm) * ceilDiv(n, config.bn)) };
+  };
+  const initial = tileChoice(null);
   const vectorised = k % 4 === 0;
-  const tiles = ceilDiv(m, config.bm) * ceilDiv(n, config.bn);
   g.add({
     name,
     kernel: matmulKernel(vectorised, wDtype, f16),
     variant: {
-      BM: config.bm,
-      BN: config.bn,
-      BK: config.bk,
-      TM: config.tm,
-      TN: config.tn,
+      ...initial.variant,
       READ_X: vectorised ? READ_X.vec4 : READ_X.scalar,
       READ_W: vectorised ? READ_W[wDtype].vec4 : READ_W[wDtype].scalar,
       HELPERS: !vectorised && wDtype === "bf16" ? BF16_ELEMENT : "",
-      FORM: config.form ?? "outer",
       HAS_BIAS: opts.bias !== undefined,
       BIAS_BF16: opts.bias !== undefined && g.get(opts.bias).dtype === "bf16",
       ACCUMULATE: opts.accumulate ?? false,
@@ -433,8 +449,9 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
     // Without a bias, x stands in for the binding (the shader never reads it).
     bindings: { x, w, bias: opts.bias ?? x, out },
     params: { M: m, N: n, K: k },
-    workgroups: grid1d(tiles),
+    workgroups: initial.workgroups,
     flops: 2 * m * n * k,
+    chooseTiles: opts.config ? undefined : tileChoice,
   });
   return out;
 }

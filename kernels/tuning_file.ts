@@ -1,9 +1,27 @@
-// Tuned tile configurations recorded by the benchmark sweeps: a JSON file {device description: {key: config}},
-// where the key is a shape class (matmul) or a head dimension (attention). A missing file means none.
+// Tile tables: {device class or adapter: {key: configuration}}, where the key is a shape class (matmul) or a head
+// dimension (attention). The built-in tables (kernels/*_tuned.json) are keyed by device class; the benchmark
+// sweeps write the same layout.
 
 export type TuningTable<T> = Record<string, Record<string, T>>;
 
-/** Read and check a tuning file; `check(config, key, where)` throws on an invalid configuration. */
+const isMap = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Check a parsed table; `check(config, key, where)` throws on an invalid configuration. */
+export function checkTuningTable<T>(
+  parsed: unknown,
+  where: string,
+  keyName: string,
+  check: (config: T, key: string, where: string) => void,
+): TuningTable<T> {
+  if (!isMap(parsed)) throw new Error(`${where}: expected {device: {${keyName}: configuration}}`);
+  for (const [device, entries] of Object.entries(parsed)) {
+    if (!isMap(entries)) throw new Error(`${where} [${device}]: expected {${keyName}: configuration}`);
+    for (const [key, config] of Object.entries(entries)) check(config as T, key, `${where} [${device}][${key}]`);
+  }
+  return parsed as TuningTable<T>;
+}
+
+/** Read and check a table file; a missing file means an empty table. */
 export function readTuningFile<T>(file: URL, keyName: string, check: (config: T, key: string, where: string) => void): TuningTable<T> {
   if (file.protocol !== "file:") return {};
   let text: string;
@@ -19,12 +37,5 @@ export function readTuningFile<T>(file: URL, keyName: string, check: (config: T,
   } catch (e) {
     throw new Error(`${file.pathname}: not valid JSON (${(e as Error).message})`);
   }
-  const isMap = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
-  if (!isMap(parsed)) throw new Error(`${file.pathname}: expected {device description: {${keyName}: configuration}}`);
-  const table = parsed as TuningTable<T>;
-  for (const [device, entries] of Object.entries(table)) {
-    if (!isMap(entries)) throw new Error(`${file.pathname} [${device}]: expected {${keyName}: configuration}`);
-    for (const [key, config] of Object.entries(entries)) check(config, key, `${file.pathname} [${device}][${key}]`);
-  }
-  return table;
+  return checkTuningTable(parsed, file.pathname, keyName, check);
 }

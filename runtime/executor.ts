@@ -108,6 +108,7 @@ export class Plan {
 
   static async compile(gpu: GpuContext, graph: Graph, weights: WeightSource | null, options: PlanOptions = {}): Promise<Plan> {
     const label = options.label ?? "plan";
+    graph.chooseTiles(gpu.caps);
     const tensors = graph.tensors;
     const nodes = graph.nodes;
     const maxBinding = gpu.limits.maxStorageBufferBindingSize;

@@ -2,6 +2,7 @@
 // rewrite it (insert nodes after a tap, swap bindings); the executor compiles it once into a plan.
 
 import type { KernelSpec, Variant } from "./kernel.ts";
+import type { DeviceCapabilities } from "./device.ts";
 import { type DType, elementCount, shapeString, type TensorRole, type TensorSpec } from "./tensor.ts";
 
 export interface GraphNode {
@@ -15,6 +16,16 @@ export interface GraphNode {
   workgroups: [number, number, number];
   /** FLOPs of this dispatch, for benchmark tables (optional). */
   flops?: number;
+  /** For kernels whose tiles were not given explicitly: the tile-dependent part of the node for the device it is
+   * compiled on (Graph.chooseTiles). Until then the node holds the tiles that fit any device. */
+  chooseTiles?: (device: DeviceCapabilities) => TileChoice;
+}
+
+/** The tile-dependent part of a node: template values, uniform values and the dispatch size. */
+export interface TileChoice {
+  variant: Variant;
+  params?: Record<string, number>;
+  workgroups: [number, number, number];
 }
 
 export class Graph {
@@ -108,6 +119,18 @@ export class Graph {
 
   shape(id: number): number[] {
     return this.get(id).shape;
+  }
+
+  /** Give every node that chooses its own tiles the tiles for this device (the executor calls this when it compiles
+   * a plan, so one graph description serves every adapter). */
+  chooseTiles(device: DeviceCapabilities): void {
+    for (const node of this.nodes) {
+      if (!node.chooseTiles) continue;
+      const choice = node.chooseTiles(device);
+      node.variant = { ...node.variant, ...choice.variant };
+      if (choice.params) node.params = { ...node.params, ...choice.params };
+      node.workgroups = choice.workgroups;
+    }
   }
 
   add(node: GraphNode): void {

@@ -221,8 +221,27 @@ export const conv2dAuditCases: AuditCase[] = [
     residual: true,
     tile: CONV2D_TILE_SPATIAL,
   }),
-  conv2dCase({ label: "3×3 on up×2 13→130 9×13 (spatial tile)", cin: 13, cout: 130, height: 9, width: 13, k: 3, upsample: true }),
-  conv2dCase({ label: "1×1 33→131 17×19 bf16 (wide tile by default)", cin: 33, cout: 131, height: 17, width: 19, k: 1, bf16: true }),
+  // Explicit tiles: a software adapter's rule would pick the small ones for these layers.
+  conv2dCase({
+    label: "3×3 on up×2 13→130 9×13 (spatial tile)",
+    cin: 13,
+    cout: 130,
+    height: 9,
+    width: 13,
+    k: 3,
+    upsample: true,
+    tile: CONV2D_TILE_SPATIAL,
+  }),
+  conv2dCase({
+    label: "1×1 33→131 17×19 bf16 (wide tile)",
+    cin: 33,
+    cout: 131,
+    height: 17,
+    width: 19,
+    k: 1,
+    bf16: true,
+    tile: CONV2D_TILE_WIDE,
+  }),
   // The other tiles bench/vae.ts sweeps that every device can run.
   ...CONV2D_SWEEP_TILES.filter((t) =>
     t !== CONV2D_TILE_SPATIAL && t !== CONV2D_TILE_WIDE && t !== CONV2D_TILE_DEFAULT &&

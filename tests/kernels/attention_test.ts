@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { getGpu } from "../../runtime/device.ts";
+import { describeAdapter, getGpu } from "../../runtime/device.ts";
 import { Graph } from "../../runtime/graph.ts";
 import { Plan } from "../../runtime/executor.ts";
 import { Rng } from "../../runtime/random.ts";
@@ -10,15 +10,16 @@ import {
   attention,
   ATTENTION_SWEEP_CONFIGS,
   attentionConfigFor,
+  attentionConfigName,
   attentionTiles,
   attentionWorkgroupBytes,
+  BUILTIN_ATTENTION_TILES,
   defaultAttentionConfig,
   fullyMaskedQueries,
   groupMaskBits,
   loadAttentionTuning,
-  setAttentionDevice,
   setAttentionGroupMask,
-  setAttentionTuning,
+  softwareAttentionConfig,
 } from "../../kernels/attention.ts";
 
 const range = (start: number, end: number) => Array.from({ length: end - start }, (_, i) => start + i);
@@ -297,37 +298,56 @@ Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are 
     assert.equal(d % tiles.dv, 0);
   }
   assert.equal(attentionTiles(defaultAttentionConfig(512), 512).dv, 128);
+  const limits = { maxComputeWorkgroupStorageSize: 32768, maxComputeInvocationsPerWorkgroup: 256, maxStorageBufferBindingSize: 1 << 30 };
+  const small = { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 };
+  const big = { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 };
+  const device = describeAdapter({ description: "test adapter", vendor: "0x1234" }, limits);
+  device.tiles = { attention: { "128": small, "64": big } };
+  assert.deepEqual(attentionConfigFor(device, 128), small);
+  assert.deepEqual(attentionConfigFor(device, 64), defaultAttentionConfig(64), "a 40 KiB entry does not fit 32 KiB");
+  assert.deepEqual(attentionConfigFor(device, 32), defaultAttentionConfig(32));
+  const g = new Graph();
+  attention(g, "attn", {
+    q: g.input("q", [50, 128]),
+    k: g.input("k", [50, 128]),
+    v: g.input("v", [50, 128]),
+    heads: 1,
+    kvHeads: 1,
+    headDim: 128,
+  });
+  assert.equal(g.nodes[0].variant.BQ, 64, "before compilation the node holds the default");
+  g.chooseTiles(device);
+  assert.equal(g.nodes[0].variant.BQ, 32);
+  assert.deepEqual(g.nodes[0].workgroups, [2, 1, 1]);
+  // The H100 winners serve every NVIDIA datacenter part (an H200 among them); a software adapter gets the small tiles.
+  const h200 = describeAdapter({ description: "NVIDIA H200", vendor: "4318" }, { ...limits, maxComputeWorkgroupStorageSize: 49152 });
+  assert.deepEqual(attentionConfigFor(h200, 128), BUILTIN_ATTENTION_TILES["nvidia-datacenter"]["128"]);
+  const cpu = describeAdapter({ description: "llvmpipe (LLVM 15.0.6, 256 bits)", vendor: "65541" }, limits);
+  assert.deepEqual(attentionConfigFor(cpu, 128), softwareAttentionConfig(128));
+  assert.deepEqual(attentionConfigFor(describeAdapter({ description: "other adapter" }, limits), 128), defaultAttentionConfig(128));
+  for (const d of [16, 32, 64, 128, 256, 512, 80, 12]) attentionTiles(softwareAttentionConfig(d), d);
   const path = Deno.makeTempFileSync({ suffix: ".json" });
   try {
-    const small = { blockQ: 32, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 8, maxDv: 128 };
-    const big = { blockQ: 128, rowsPerThread: 4, threadsPerRow: 8, keysPerThread: 8, dStep: 4, keyStep: 4, maxDv: 128 };
-    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": small, "64": big } }));
-    setAttentionTuning(loadAttentionTuning(new URL(`file://${path}`)));
-    setAttentionDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 32768 } });
-    assert.deepEqual(attentionConfigFor(128), small);
-    assert.deepEqual(attentionConfigFor(64), defaultAttentionConfig(64), "a 40 KiB entry does not fit 32 KiB");
-    assert.deepEqual(attentionConfigFor(32), defaultAttentionConfig(32));
-    const g = new Graph();
-    attention(g, "attn", {
-      q: g.input("q", [50, 128]),
-      k: g.input("k", [50, 128]),
-      v: g.input("v", [50, 128]),
-      heads: 1,
-      kvHeads: 1,
-      headDim: 128,
-    });
-    assert.equal(g.nodes[0].variant.BQ, 32);
-    setAttentionDevice({ adapterDescription: "other adapter", limits: { maxComputeWorkgroupStorageSize: 65536 } });
-    assert.deepEqual(attentionConfigFor(128), defaultAttentionConfig(128));
-    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "128": { ...small, keyStep: 24 } } }));
+    Deno.writeTextFileSync(path, JSON.stringify({ "nvidia": { "128": { ...small, keyStep: 24 } } }));
     assert.throws(
       () => loadAttentionTuning(new URL(`file://${path}`)),
-      /\[test adapter\]\[128\].*keyStep must divide the key block of 64/,
+      /\[nvidia\]\[128\].*keyStep must divide the key block of 64/,
     );
     assert.deepEqual(loadAttentionTuning(new URL("file:///nonexistent/attention_tuned.json")), {});
   } finally {
-    setAttentionDevice(null);
-    setAttentionTuning(null);
     Deno.removeSync(path);
   }
+});
+
+Deno.test("attention: the default and software tiles match the float64 reference (whichever this adapter picks)", async () => {
+  const gpu = await getGpu();
+  const results = [];
+  for (const headDim of [128, 16, 512]) {
+    for (const config of [defaultAttentionConfig(headDim), softwareAttentionConfig(headDim)]) {
+      const label = `D${headDim} H2 S75 ${attentionConfigName(config)}`;
+      results.push(await runAuditCase(gpu, attentionCase({ label, sq: 75, sk: 75, heads: 2, kvHeads: 2, headDim, config })));
+    }
+  }
+  console.log(formatAuditTable(results));
+  for (const r of results) assert.ok(r.pass, `${r.label}: rel L2 ${r.relL2}`);
 });

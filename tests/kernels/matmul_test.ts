@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { getGpu } from "../../runtime/device.ts";
+import { describeAdapter, getGpu } from "../../runtime/device.ts";
 import { Graph } from "../../runtime/graph.ts";
 import { renderKernel } from "../../runtime/kernel.ts";
 import { formatAuditTable, runAuditCase } from "../../kernels/audit.ts";
 import { matmulAuditCases } from "../../kernels/reference/matmul.ts";
 import {
+  BUILTIN_MATMUL_TILES,
+  DEFAULT_F16_MATMUL_CONFIG,
   DEFAULT_MATMUL_CONFIG,
   FEW_ROWS_MATMUL_CONFIG,
   loadMatmulTuning,
@@ -14,8 +16,6 @@ import {
   matmulConfigName,
   matmulShapeClass,
   matmulWorkgroupBytes,
-  setMatmulDevice,
-  setMatmulTuning,
   validateMatmulConfig,
 } from "../../kernels/matmul.ts";
 
@@ -57,34 +57,48 @@ Deno.test("matmul: configuration choice — defaults fit 16 KiB, unknown device 
   assert.ok(matmulWorkgroupBytes(FEW_ROWS_MATMUL_CONFIG) <= 16384);
   assert.equal(matmulShapeClass(2560, 4096, 4096, "bf16"), "bf16.m4096.n4096.k4096");
   assert.equal(matmulShapeClass(1, 18432, 3072, "f32"), "f32.m64.nbig.k4096");
-  setMatmulDevice({ adapterDescription: "no such device", limits: { maxComputeWorkgroupStorageSize: 16384 } });
-  try {
-    assert.deepEqual(matmulConfigFor(2560, 4096, 4096, "bf16"), DEFAULT_MATMUL_CONFIG);
-    assert.deepEqual(matmulConfigFor(1, 4096, 4096, "bf16"), FEW_ROWS_MATMUL_CONFIG);
-  } finally {
-    setMatmulDevice(null);
-  }
+  const unknown = describeAdapter({ description: "no such device", vendor: "0x1234" }, LIMITS_16K);
+  assert.deepEqual(matmulConfigFor(unknown, 2560, 4096, 4096, "bf16"), DEFAULT_MATMUL_CONFIG);
+  assert.deepEqual(matmulConfigFor(unknown, 1, 4096, 4096, "bf16"), FEW_ROWS_MATMUL_CONFIG);
+  assert.deepEqual(matmulConfigFor(null, 2560, 4096, 4096, "bf16", true), DEFAULT_F16_MATMUL_CONFIG);
+  // Software adapters keep the K step of 8 for f16 (half the unrolled code).
+  const cpu = describeAdapter({ description: "llvmpipe (LLVM 15.0.6, 256 bits)", vendor: "65541" }, LIMITS_16K);
+  assert.equal(cpu.software, true);
+  assert.deepEqual(matmulConfigFor(cpu, 2560, 4096, 4096, "bf16", true), DEFAULT_MATMUL_CONFIG);
 });
 
-Deno.test("matmul: a tuning file entry for the active device and shape class is used when it fits", () => {
+const LIMITS_16K = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256, maxStorageBufferBindingSize: 1 << 30 };
+
+Deno.test("matmul: tiles follow the device — tuned entry, then the device class's built-in entry, each only where it fits", () => {
+  // Any NVIDIA datacenter part gets the H100 winners, not only the adapter they were measured on.
+  const h200 = describeAdapter({ description: "NVIDIA H200", vendor: "4318" }, { ...LIMITS_16K, maxComputeWorkgroupStorageSize: 49152 });
+  assert.equal(h200.deviceClass, "nvidia-datacenter");
+  const key = "bf16.m4096.n4096.k4096";
+  assert.deepEqual(matmulConfigFor(h200, 2560, 4096, 4096, "bf16"), BUILTIN_MATMUL_TILES["nvidia-datacenter"][key]);
+  const tuned = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+  const big = { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
+  const device = { ...describeAdapter({ description: "test adapter", vendor: "0x1234" }, LIMITS_16K) };
+  device.tiles = { matmul: { "bf16.m1024.n1024.k1024": tuned, "f32.m1024.n1024.k1024": big } };
+  // The node holds the portable tiles until a plan is compiled for a device, which then swaps in its own.
+  const g = new Graph();
+  matmul(g, "proj", g.input("x", [300, 512]), g.input("w", [700, 512], "bf16"));
+  assert.deepEqual([g.nodes[0].variant.BM, g.nodes[0].variant.BN, g.nodes[0].variant.BK], [128, 128, 8]);
+  g.chooseTiles(device);
+  assert.deepEqual([g.nodes[0].variant.BM, g.nodes[0].variant.BN, g.nodes[0].variant.BK], [64, 64, 16]);
+  assert.deepEqual(g.nodes[0].workgroups, [5 * 11, 1, 1]);
+  // 32 KiB of workgroup memory does not fit a 16 KiB device: the default is used instead.
+  assert.deepEqual(matmulConfigFor(device, 300, 700, 512, "f32"), DEFAULT_MATMUL_CONFIG);
+  // An explicit configuration is never replaced.
+  const fixed = new Graph();
+  matmul(fixed, "proj", fixed.input("x", [300, 512]), fixed.input("w", [700, 512], "bf16"), { config: big });
+  fixed.chooseTiles(device);
+  assert.equal(fixed.nodes[0].variant.BK, 16);
   const path = Deno.makeTempFileSync({ suffix: ".json" });
   try {
-    const tuned = { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
-    const big = { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
-    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "bf16.m1024.n1024.k1024": tuned, "f32.m1024.n1024.k1024": big } }));
-    setMatmulTuning(loadMatmulTuning(new URL(`file://${path}`)));
-    setMatmulDevice({ adapterDescription: "test adapter", limits: { maxComputeWorkgroupStorageSize: 16384 } });
-    const g = new Graph();
-    matmul(g, "proj", g.input("x", [300, 512]), g.input("w", [700, 512], "bf16"));
-    assert.deepEqual([g.nodes[0].variant.BM, g.nodes[0].variant.BN, g.nodes[0].variant.BK], [64, 64, 16]);
-    // 32 KiB of workgroup memory does not fit a 16 KiB device: the default is used instead.
-    assert.deepEqual(matmulConfigFor(300, 700, 512, "f32"), DEFAULT_MATMUL_CONFIG);
-    Deno.writeTextFileSync(path, JSON.stringify({ "test adapter": { "bf16.m64.n64.k64": { bm: 12, bn: 64, bk: 8, tm: 8, tn: 8 } } }));
+    Deno.writeTextFileSync(path, JSON.stringify({ "nvidia": { "bf16.m64.n64.k64": { bm: 12, bn: 64, bk: 8, tm: 8, tn: 8 } } }));
     assert.throws(() => loadMatmulTuning(new URL(`file://${path}`)), /bf16\.m64\.n64\.k64.*bm must be a multiple of tm/);
     assert.deepEqual(loadMatmulTuning(new URL("file:///nonexistent/matmul_tuned.json")), {});
   } finally {
-    setMatmulDevice(null);
-    setMatmulTuning(null);
     Deno.removeSync(path);
   }
 });
