@@ -12,7 +12,8 @@
 //
 // Condition fields: name (names its folder), prompt (default "{instruction}"; {metadata.KEY} also works), textOnly
 // (no reference images), steps, interventions (knockout / lens / patch with an explicit source, as in a RunSpec),
-// patch (a patch whose source run is chosen by the pairing rule, see generators.ts), captures.
+// patch (a patch whose source run is chosen by the pairing rule: "shift", see generators.ts, or "task", the source a
+// pair task file names on each line, see pairings.ts), captures.
 // Top-level overrides: steps, width, height (every task), guidance; refsRoot (root of the task file's relative paths);
 // strictTasks (refuse a task file with a malformed line instead of skipping it).
 
@@ -20,7 +21,7 @@ import { dirname, resolve } from "node:path";
 import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson, type RunSpec } from "../studies/spec.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
-import type { PairingRule, TaskPair } from "./generators.ts";
+import { PAIRING_RULES, type PairingRule, type TaskPair } from "./generators.ts";
 import { parseTemplate, parseTemplateLines, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
 import type { Task } from "./tasks.ts";
 import { JsonFields } from "../studies/json_fields.ts";
@@ -124,7 +125,9 @@ function parsePatch(v: unknown, path: string): PatchCondition {
   F.only(o, path, [...specFields, "sourceSteps", "pairing", "seedOffset"]);
   const p = `${path}.`;
   const pairing = o.pairing ?? "shift";
-  if (pairing !== "shift") F.fail(`${path}.pairing`, `expected "shift" (the only pairing rule), got ${JSON.stringify(pairing)}`);
+  if (!PAIRING_RULES.includes(pairing as PairingRule)) {
+    F.fail(`${path}.pairing`, `expected ${PAIRING_RULES.map((r) => `"${r}"`).join(" or ")}, got ${JSON.stringify(pairing)}`);
+  }
   const seedOffset = o.seedOffset;
   if (seedOffset !== undefined && (typeof seedOffset !== "number" || !Number.isSafeInteger(seedOffset))) {
     F.fail(`${path}.seedOffset`, `expected an integer, got ${JSON.stringify(seedOffset)}`);
@@ -350,6 +353,9 @@ export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ct
   const interventions: InterventionSpec[] = structuredClone(cond.interventions ?? []);
   if (cond.patch) {
     const pair = ctx.pairs.get(task.task_id);
+    if (cond.patch.pairing === "task" && !task.patch_source) {
+      throw new UnpairedTaskError(`the task names no patch source (pairing "task" reads it from pair task files: deno task tasks pairs)`);
+    }
     if (!pair) {
       throw new UnpairedTaskError(`no other task has the instruction "${task.instruction}" (${task.edit_type}) with a different reference`);
     }
