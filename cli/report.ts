@@ -1,16 +1,22 @@
 // `deno task report <run-dir> [--out report.html]`: one self-contained HTML page of a run's results.
 
 import { parseArgs } from "node:util";
-import { writeReport } from "../experiments/report.ts";
+import { tablesDir, writeReport } from "../experiments/report.ts";
 import { integerOption, parseOrUsageError, UsageError, withUsageErrors } from "./common.ts";
 
-const HELP = `usage: deno task report <run-dir> [--out FILE.html] [--thumb PX] [--baseline NAME]
+const HELP = `usage: deno task report <run-dir> [--out FILE.html] [--thumb PX] [--strip-thumb PX] [--baseline NAME]
 
-Writes one HTML page (default <run-dir>/report.html): pass rates with 95% Wilson intervals per condition × family ×
-question for every judge that ran (deno task experiment judge), judge agreement (raw and Cohen's κ), local metrics
-per cell, and an image grid per task (references, then every condition) with metrics and verdicts beside each
-image, filterable by family and condition. Images are inline PNG thumbnails (longest side --thumb, default 160 px),
-so the page stands alone; each links to its full-size file relative to the page.`;
+Writes one HTML page (default <run-dir>/report.html) and, beside it, tables/<judge>.csv, <judge>_cells.csv and
+<judge>.tex for every judge that ran (deno task experiment judge):
+  - the study's table per judge: rows = interventions, columns = task families, cells = pass rate with its 95%
+    Wilson interval as p +Δ/−Δ (a pass = the intervention worked; "did it keep" questions inverted; unparseable and
+    failed verdicts left out of n and counted);
+  - block sweeps (conditions with "sweep" metadata): pass rate against L, a line per setting with its Wilson band
+    (SVG), and per-task image strips over L (thumbnails of --strip-thumb px, default 72);
+  - every cell in detail, judge agreement (raw and Cohen's κ), local metrics per cell, and an image grid per task
+    with metrics, verdicts and the judge's reasons beside each image, filterable by family and condition.
+Images are inline PNG thumbnails (longest side --thumb, default 160 px), so the page stands alone; each links to
+its full-size file relative to the page.`;
 
 export function main(args: string[]): Promise<number> {
   return withUsageErrors("report", async () => {
@@ -21,6 +27,7 @@ export function main(args: string[]): Promise<number> {
         options: {
           out: { type: "string" },
           thumb: { type: "string" },
+          "strip-thumb": { type: "string" },
           baseline: { type: "string" },
           help: { type: "boolean", short: "h" },
         },
@@ -34,9 +41,10 @@ export function main(args: string[]): Promise<number> {
     const path = await writeReport(positionals[0], {
       out: values.out,
       thumb: integerOption("thumb", values.thumb, 16),
+      stripThumb: integerOption("strip-thumb", values["strip-thumb"], 8),
       baseline: values.baseline,
     });
-    console.log(`wrote ${path}`);
+    console.log(`wrote ${path} (tables in ${tablesDir(path)})`);
     return 0;
   });
 }

@@ -1,6 +1,9 @@
-// One self-contained HTML page per run: the judges' pass rates with 95% Wilson intervals per condition × family ×
-// question, judge agreement, the local metrics per cell, and an image grid per task (references, then every
-// condition) with each image's metrics and verdicts beside it, filterable by family and condition.
+// One self-contained HTML page per run: per judge, the study's results table (rows = interventions, columns = task
+// families, cells p +Δ/−Δ with 95% Wilson intervals; also written as CSV and LaTeX under tables/ beside the page),
+// block sweeps as rate-versus-L plots (SVG, one line per setting with its Wilson band) and per-task image strips over
+// L, every cell in detail, judge agreement, the local metrics per cell, and an image grid per task (references, then
+// every condition that is not a sweep point) with each image's metrics and verdicts (and the judge's reasons) beside
+// it, filterable by family and condition. Verdicts of the stub judge are marked as such wherever they appear.
 //
 // Images: every picture is an inline PNG thumbnail (data URL, longest side `thumb` px, default 160; smaller images are
 // kept as they are and enlarged by the browser), so the page needs no other file and can be mailed or archived
@@ -11,11 +14,13 @@ import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { encodePng, Image } from "image-js";
 import { loadImage } from "../model/images.ts";
 import { pathExists, writeTextAtomic } from "./files.ts";
-import { type Judgment, readJudgments } from "./judge.ts";
-import { BUILTIN_TEMPLATES } from "./judge_templates.ts";
+import { judgeFileName, type Judgment, readJudgments } from "./judge.ts";
+import { BUILTIN_TEMPLATES, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
 import { computeRunMetrics, type FolderMetrics } from "./run_metrics.ts";
 import { conditionDir, readRunFolder, type RunFolder, taskReferences } from "./run_folder.ts";
-import { cellStats, judgeAgreement } from "./stats.ts";
+import { cellStats, judgeAgreement, sweepOf, type SweepPoint, sweepSeries } from "./stats.ts";
+import { formatCell, type PaperTable, paperTable, tableFiles, writeTables } from "./tables.ts";
+import { rateVsBlockSvg } from "./svg_plot.ts";
 
 export interface ReportOptions {
   /** Where the page will be written (relative links are computed from it); default <run>/report.html. */
@@ -24,7 +29,12 @@ export interface ReportOptions {
   thumb?: number;
   /** The condition metrics compare against (default "baseline"). */
   baseline?: string;
+  /** Longest side of the thumbnails in sweep strips, px (default 72). */
+  stripThumb?: number;
 }
+
+/** Where a report's tables go: tables/ beside the page. */
+export const tablesDir = (page: string) => join(dirname(page), "tables");
 
 const esc = (s: unknown) =>
   String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
@@ -64,7 +74,11 @@ th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .row{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px}figure img{width:160px;height:auto;image-rendering:pixelated;border:1px solid #ccc}
 figcaption{font-size:12px}figcaption b{display:block}.m{color:#444}.pass{color:#0a6b2b;font-weight:600}.fail{color:#a11;font-weight:600}
 .na{color:#888}.missing{width:160px;height:160px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
-.swatch{display:inline-block;width:10px;height:10px;border:1px solid #999;vertical-align:middle}`;
+.swatch{display:inline-block;width:10px;height:10px;border:1px solid #999;vertical-align:middle}
+table.paper td.cell{text-align:center;font-variant-numeric:tabular-nums;white-space:nowrap}table.paper td.cell small{color:#777;display:block}
+.stub{background:#fff3cd;border:1px solid #e0b800;padding:.4em .7em;margin:.5em 0}.plots{display:flex;flex-wrap:wrap;gap:12px}
+.strip{background:#fff;border:1px solid #ddd;margin:.5em 0;padding:.4em}.strip .row{gap:4px}.strip figure{width:auto}
+.strip figure img{width:auto;max-width:none}.strip figcaption{text-align:center}`;
 
 // Filters: a family and a condition select; "#family=…&condition=…" in the address preselects them (for links).
 const SCRIPT = `
@@ -90,7 +104,7 @@ function ciBar(low: number, high: number, rate: number): string {
     `<i style="left:calc(${100 * rate}% - 1px)"></i></span>`;
 }
 
-function resultsTables(judgments: Map<string, Judgment[]>): string {
+function resultsTables(judgments: Map<string, Judgment[]>, catalogue: Map<string, QuestionTemplate>): string {
   if (!judgments.size) return `<p class="meta">No judgments yet: run <code>deno task experiment judge &lt;run-dir&gt;</code>.</p>`;
   const parts: string[] = [];
   for (const [name, verdicts] of judgments) {
@@ -101,7 +115,7 @@ function resultsTables(judgments: Map<string, Judgment[]>): string {
         `<th>95% Wilson interval</th><th></th><th>n</th><th>passes</th><th>“yes”</th><th>excluded</th></tr>`,
     );
     for (const c of cellStats(verdicts)) {
-      const t = BUILTIN_TEMPLATES[c.template];
+      const t = catalogue.get(c.template);
       parts.push(
         `<tr data-family="${esc(c.family)}" data-condition="${esc(c.condition)}"><td>${esc(c.condition)}</td><td>${esc(c.family)}</td>` +
           `<td title="${esc(t?.question ?? "")}">${esc(c.template)}</td><td>${esc(t?.passMeans ?? "")}</td>` +
@@ -186,20 +200,65 @@ function verdictLines(verdicts: Judgment[]): string {
   return verdicts.map((v) => {
     const cls = v.pass === null ? "na" : v.pass ? "pass" : "fail";
     const label = v.pass === null ? v.status : v.pass ? "pass" : "no pass";
-    return `<span class="${cls}" title="${esc(v.question)} → ${esc(v.raw)}">${esc(v.judge)}: ${esc(v.answer ?? "?")} (${label})</span>`;
+    const said = v.answer === null ? "?" : v.answer === "yes" ? "1" : "0";
+    const reason = v.reason ? ` — ${esc(v.reason)}` : "";
+    return `<span class="${cls}" title="${esc(v.question)} → ${esc(v.raw)}">${esc(v.judge)}${v.provider === "stub" ? " (stub)" : ""}: ` +
+      `${said} (${label})${reason}</span>`;
   }).join("<br>");
 }
 
-/** The report page of a run folder, as HTML text. */
-export async function buildReport(runDir: string, options: ReportOptions = {}): Promise<string> {
+function paperTableHtml(t: PaperTable, base: string, link: (p: string) => string, catalogue: Map<string, QuestionTemplate>): string {
+  const f = tableFiles(base);
+  const head = t.columns.map((c) => `<th>${esc(c)}</th>`).join("");
+  const rows = t.rows.map((r) => {
+    const cells = r.cells.map((c) => {
+      if (!c) return `<td class="cell na">–</td>`;
+      const q = catalogue.get(c.template);
+      const title = `${c.template}${q?.passMeans ? ` — a pass: ${q.passMeans}` : ""}; ${c.passes}/${c.n} passes, ` +
+        `95% ${pct(c.low)}–${pct(c.high)}${c.excluded ? `, ${c.excluded} excluded` : ""}`;
+      return `<td class="cell" data-col="${esc(c.family)}" data-n="${c.n}" data-rate="${c.rate}" title="${esc(title)}">` +
+        `${esc(formatCell(c))}<small>n = ${c.n}${c.excluded ? ` · ${c.excluded} excl.` : ""}</small></td>`;
+    }).join("");
+    return `<tr data-condition="${esc(r.condition)}"><th>${esc(r.label)}</th>${cells}</tr>`;
+  }).join("\n");
+  return `<table class="paper" data-judge="${esc(t.judge)}"><tr><th>intervention</th>${head}</tr>\n${rows}</table>` +
+    `<p class="meta">${t.excluded} verdict(s) excluded (unparseable or failed; not in any n). Files: ` +
+    [f.csv, f.cells, f.tex].map((n) => `<a href="${esc(link(n))}">${esc(n.split("/").pop())}</a>`).join(" · ") + "</p>";
+}
+
+function isStub(verdicts: Judgment[]): boolean {
+  return verdicts.some((v) => v.provider === "stub");
+}
+
+const STUB_NOTE = `<p class="stub"><b>Stub judge.</b> These verdicts come from image statistics (the output's colour change against ` +
+  `the bundle's anchor image), not from a vision-language model: for dry runs and tests only, never for results.</p>`;
+
+/** The report page of a run folder, and its tables. */
+async function assembleReport(
+  runDir: string,
+  options: ReportOptions,
+): Promise<{ html: string; tables: { base: string; table: PaperTable }[] }> {
   const run: RunFolder = await readRunFolder(resolve(runDir));
   const out = resolve(options.out ?? join(run.dir, "report.html"));
   const thumb = options.thumb ?? 160;
+  const stripThumb = options.stripThumb ?? 72;
   const baseline = options.baseline ?? "baseline";
   const link = (p: string) => {
-    const r = relative(dirname(out), p);
+    const r = relative(dirname(out), resolve(dirname(out), p));
     return isAbsolute(r) ? `file://${r}` : r.split("/").map(encodeURIComponent).join("/");
   };
+  let catalogue: Map<string, QuestionTemplate>;
+  try {
+    catalogue = templateCatalogue(run.experiment.judge?.templates ?? []);
+  } catch {
+    catalogue = new Map(Object.entries(BUILTIN_TEMPLATES));
+  }
+  const sweeps = new Map<string, SweepPoint>();
+  for (const c of run.experiment.conditions) {
+    const s = sweepOf(c as { name: string; sweep?: unknown });
+    if (s) sweeps.set(c.name, s);
+  }
+  const plainConditions = run.conditions.filter((c) => !sweeps.has(c));
   const judgments = await readJudgments(run.dir);
   const metrics = await computeRunMetrics(run, baseline);
   const metricsOf = new Map(metrics.map((m) => [`${m.task_id}/${m.condition}`, m]));
@@ -216,6 +275,72 @@ export async function buildReport(runDir: string, options: ReportOptions = {}): 
   const complete = [...run.complete.values()].reduce((a, s) => a + s.size, 0);
   const expected = main.tasks.length * run.conditions.length - main.unpaired.length;
 
+  // The study's tables, one per judge (sweep points are plotted instead).
+  const tables: { base: string; table: PaperTable }[] = [];
+  const paper: string[] = [];
+  for (const [name, verdicts] of judgments) {
+    const table = paperTable(name, verdicts, { conditions: run.conditions, families, skip: new Set(sweeps.keys()) });
+    if (!table.rows.length && !table.excluded) continue;
+    const base = judgeFileName(name).replace(/\.jsonl$/, "");
+    tables.push({ base, table });
+    const model = verdicts[0]?.model ?? "";
+    paper.push(`<h3>Judge ${esc(name)}${model && model !== name ? ` (${esc(model)})` : ""}</h3>`);
+    if (isStub(verdicts)) paper.push(STUB_NOTE);
+    paper.push(paperTableHtml(table, `tables/${base}`, link, catalogue));
+  }
+
+  // Block sweeps: a plot per judge × task family (a line per setting and question), then image strips per task.
+  const plots: string[] = [];
+  if (sweeps.size) {
+    for (const [name, verdicts] of judgments) {
+      const series = sweepSeries(cellStats(verdicts), sweeps);
+      if (!series.length) continue;
+      const templates = new Set(series.map((s) => s.template));
+      plots.push(`<h3>Judge ${esc(name)}</h3>${isStub(verdicts) ? STUB_NOTE : ""}<div class="plots">`);
+      for (const family of [...new Set(series.map((s) => s.taskFamily))].sort()) {
+        const own = series.filter((s) => s.taskFamily === family);
+        const svg = rateVsBlockSvg(
+          own.map((s) => ({ label: templates.size > 1 ? `${s.setting} · ${s.template}` : s.setting, points: s.points })),
+          { title: `${family}: pass rate by block (${name})` },
+        );
+        plots.push(`<div data-family="${esc(family)}">${svg}</div>`);
+      }
+      plots.push("</div>");
+    }
+    if (!plots.length) plots.push(`<p class="meta">No verdicts on the sweep's conditions yet.</p>`);
+  }
+  const strips: string[] = [];
+  const settings = [...new Set([...sweeps.values()].map((s) => `${s.family}@${s.kind}`))];
+  for (const task of run.tasks) {
+    for (const setting of settings) {
+      const points = run.conditions.filter((c) => sweeps.has(c) && `${sweeps.get(c)!.family}@${sweeps.get(c)!.kind}` === setting)
+        .sort((a, b) => sweeps.get(a)!.L - sweeps.get(b)!.L);
+      const figures: string[] = [];
+      for (const condition of points) {
+        const file = join(conditionDir(run.dir, task.task_id, condition), "image.png");
+        const data = run.complete.get(task.task_id)?.has(condition) ? await thumbnail(file, stripThumb) : null;
+        const verdicts = verdictsOf.get(`${task.task_id}/${condition}`) ?? [];
+        const marks = verdicts.map((v) =>
+          `<span class="${v.pass === null ? "na" : v.pass ? "pass" : "fail"}" title="${esc(v.judge)}: ${esc(v.reason ?? v.status)}">` +
+          `${v.pass === null ? "?" : v.pass ? "✓" : "✗"}</span>`
+        ).join("");
+        figures.push(
+          `<figure data-l="${sweeps.get(condition)!.L}">` +
+            (data
+              ? `<a href="${esc(link(file))}"><img src="${data}" alt="${esc(condition)}" title="${esc(condition)}"></a>`
+              : `<div class="missing" style="width:${stripThumb}px;height:${stripThumb}px">–</div>`) +
+            `<figcaption>L ${sweeps.get(condition)!.L} ${marks}</figcaption></figure>`,
+        );
+      }
+      strips.push(
+        `<div class="strip" data-family="${esc(task.family)}" data-setting="${esc(setting)}"><b>${esc(task.task_id)}</b> · ${
+          esc(setting)
+        }` +
+          `<div class="row">${figures.join("")}</div></div>`,
+      );
+    }
+  }
+
   const grids: string[] = [];
   for (const task of run.tasks) {
     const figures: string[] = [];
@@ -228,7 +353,7 @@ export async function buildReport(runDir: string, options: ReportOptions = {}): 
           `<figcaption><b>reference${task.refs.length > 1 ? ` ${i}` : ""}</b></figcaption></figure>`,
       );
     }
-    for (const condition of run.conditions) {
+    for (const condition of plainConditions) {
       const dir = conditionDir(run.dir, task.task_id, condition);
       const done = run.complete.get(task.task_id)?.has(condition);
       const data = done ? await thumbnail(join(dir, "image.png"), thumb) : null;
@@ -251,7 +376,7 @@ export async function buildReport(runDir: string, options: ReportOptions = {}): 
     );
   }
   const options_ = (values: string[]) => values.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
-  return `<!doctype html>
+  const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kleinscope report — ${esc(run.dir.split("/").pop())}</title>
 <style>${STYLE}</style></head><body>
 <h1>Experiment report</h1>
@@ -260,12 +385,16 @@ export async function buildReport(runDir: string, options: ReportOptions = {}): 
 ${run.conditions.length} condition(s) · ${complete} of ${expected} folder(s) complete${main.device ? ` · device ${esc(main.device)}` : ""}
 · written ${esc(new Date().toISOString())}</p>
 <div class="filters">family <select id="f-family"><option value="">all</option>${options_(families)}</select>
-condition <select id="f-condition"><option value="">all</option>${options_(run.conditions)}</select>
+condition <select id="f-condition"><option value="">all</option>${options_(plainConditions)}</select>
 <span class="meta"><span id="shown">${run.tasks.length}</span> task(s) shown</span></div>
 <h2>Results</h2>
-<p class="meta">A pass means the intervention worked (what the column “a pass means” says); questions that ask whether the output
-kept something are inverted. Unparseable and failed verdicts are excluded from n.</p>
-${resultsTables(judgments)}
+<p class="meta">Rows are interventions, columns task families; each cell is the pass rate p with its 95% Wilson interval as
+p +Δ/−Δ. High means the intervention worked: questions that ask whether the output kept something are inverted.
+Unparseable and failed verdicts are excluded from n and counted under each table.</p>
+${paper.length ? paper.join("\n") : `<p class="meta">No judgments yet: run <code>deno task experiment judge &lt;run-dir&gt;</code>.</p>`}
+${sweeps.size ? `<h2>Block sweeps</h2>\n${plots.join("\n")}\n<h3>Images over L</h3>\n${strips.join("\n")}` : ""}
+<h2>Every cell</h2>
+${resultsTables(judgments, catalogue)}
 <h2>Local metrics (means per cell)</h2>
 ${metricsTable(metrics)}
 <h2>Images</h2>
@@ -273,12 +402,20 @@ ${grids.join("\n")}
 <script>${SCRIPT}</script>
 </body></html>
 `;
+  return { html, tables };
 }
 
-/** Build the report and write it (default <run>/report.html). Returns the path. */
+/** The report page of a run folder, as HTML text (its tables' files are written by writeReport). */
+export async function buildReport(runDir: string, options: ReportOptions = {}): Promise<string> {
+  return (await assembleReport(runDir, options)).html;
+}
+
+/** Build the report and write it (default <run>/report.html), with each judge's table as CSV and LaTeX in tables/
+ * beside it. Returns the page's path. */
 export async function writeReport(runDir: string, options: ReportOptions = {}): Promise<string> {
   const out = resolve(options.out ?? join(runDir, "report.html"));
-  const html = await buildReport(runDir, { ...options, out });
+  const { html, tables } = await assembleReport(runDir, { ...options, out });
+  await writeTables(tablesDir(out), tables);
   await writeTextAtomic(out, html);
   return out;
 }

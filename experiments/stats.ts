@@ -109,3 +109,57 @@ export function judgeAgreement(first: VerdictLike[], second: VerdictLike[]): Agr
   }
   return kappaFromTable(table);
 }
+
+// ---- block sweeps ------------------------------------------------------------------------------------------------
+
+/** A condition's place in a block sweep, read from its `sweep` field in the experiment definition that the run's
+ * manifest holds (`manifest.experiment.definition.conditions[i].sweep`). The sweep condition family writes it; its
+ * conditions are named `<family>@<kind>:<L>` (e.g. `ko_ref_text@suffix:12`), but only this metadata is read.
+ *   family  the setting swept (e.g. "ko_ref_text"),
+ *   kind    how blocks are chosen from L ("suffix", "prefix", "individual", "window:3", …),
+ *   L       the block index, 0 … blocks − 1 (0 … 31 on klein 9B). */
+export interface SweepPoint {
+  family: string;
+  kind: string;
+  L: number;
+}
+
+/** The sweep metadata of a condition definition, undefined when it has none; malformed metadata is an error naming
+ * the condition. */
+export function sweepOf(condition: { name: string; sweep?: unknown }): SweepPoint | undefined {
+  const s = condition.sweep;
+  if (s === undefined || s === null) return undefined;
+  const o = s as Record<string, unknown>;
+  if (
+    typeof s !== "object" || typeof o.family !== "string" || !o.family || typeof o.kind !== "string" || !o.kind ||
+    typeof o.L !== "number" || !Number.isInteger(o.L) || o.L < 0
+  ) {
+    throw new Error(`condition ${condition.name}: "sweep" must be {family, kind, L} with L a whole number ≥ 0, got ${JSON.stringify(s)}`);
+  }
+  return { family: o.family, kind: o.kind, L: o.L };
+}
+
+export interface SweepSeries {
+  /** "<family>@<kind>". */
+  setting: string;
+  /** The task family the rates are over. */
+  taskFamily: string;
+  template: string;
+  /** By L, ascending. */
+  points: (CellStats & { L: number })[];
+}
+
+/** Pass rates along each sweep: one series per (task family, template, sweep family and kind). */
+export function sweepSeries(cells: CellStats[], sweeps: Map<string, SweepPoint>): SweepSeries[] {
+  const series = new Map<string, SweepSeries>();
+  for (const c of cells) {
+    const s = sweeps.get(c.condition);
+    if (!s) continue;
+    const setting = `${s.family}@${s.kind}`;
+    const key = JSON.stringify([c.family, c.template, setting]);
+    if (!series.has(key)) series.set(key, { setting, taskFamily: c.family, template: c.template, points: [] });
+    series.get(key)!.points.push({ ...c, L: s.L });
+  }
+  for (const s of series.values()) s.points.sort((a, b) => a.L - b.L);
+  return [...series.values()];
+}

@@ -1,5 +1,7 @@
-// The HTML report: results table with Wilson intervals per cell, agreement, metrics, image grids with inline
-// thumbnails and filters — one self-contained page (no external assets), rendered by headless Chromium.
+// The HTML report: the study's table per judge (p +Δ/−Δ, also written as CSV and LaTeX), block sweeps (an SVG line
+// per setting with its Wilson band, image strips over L), every cell with Wilson intervals, agreement, metrics, image
+// grids with inline thumbnails and filters — one self-contained page (no external assets), rendered by headless
+// Chromium.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -7,10 +9,37 @@ import { decode } from "image-js";
 import { buildReport, writeReport } from "../../experiments/report.ts";
 import { writeColourTasks } from "../../experiments/generators.ts";
 import { judgeFileName, type Judgment } from "../../experiments/judge.ts";
-import { wilsonInterval } from "../../experiments/stats.ts";
+import { cellStats, wilsonInterval } from "../../experiments/stats.ts";
+import { formatCell } from "../../experiments/tables.ts";
+import type { Task } from "../../experiments/tasks.ts";
+import type { Condition } from "../../experiments/experiment.ts";
 import { writeTextAtomic } from "../../experiments/files.ts";
 import { makeFakeRun } from "./fake_run.ts";
 import { dumpDom, findChromium, screenshot } from "./chromium.ts";
+
+function verdict(t: Task, condition: string, judge: string, answer: "yes" | "no" | null, polarity: "change" | "keep"): Judgment {
+  return {
+    task_id: t.task_id,
+    condition,
+    family: t.family,
+    edit_type: t.edit_type,
+    template: "color.knockout_kept",
+    template_version: 1,
+    polarity,
+    question: "q",
+    images: [],
+    judge,
+    provider: judge === "stub" ? "stub" : "openai",
+    model: `${judge}-model`,
+    answer,
+    reason: answer === null ? null : `because ${answer}`,
+    status: answer === null ? "unparseable" : "ok",
+    pass: answer === null ? null : (answer === "yes") === (polarity === "change"),
+    raw: answer === null ? "dunno" : answer,
+    cached: false,
+    tokens: null,
+  };
+}
 
 async function fakeRunWithJudgments(root: string): Promise<string> {
   const set = await writeColourTasks({
@@ -36,23 +65,7 @@ async function fakeRunWithJudgments(root: string): Promise<string> {
       for (const c of ["baseline", "ko_ref_text"]) {
         const answer = c === "baseline" ? "yes" : (i % 2 === 0) !== (flip && i === 1) ? "no" : "yes";
         const unparseable = c === "ko_ref_text" && i === 3;
-        rows.push({
-          task_id: t.task_id,
-          condition: c,
-          family: t.family,
-          edit_type: t.edit_type,
-          template: "color.reference_colour",
-          template_version: 1,
-          question: "q",
-          images: {},
-          judge,
-          model: `${judge}-model`,
-          answer: unparseable ? null : answer,
-          status: unparseable ? "unparseable" : "ok",
-          pass: unparseable ? null : answer === "no",
-          raw: unparseable ? "dunno" : answer,
-          cached: false,
-        });
+        rows.push(verdict(t, c, judge, unparseable ? null : answer, "keep"));
       }
     }
     await writeTextAtomic(join(run, "judgments", judgeFileName(judge)), rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
@@ -72,6 +85,16 @@ Deno.test("report: results per cell with Wilson intervals, agreement, metrics an
       html.includes(`<td class="num">${pct(2 / 3)}</td><td class="num">${pct(w.low)} – ${pct(w.high)}</td>`),
       "ko cell with its interval",
     );
+    // The study's table: the same cell as p +Δ/−Δ, with n and the exclusion under it.
+    const cell = formatCell({ ...w, n: 3, passes: 2, condition: "ko_ref_text", family: "color", template: "t", yes: 1, excluded: 1 });
+    assert.ok(
+      html.includes(`data-n="3" data-rate="${2 / 3}"`) && html.includes(`>${cell}<small>n = 3 · 1 excl.</small></td>`),
+      `paper cell ${cell}`,
+    );
+    assert.ok(
+      html.includes("1 verdict(s) excluded") && html.includes('href="tables/judge-a.csv"') && html.includes('href="tables/judge-a.tex"'),
+    );
+    assert.ok(html.includes("judge-a: 1 (no pass) — because yes"), "verdicts carry the judge's reason");
     assert.ok(html.includes("Judge agreement"));
     assert.ok(html.includes("judge-a vs judge-b"));
     assert.ok(html.includes("Local metrics"));
@@ -127,6 +150,128 @@ Deno.test("report renders in headless Chromium (needs the Debian package `chromi
     });
     const keep = Deno.env.get("KLEINSCOPE_KEEP_SCREENSHOT");
     if (keep) await Deno.copyFile(png, keep);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+const SETTINGS = { suffix: 32, prefix: 8 } as const;
+
+/** A run with two block sweeps of ko_ref_text (suffix over L = 0…31, prefix over 0…7) beside a baseline, judged by
+ * the stub: a task passes at L when L < 6 + 6·(task index), so the rate falls with L. */
+async function fakeSweepRun(root: string): Promise<{ run: string; tasks: Task[]; verdicts: Judgment[] }> {
+  const set = await writeColourTasks({
+    out: join(root, "colours"),
+    colours: ["red", "blue"],
+    objects: ["couch", "vase"],
+    seeds: [0],
+    width: 32,
+    height: 32,
+    swatchSize: 64,
+  });
+  const conditions: Condition[] = [{ name: "baseline" }, {
+    name: "ko_ref_text",
+    interventions: [{ type: "knockout", setting: "ref->text" }],
+  }];
+  for (const [kind, count] of Object.entries(SETTINGS)) {
+    for (let L = 0; L < count; L++) {
+      conditions.push({
+        name: `ko_ref_text@${kind}:${L}`,
+        interventions: [{ type: "knockout", setting: "ref->text", blocks: `${L}..31` }],
+        sweep: { family: "ko_ref_text", kind, L },
+      } as Condition);
+    }
+  }
+  const run = join(root, "run");
+  await makeFakeRun({
+    dir: run,
+    tasks: set.tasks,
+    conditions,
+    size: 32,
+    colour: (_t, c) => c === "baseline" ? [200, 30, 30] : [30, 30, 200],
+  });
+  const verdicts: Judgment[] = [];
+  for (const [i, t] of set.tasks.entries()) {
+    for (const c of conditions.slice(1)) {
+      const L = c.name === "ko_ref_text" ? 0 : Number(c.name.split(":")[1]);
+      // One unanswered verdict at suffix L = 5.
+      const answer = c.name === "ko_ref_text@suffix:5" && i === 0 ? null : L < 6 + 6 * i ? "yes" : "no";
+      verdicts.push({ ...verdict(t, c.name, "stub", answer, "change"), template: "color.knockout_lost" });
+    }
+  }
+  await writeTextAtomic(join(run, "judgments", "stub.jsonl"), verdicts.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  return { run, tasks: set.tasks, verdicts };
+}
+
+Deno.test("report: block sweeps as a rate-vs-L plot with Wilson bands and image strips; tables written as CSV and LaTeX", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ks-report-sweep-" });
+  try {
+    const { run, tasks, verdicts } = await fakeSweepRun(root);
+    const page = await writeReport(run);
+    const html = await Deno.readTextFile(page);
+    assert.ok(html.includes('<svg xmlns="http://www.w3.org/2000/svg" class="sweep-plot"'));
+    assert.ok(html.includes("<b>Stub judge.</b>"), "stub verdicts are labelled");
+    // One series per setting; one point per L with its numbers; the band drawn per unbroken run of points.
+    const cells = cellStats(verdicts);
+    for (const [kind, count] of Object.entries(SETTINGS)) {
+      const g = html.match(new RegExp(`<g class="series" data-label="ko_ref_text@${kind}">([\\s\\S]*?)</g>`));
+      assert.ok(g, kind);
+      const points = [
+        ...g[1].matchAll(/<circle [^>]*data-l="(\d+)" data-rate="([^"]+)" data-low="([^"]+)" data-high="([^"]+)" data-n="(\d+)"/g),
+      ];
+      assert.deepEqual(points.map((p) => Number(p[1])), [...Array(count).keys()]);
+      for (const p of points) {
+        const c = cells.find((x) => x.condition === `ko_ref_text@${kind}:${p[1]}`)!;
+        assert.deepEqual([Number(p[2]), Number(p[3]), Number(p[4]), Number(p[5])], [c.rate, c.low, c.high, c.n]);
+      }
+      assert.equal((g[1].match(/<polygon class="band"/g) ?? []).length, 1);
+    }
+    // The sweep's points are not rows of the paper table, nor columns of the main image grid.
+    assert.equal(/<tr data-condition="ko_ref_text@/.test(html), false);
+    assert.equal(/<figure data-condition="ko_ref_text@/.test(html), false);
+    // Strips: a task × setting each, a thumbnail per L with its verdict mark.
+    const strips = [...html.matchAll(/<div class="strip" data-family="color" data-setting="([^"]+)">([\s\S]*?)<\/div><\/div>/g)];
+    assert.equal(strips.length, tasks.length * 2);
+    for (const [, setting, body] of strips) {
+      assert.equal((body.match(/<figure data-l=/g) ?? []).length, SETTINGS[setting.split("@")[1] as keyof typeof SETTINGS]);
+      assert.equal((body.match(/src="data:image\/png;base64,/g) ?? []).length, SETTINGS[setting.split("@")[1] as keyof typeof SETTINGS]);
+    }
+    // The tables beside the page.
+    const csv = await Deno.readTextFile(join(run, "tables", "stub.csv"));
+    assert.deepEqual(csv.trim().split("\n"), [
+      "intervention,color,color n",
+      `ko_ref_text,${formatCell(cells.find((c) => c.condition === "ko_ref_text"))},4`,
+    ]);
+    const tex = await Deno.readTextFile(join(run, "tables", "stub.tex"));
+    assert.match(tex, /\\begin\{tabular\}\{lc\}/);
+    assert.ok(await Deno.readTextFile(join(run, "tables", "stub_cells.csv")));
+
+    const chromium = await findChromium();
+    if (!chromium) {
+      console.warn("SKIPPED rendering: chromium is not installed (apt-get install -y chromium)");
+      return;
+    }
+    // Rendered: the plot's first setting colour (#0072b2) and its band are on screen.
+    const dom = await dumpDom(chromium, page);
+    assert.equal((dom.match(/<svg [^>]*class="sweep-plot"/g) ?? []).length, 1);
+    const plotOnly = join(root, "plot.html");
+    const svg = html.match(/<svg [\s\S]*?<\/svg>/)![0];
+    await Deno.writeTextFile(plotOnly, `<!doctype html><body style="margin:0">${svg}</body>`);
+    const png = join(root, "plot.png");
+    await screenshot(chromium, plotOnly, png, "640,300");
+    const img = decode(await Deno.readFile(png));
+    const raw = img.getRawImage().data;
+    let line = 0, band = 0;
+    for (let i = 0; i < raw.length; i += img.channels) {
+      const [r, g, b] = [raw[i], raw[i + 1], raw[i + 2]];
+      if (Math.abs(r - 0) < 30 && Math.abs(g - 114) < 30 && Math.abs(b - 178) < 30) line++;
+      // The band: the blue at 18% over white ≈ (209, 229, 241).
+      if (Math.abs(r - 209) < 12 && Math.abs(g - 229) < 12 && Math.abs(b - 241) < 12) band++;
+    }
+    const keep = Deno.env.get("KLEINSCOPE_KEEP_PLOT");
+    if (keep) await Deno.copyFile(png, keep);
+    assert.ok(line > 300, `${line} pixels of the line colour`);
+    assert.ok(band > 1000, `${band} pixels of the band`);
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -1,8 +1,18 @@
 // Wilson intervals against values computed another way (the roots of the score-test quadratic) and against published
-// ones; per-cell pass rates; Cohen's κ on known tables.
+// ones; per-cell pass rates; Cohen's κ on known tables; block-sweep metadata and series.
 
 import assert from "node:assert/strict";
-import { cellStats, judgeAgreement, kappaFromTable, type VerdictLike, wilsonInterval, Z_95 } from "../../experiments/stats.ts";
+import {
+  cellStats,
+  judgeAgreement,
+  kappaFromTable,
+  sweepOf,
+  type SweepPoint,
+  sweepSeries,
+  type VerdictLike,
+  wilsonInterval,
+  Z_95,
+} from "../../experiments/stats.ts";
 
 /** The Wilson interval as the set of p with (p̂ − p)² ≤ z²·p(1 − p)/n: the roots of
  * (1 + z²/n)·p² − (2p̂ + z²/n)·p + p̂² = 0. */
@@ -84,4 +94,39 @@ Deno.test("agreement: raw agreement and Cohen's κ on known tables", () => {
   assert.equal(a.n, 4);
   assert.equal(a.agreement, 0.75);
   assert.ok(Math.abs(a.kappa - 0.5) < 1e-12); // pₑ = ½·¼ + ½·¾ = ½
+});
+
+Deno.test("block sweeps: condition metadata read and checked; series per task family, question and setting, by L", () => {
+  assert.deepEqual(sweepOf({ name: "ko@suffix:3", sweep: { family: "ko", kind: "suffix", L: 3 } }), { family: "ko", kind: "suffix", L: 3 });
+  assert.equal(sweepOf({ name: "baseline" }), undefined);
+  for (
+    const bad of [{ family: "ko", kind: "suffix", L: -1 }, { family: "ko", kind: "", L: 1 }, { family: "ko", kind: "s", L: 1.5 }, "ko@s:1"]
+  ) {
+    assert.throws(() => sweepOf({ name: "x", sweep: bad }), /condition x: "sweep" must be \{family, kind, L\}/);
+  }
+  const sweeps = new Map<string, SweepPoint>();
+  for (const L of [0, 1, 2, 10]) sweeps.set(`ko@suffix:${L}`, { family: "ko", kind: "suffix", L });
+  for (const L of [0, 1]) sweeps.set(`ko@prefix:${L}`, { family: "ko", kind: "prefix", L });
+  // Verdicts given out of order, with a plain condition and an unanswered one mixed in.
+  const verdicts = [
+    v("a", "ko@suffix:10", "yes"),
+    v("a", "ko@suffix:0", "yes"),
+    v("b", "ko@suffix:0", "no"),
+    v("a", "ko@suffix:2", null),
+    v("a", "ko@suffix:1", "no"),
+    v("a", "ko@prefix:1", "yes"),
+    v("a", "ko@prefix:0", "yes"),
+    v("a", "baseline", "yes"),
+    v("a", "ko@suffix:0", "yes", false, "style"),
+  ];
+  const series = sweepSeries(cellStats(verdicts), sweeps);
+  assert.deepEqual(series.map((s) => [s.taskFamily, s.setting, s.points.map((p) => p.L)]), [
+    ["color", "ko@suffix", [0, 1, 2, 10]],
+    ["color", "ko@prefix", [0, 1]],
+    ["style", "ko@suffix", [0]],
+  ]);
+  const s0 = series[0].points;
+  assert.deepEqual(s0.map((p) => [p.n, p.passes]), [[2, 1], [1, 0], [0, 0], [1, 1]]);
+  assert.deepEqual([s0[0].low, s0[0].high], [wilsonInterval(1, 2).low, wilsonInterval(1, 2).high]);
+  assert.equal(s0[2].excluded, 1);
 });
