@@ -9,7 +9,7 @@ import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
 import { checkpointProblems } from "../../weights/expected.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
-import { blockNames, type Flux2Config, parseFlux2Config } from "./config.ts";
+import { blockNames, checkFlux2BlockCounts, type Flux2Config, parseFlux2Config } from "./config.ts";
 import { detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
 import { buildFlux2Forward, type Flux2GraphOptions, type Flux2Inputs, type Flux2Outputs } from "./graph.ts";
 import { timestepEmbedding } from "../../kernels/timestep_table.ts";
@@ -55,6 +55,7 @@ export class Flux2Transformer {
         throw new Error(`${path}: a single diffusers-layout file carries no configuration; pass its config.json`);
       }
       const config = parseFlux2Config(rawConfig, configWhere);
+      checkFlux2BlockCounts(config, ckpt.names(), configWhere, path);
       const { weights, expected } = flux2GraphWeights(config, layout);
       const problems = checkpointProblems(ckpt, expected, { reportUnexpected: true });
       if (problems.length) {

@@ -1,6 +1,9 @@
 // The Qwen3 decoder forward as a graph of named nodes, for FLUX.2 klein's prompt embeddings: token embeddings, then
 // QWEN3_LAYERS_USED decoder layers, with hidden_states[9], [18] and [27] copied side by side into one state tensor
-// [S, 3·hidden]. No final norm and no LM head: the reference reads intermediate hidden states.
+// [S, 3·hidden]. No LM head, and no final norm for the published 36-layer model, whose hidden_states[27] is an
+// intermediate state. transformers records the last entry of hidden_states after the final norm, though, so a model
+// of exactly 27 layers has its hidden_states[27] normed (model.norm): the graph applies the norm there too
+// (qwen3AppliesFinalNorm), as node `qwen3.norm` with tap `qwen3.norm`.
 //
 // One decoder layer (transformers' Qwen3DecoderLayer):
 //   n = rmsnorm(x) · input_layernorm;  q, k, v = n · [q_proj; k_proj; v_proj]ᵀ (one fused matmul)
@@ -29,8 +32,15 @@ import { rope } from "../../kernels/rope.ts";
 import { qwenRopeTables } from "../../kernels/rope_tables.ts";
 import { attention } from "../../kernels/attention.ts";
 import { add, swiglu } from "../../kernels/elementwise.ts";
-import { promptEmbedWidth, QWEN3_EMBED_HIDDEN_STATES, QWEN3_LAYERS_USED, type Qwen3Config } from "./config.ts";
-import { QWEN3_EMBED_WEIGHT, qwen3LayerModule, qwen3LayerShapes, type Qwen3LayerWeight, qwen3LayerWeight } from "./weights.ts";
+import { promptEmbedWidth, QWEN3_EMBED_HIDDEN_STATES, QWEN3_LAYERS_USED, qwen3AppliesFinalNorm, type Qwen3Config } from "./config.ts";
+import {
+  QWEN3_EMBED_WEIGHT,
+  QWEN3_NORM_WEIGHT,
+  qwen3LayerModule,
+  qwen3LayerShapes,
+  type Qwen3LayerWeight,
+  qwen3LayerWeight,
+} from "./weights.ts";
 
 /** Names of the tensors a caller writes or reads around a run. */
 export const QWEN3_TENSORS = {
@@ -126,7 +136,12 @@ export function buildQwen3Encoder(g: Graph, cfg: Qwen3Config, options: Qwen3Enco
     x = g.tap(`qwen3.layer.${i}`, add(g, `${l}.out`, h, mlp));
     // Copy a hidden state the embeddings use as soon as it exists, so the layer output's memory can be reused.
     const slot = QWEN3_EMBED_HIDDEN_STATES.indexOf((i + 1) as (typeof QWEN3_EMBED_HIDDEN_STATES)[number]);
-    if (slot >= 0) copyCols(g, `qwen3.prompt_embeds.${slot}`, x, promptEmbeds, { dstCol: slot * D });
+    if (slot < 0) continue;
+    // The model's last hidden state is recorded after the final norm (only when the layer count is a selected index).
+    const state = i + 1 === cfg.numLayers && qwen3AppliesFinalNorm(cfg)
+      ? g.tap("qwen3.norm", rmsNorm(g, "qwen3.norm", x, g.weight(QWEN3_NORM_WEIGHT, [D], dtypeOf(QWEN3_NORM_WEIGHT)), { eps }))
+      : x;
+    copyCols(g, `qwen3.prompt_embeds.${slot}`, state, promptEmbeds, { dstCol: slot * D });
   }
   return { promptEmbeds, attentionNodes };
 }

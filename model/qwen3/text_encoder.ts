@@ -1,5 +1,6 @@
-// FLUX.2 klein's text encoder: prompt → chat template → tokens padded to 512 → Qwen3 (27 layers) → prompt embeddings
-// [512, 3·hidden], as the reference pipeline's `_get_qwen3_prompt_embeds` computes them.
+// FLUX.2 klein's text encoder: prompt → chat template → tokens padded to 512 → Qwen3 (its first 27 layers, and the
+// final norm only for a 27-layer model) → prompt embeddings [512, 3·hidden], as the reference pipeline's
+// `_get_qwen3_prompt_embeds` computes them.
 //
 // The plan is compiled once at load and replayed for every prompt: token ids and the padding mask are per-run
 // inputs (the mask is an attention group-mask rule, not a baked key length), so prompts of any real length reuse it.

@@ -1,14 +1,16 @@
 // The Qwen3 text encoder's weights as the graph names them, and where each comes from in a transformers checkpoint
 // (`model.layers.N.self_attn.q_proj.weight`, …). q/k/v are fused into one [q + k + v, hidden] matrix and gate/up into
 // one [2·intermediate, hidden] matrix (gate first, as `swiglu` expects), by concatenating checkpoint rows in the
-// weight store. Only the embedding table and the first QWEN3_LAYERS_USED layers are read: no final norm, no LM head.
+// weight store. Only the embedding table and the first QWEN3_LAYERS_USED layers are read, and the final norm only
+// for a model of exactly that many layers (qwen3AppliesFinalNorm); never the LM head.
 
 import type { GpuContext } from "../../runtime/device.ts";
 import type { Checkpoint } from "../../weights/checkpoint.ts";
 import { type UploadProgress, WeightStore } from "../../weights/store.ts";
 import type { UploadDType } from "../../weights/dtypes.ts";
-import { QWEN3_LAYERS_USED, type Qwen3Config } from "./config.ts";
+import { QWEN3_LAYERS_USED, qwen3AppliesFinalNorm, type Qwen3Config } from "./config.ts";
 import { checkpointProblems } from "../../weights/expected.ts";
+import { printable } from "../../runtime/printable.ts";
 
 /** Per-layer weights of the graph, in the order a layer uses them. */
 export type Qwen3LayerWeight =
@@ -35,6 +37,8 @@ export const QWEN3_LAYER_MODULES: Record<Qwen3LayerWeight, string> = {
 };
 
 export const QWEN3_EMBED_WEIGHT = "qwen3.embed_tokens.weight";
+/** The final RMSNorm's weight (`model.norm.weight`), read only when qwen3AppliesFinalNorm. */
+export const QWEN3_NORM_WEIGHT = "qwen3.norm.weight";
 
 /** Graph name of a layer's module, e.g. "qwen3.layers.3.self_attn.qkv_proj" (N is the checkpoint's layer index). */
 export function qwen3LayerModule(layer: number, part: Qwen3LayerWeight): string {
@@ -73,13 +77,40 @@ export function qwen3LayerShapes(cfg: Qwen3Config): Record<Qwen3LayerWeight, num
   };
 }
 
+/** Throws a one-line error unless the checkpoint holds decoder layers 0 … num_hidden_layers − 1 (layers past that
+ * are allowed: transformers ignores them too). Checked before anything else, so a config that claims more layers
+ * than the checkpoint has is refused by name. */
+export function checkQwen3LayerCount(cfg: Qwen3Config, names: Iterable<string>, prefix: string, where: string): void {
+  const layers = new Set<number>();
+  const start = `${prefix}layers.`;
+  for (const name of names) {
+    if (!name.startsWith(start)) continue;
+    const m = /^(\d+)\./.exec(name.slice(start.length));
+    if (m) layers.add(Number(m[1]));
+  }
+  let n = 0;
+  while (layers.has(n)) n++;
+  if (n < cfg.numLayers) {
+    const held = layers.size === 0
+      ? "none"
+      : n === layers.size
+      ? `${n} (${start}0 … ${n - 1})`
+      : `${start}0 … ${n - 1}, then a gap at ${n}`;
+    throw new Error(
+      `${printable(where)}: config.json's num_hidden_layers is ${cfg.numLayers}, but the checkpoint holds decoder layers ${held}`,
+    );
+  }
+}
+
 /** Whether checkpoint tensor names carry the `model.` prefix of Qwen3ForCausalLM (a bare Qwen3Model has none). */
 export function detectQwen3Prefix(names: Iterable<string>, where: string): string {
   const set = new Set(names);
   if (set.has("model.embed_tokens.weight")) return "model.";
   if (set.has("embed_tokens.weight")) return "";
   throw new Error(
-    `${where}: not a Qwen3 checkpoint: neither model.embed_tokens.weight (Qwen3ForCausalLM) nor embed_tokens.weight (Qwen3Model) is present`,
+    `${
+      printable(where)
+    }: not a Qwen3 checkpoint: neither model.embed_tokens.weight (Qwen3ForCausalLM) nor embed_tokens.weight (Qwen3Model) is present`,
   );
 }
 
@@ -115,6 +146,7 @@ export function qwen3GraphWeights(cfg: Qwen3Config, prefix = "model."): { weight
     add("gate_up_proj", [src(`${l}.mlp.gate_proj.weight`, [I, D]), src(`${l}.mlp.up_proj.weight`, [I, D])]);
     add("down_proj", [src(`${l}.mlp.down_proj.weight`, [D, I])]);
   }
+  if (qwen3AppliesFinalNorm(cfg)) weights.push({ name: QWEN3_NORM_WEIGHT, shape: [D], pieces: [src("norm.weight", [D])] });
   return { weights, expected };
 }
 
@@ -138,11 +170,13 @@ export async function uploadQwen3Weights(
   options: { where?: string; onProgress?: (p: UploadProgress) => void } = {},
 ): Promise<Qwen3LoadedWeights> {
   const where = options.where ?? ckpt.path;
-  const prefix = detectQwen3Prefix(ckpt.names(), where);
+  const names = ckpt.names();
+  const prefix = detectQwen3Prefix(names, where);
+  checkQwen3LayerCount(cfg, names, prefix, where);
   const { weights, expected } = qwen3GraphWeights(cfg, prefix);
-  // Tensors the encoder does not read (later layers, the final norm, an LM head) are not reported.
+  // Tensors the encoder does not read (later layers, the final norm of a deeper model, an LM head) are not reported.
   const problems = checkpointProblems(ckpt, expected);
-  if (problems.length) throw new Error(`${where} does not match its Qwen3 configuration:\n  - ${problems.join("\n  - ")}`);
+  if (problems.length) throw new Error(`${printable(where)} does not match its Qwen3 configuration: ${problems.join("; ")}`);
   const store = new WeightStore(gpu);
   const dtypes = new Map<string, UploadDType>();
   try {

@@ -1,5 +1,8 @@
-// FLUX.2 VAE configuration (diffusers' AutoencoderKLFlux2 vae/config.json), validated before anything is built.
-// Every problem found is reported at once, naming the file.
+// FLUX.2 VAE configuration (diffusers' AutoencoderKLFlux2 vae/config.json), validated before anything is built:
+// every field's type and range (VAE_LIMITS) and the consistency between them. Every problem found is reported at
+// once, in one line naming the file.
+
+import { printable } from "../../runtime/printable.ts";
 
 export interface VaeConfig {
   inChannels: number;
@@ -49,19 +52,41 @@ const KNOWN_KEYS = new Set([
 /** The GroupNorm eps diffusers' Encoder, Decoder and mid-block attention hard-code. */
 export const VAE_NORM_EPS = 1e-6;
 
-function positiveInt(r: Record<string, unknown>, key: string, fallback: number, problems: string[]): number {
+/** Bounds on every size: far above FLUX.2's VAE (4 levels of 128…512 channels, 2 ResNets per level, 32 latent
+ * channels), low enough that a mistyped or hostile config is refused before anything is allocated for it. */
+export const VAE_LIMITS = {
+  imageChannels: 64,
+  levels: 8,
+  channels: 8192,
+  layersPerBlock: 16,
+  latentChannels: 1024,
+  normGroups: 1024,
+  sampleSize: 65536,
+} as const;
+
+function describe(v: unknown): string {
+  if (v === undefined) return "nothing";
+  const s = JSON.stringify(v) ?? String(v);
+  return printable(s.length > 60 ? `${s.slice(0, 57)}...` : s);
+}
+
+/** An integer in [1, max] (null or absent: `fallback`); a problem naming the field otherwise. */
+function positiveInt(r: Record<string, unknown>, key: string, fallback: number, max: number, problems: string[]): number {
   const v = r[key] ?? fallback;
-  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-    problems.push(`${key} must be a positive integer (got ${JSON.stringify(r[key])})`);
-    return 1;
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0 || v > max) {
+    problems.push(`${key} must be an integer from 1 to ${max} (got ${describe(r[key])})`);
+    return fallback;
   }
   return v;
 }
 
 function channelList(r: Record<string, unknown>, key: string, fallback: number[], problems: string[]): number[] {
   const v = r[key] ?? fallback;
-  if (!Array.isArray(v) || v.length === 0 || v.some((c) => !Number.isInteger(c) || c <= 0)) {
-    problems.push(`${key} must be a non-empty list of positive integers (got ${JSON.stringify(r[key])})`);
+  const L = VAE_LIMITS;
+  if (
+    !Array.isArray(v) || v.length === 0 || v.length > L.levels || v.some((c) => !Number.isInteger(c) || c <= 0 || c > L.channels)
+  ) {
+    problems.push(`${key} must be a list of 1 to ${L.levels} integers from 1 to ${L.channels} (got ${describe(r[key])})`);
     return fallback;
   }
   return v as number[];
@@ -70,7 +95,7 @@ function channelList(r: Record<string, unknown>, key: string, fallback: number[]
 function flag(r: Record<string, unknown>, key: string, fallback: boolean, problems: string[]): boolean {
   const v = r[key] ?? fallback;
   if (typeof v !== "boolean") {
-    problems.push(`${key} must be true or false (got ${JSON.stringify(r[key])})`);
+    problems.push(`${key} must be true or false (got ${describe(r[key])})`);
     return fallback;
   }
   return v;
@@ -79,17 +104,19 @@ function flag(r: Record<string, unknown>, key: string, fallback: boolean, proble
 /** Parse and check a config object; `where` names the file for messages. */
 export function parseVaeConfig(raw: unknown, where: string): VaeConfig {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
-    throw new Error(`${where}: expected a JSON object, got ${JSON.stringify(raw)}`);
+    throw new Error(`${printable(where)}: expected a JSON object of AutoencoderKLFlux2 settings, got ${describe(raw)}`);
   }
   const r = raw as Record<string, unknown>;
   const problems: string[] = [];
   const unknown = Object.keys(r).filter((k) => !k.startsWith("_") && !KNOWN_KEYS.has(k));
-  if (unknown.length) problems.push(`unknown keys ${unknown.join(", ")} (this is not an AutoencoderKLFlux2 config this code knows)`);
+  if (unknown.length) {
+    problems.push(`unknown keys ${printable(unknown.join(", "))} (this is not an AutoencoderKLFlux2 config this code knows)`);
+  }
   if (r._class_name !== undefined && r._class_name !== "AutoencoderKLFlux2") {
-    problems.push(`_class_name is ${JSON.stringify(r._class_name)}, expected "AutoencoderKLFlux2"`);
+    problems.push(`_class_name is ${describe(r._class_name)}, expected "AutoencoderKLFlux2"`);
   }
   const act = r.act_fn ?? "silu";
-  if (act !== "silu") problems.push(`act_fn ${JSON.stringify(act)} is not supported (only "silu")`);
+  if (act !== "silu") problems.push(`act_fn ${describe(act)} is not supported (only "silu")`);
   const blockOutChannels = channelList(r, "block_out_channels", [128, 256, 512, 512], problems);
   const levels = blockOutChannels.length;
   let decoderBlockOutChannels = blockOutChannels;
@@ -102,26 +129,45 @@ export function parseVaeConfig(raw: unknown, where: string): VaeConfig {
   for (const [key, want] of [["down_block_types", "DownEncoderBlock2D"], ["up_block_types", "UpDecoderBlock2D"]] as const) {
     const v = r[key] ?? Array(levels).fill(want);
     if (!Array.isArray(v) || v.length !== levels || v.some((t) => t !== want)) {
-      problems.push(`${key} must list ${levels} × "${want}" (one per block_out_channels entry), got ${JSON.stringify(v)}`);
+      problems.push(`${key} must list ${levels} × "${want}" (one per block_out_channels entry), got ${describe(v)}`);
     }
   }
   const patch = r.patch_size ?? [2, 2];
   if (!Array.isArray(patch) || patch.length !== 2 || patch[0] !== 2 || patch[1] !== 2) {
-    problems.push(`patch_size ${JSON.stringify(patch)} is not supported (FLUX.2 packs latents in 2×2 patches)`);
+    problems.push(`patch_size ${describe(patch)} is not supported (FLUX.2 packs latents in 2×2 patches)`);
   }
-  const normGroups = positiveInt(r, "norm_num_groups", 32, problems);
+  const L = VAE_LIMITS;
+  const normGroups = positiveInt(r, "norm_num_groups", 32, L.normGroups, problems);
   for (const c of new Set([...blockOutChannels, ...decoderBlockOutChannels])) {
     if (c % normGroups !== 0) problems.push(`${c} channels cannot be split into norm_num_groups = ${normGroups} groups`);
   }
   const batchNormEps = r.batch_norm_eps ?? 1e-4;
-  if (typeof batchNormEps !== "number" || !(batchNormEps >= 0)) problems.push(`batch_norm_eps must be a non-negative number`);
+  if (typeof batchNormEps !== "number" || !(batchNormEps >= 0) || !(batchNormEps < 1)) {
+    problems.push(`batch_norm_eps must be a number from 0 up to (not including) 1 (got ${describe(r.batch_norm_eps)})`);
+  }
+  const momentum = r.batch_norm_momentum;
+  if (momentum !== undefined && momentum !== null && (typeof momentum !== "number" || !(momentum >= 0 && momentum <= 1))) {
+    problems.push(`batch_norm_momentum must be a number from 0 to 1 (got ${describe(momentum)})`);
+  }
+  const sample = r.sample_size;
+  if (
+    sample !== undefined && sample !== null &&
+    (typeof sample !== "number" || !Number.isInteger(sample) || sample <= 0 || sample > L.sampleSize)
+  ) {
+    problems.push(`sample_size must be an integer from 1 to ${L.sampleSize} (got ${describe(sample)})`);
+  }
+  for (const key of ["force_upcast"]) {
+    if (r[key] !== undefined && r[key] !== null && typeof r[key] !== "boolean") {
+      problems.push(`${key} must be true or false (got ${describe(r[key])})`);
+    }
+  }
   const cfg: VaeConfig = {
-    inChannels: positiveInt(r, "in_channels", 3, problems),
-    outChannels: positiveInt(r, "out_channels", 3, problems),
+    inChannels: positiveInt(r, "in_channels", 3, L.imageChannels, problems),
+    outChannels: positiveInt(r, "out_channels", 3, L.imageChannels, problems),
     blockOutChannels,
     decoderBlockOutChannels,
-    layersPerBlock: positiveInt(r, "layers_per_block", 2, problems),
-    latentChannels: positiveInt(r, "latent_channels", 32, problems),
+    layersPerBlock: positiveInt(r, "layers_per_block", 2, L.layersPerBlock, problems),
+    latentChannels: positiveInt(r, "latent_channels", 32, L.latentChannels, problems),
     normGroups,
     normEps: VAE_NORM_EPS,
     batchNormEps: batchNormEps as number,
@@ -136,7 +182,7 @@ export function parseVaeConfig(raw: unknown, where: string): VaeConfig {
       if (c % 4) problems.push(`the mid-block attention needs a channel count divisible by 4, got ${c}`);
     }
   }
-  if (problems.length) throw new Error(`${where}: invalid AutoencoderKLFlux2 config:\n  - ${problems.join("\n  - ")}`);
+  if (problems.length) throw new Error(`${printable(where)}: invalid AutoencoderKLFlux2 config: ${problems.join("; ")}`);
   return cfg;
 }
 

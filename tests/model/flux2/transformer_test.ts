@@ -97,10 +97,95 @@ Deno.test("inconsistent or unknown configs are refused with a clear message", ()
     () => parseFlux2Config({ attention_head_dim: 128, axes_dims_rope: [32, 32, 32, 16] }, "c.json"),
     /axes_dims_rope sums to 112 but attention_head_dim is 128/,
   );
-  assert.throws(() => parseFlux2Config({ num_layers: -1 }, "c.json"), /num_layers must be a positive integer/);
+  assert.throws(() => parseFlux2Config({ num_layers: -1 }, "c.json"), /num_layers must be an integer from 1 to 256 \(got -1\)/);
   assert.throws(() => parseFlux2Config({ bogus: 1 }, "c.json"), /unknown keys bogus/);
   assert.throws(() => parseFlux2Config({ guidance_embeds: true }, "c.json"), /guidance_embeds=true/);
   assert.throws(() => parseFlux2Config([], "c.json"), /expected a JSON object/);
+});
+
+Deno.test("absurd or mistyped config fields are refused by field, in one line naming the file, before anything is allocated", () => {
+  const base = JSON.parse(Deno.readTextFileSync(join(DIFFUSERS, "config.json")));
+  const refuses = (patch: Record<string, unknown>, pattern: RegExp) =>
+    assert.throws(() => parseFlux2Config({ ...base, ...patch }, "t/config.json"), (e: Error) => {
+      assert.match(e.message, /^t\/config\.json: invalid FLUX.2 transformer config: /);
+      assert.match(e.message, pattern);
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    });
+  refuses({ num_layers: 1e9 }, /num_layers must be an integer from 1 to 256 \(got 1000000000\)/);
+  refuses({ num_single_layers: 2 ** 31 }, /num_single_layers must be an integer from 1 to 256/);
+  refuses({ num_single_layers: 1e300 }, /num_single_layers must be an integer/);
+  refuses({ num_layers: "2" }, /num_layers must be an integer from 1 to 256 \(got "2"\)/);
+  refuses({ num_layers: 2.5 }, /num_layers must be an integer/);
+  refuses({ num_attention_heads: 0 }, /num_attention_heads must be an integer from 1 to 256/);
+  refuses(
+    { num_attention_heads: 256, attention_head_dim: 512, axes_dims_rope: [128, 128, 128, 128] },
+    /256 × 512 = 131072 is more than the 65536/,
+  );
+  refuses({ attention_head_dim: 130, axes_dims_rope: [34, 32, 32, 32] }, /attention_head_dim 130 must be a multiple of 4/);
+  refuses({ joint_attention_dim: 1e7 }, /joint_attention_dim must be an integer from 1 to 65536/);
+  refuses({ in_channels: -3 }, /in_channels must be an integer from 1 to 4096/);
+  refuses({ out_channels: "32" }, /out_channels must be an integer/);
+  refuses({ timestep_guidance_channels: 255 }, /timestep_guidance_channels 255 must be even/);
+  refuses({ mlp_ratio: 1e9 }, /mlp_ratio must be a number greater than 0 and at most 16/);
+  refuses({ mlp_ratio: "3" }, /mlp_ratio must be a number/);
+  refuses({ eps: 0 }, /eps must be a number greater than 0/);
+  refuses({ rope_theta: -1 }, /rope_theta must be a number greater than 0/);
+  refuses({ guidance_embeds: "no" }, /guidance_embeds must be true or false/);
+  refuses({ axes_dims_rope: [32, 32, 32] }, /axes_dims_rope must be four positive even integers/);
+  refuses({ "\x1b[2Jbogus": 1 }, /unknown keys \\x1b\[2Jbogus/);
+  assert.deepEqual(parseFlux2Config({ ...base, out_channels: null }, "t").outChannels, base.in_channels);
+});
+
+Deno.test("a config whose block counts differ from the checkpoint's is refused by field before any upload", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  try {
+    const cfg = JSON.parse(await Deno.readTextFile(join(DIFFUSERS, "config.json")));
+    const cfgPath = join(dir, "config.json");
+    for (
+      const [patch, pattern] of [
+        [{ num_layers: 256 }, /num_layers is 256, but the checkpoint holds double blocks: 2 \(0…1\)$/],
+        [{ num_layers: 1 }, /num_layers is 1, but the checkpoint holds double blocks: 2 \(0…1\)$/],
+        [
+          { num_single_layers: 200, num_layers: 3 },
+          /num_layers is 3, .*; num_single_layers is 200, but the checkpoint holds single blocks: 2/,
+        ],
+      ] as const
+    ) {
+      await Deno.writeTextFile(cfgPath, JSON.stringify({ ...cfg, ...patch }));
+      await assert.rejects(() => Flux2Transformer.load(gpu, DIFFUSERS, { configPath: cfgPath }), (e: Error) => {
+        assert.ok(e.message.startsWith(`${cfgPath} does not match ${DIFFUSERS}: `), e.message);
+        assert.match(e.message, pattern);
+        return true;
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a transformer shard whose length lies is refused at load, so no image is made from shifted weights", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  try {
+    for await (const e of Deno.readDir(DIFFUSERS)) await Deno.copyFile(join(DIFFUSERS, e.name), join(dir, e.name));
+    const shard = join(dir, "diffusion_pytorch_model-00001-of-00004.safetensors");
+    const bytes = await Deno.readFile(shard);
+    const headerEnd = 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    // Four bytes inserted at the start of the data: every tensor would be read 4 bytes early (bf16 pairs misaligned).
+    const lying = new Uint8Array(bytes.byteLength + 4);
+    lying.set(bytes.subarray(0, headerEnd));
+    lying.set(bytes.subarray(headerEnd), headerEnd + 4);
+    await Deno.writeFile(shard, lying);
+    await assert.rejects(() => Flux2Transformer.load(gpu, dir), (e: Error) => {
+      assert.ok(e.message.startsWith(`safetensors file ${shard}: `), e.message);
+      assert.match(e.message, /4 trailing bytes no tensor owns/);
+      return true;
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a missing transformer path names it", async () => {

@@ -65,6 +65,27 @@ Deno.test("an invalid VAE config is refused with every problem listed and the fi
   assert.throws(() => parseVaeConfig([], "c.json"), /c\.json: expected a JSON object/);
 });
 
+Deno.test("absurd or mistyped VAE config fields are refused by field, in one line naming the file", async () => {
+  const raw = await fixtureConfig();
+  const refuses = (patch: Record<string, unknown>, pattern: RegExp) =>
+    assert.throws(() => parseVaeConfig({ ...raw, ...patch }, "v/config.json"), (e: Error) => {
+      assert.match(e.message, /^v\/config\.json: invalid AutoencoderKLFlux2 config: /);
+      assert.match(e.message, pattern);
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    });
+  refuses({ layers_per_block: 1e9 }, /layers_per_block must be an integer from 1 to 16 \(got 1000000000\)/);
+  refuses({ block_out_channels: Array(40).fill(32) }, /block_out_channels must be a list of 1 to 8 integers from 1 to 8192/);
+  refuses({ block_out_channels: [16, 1e12, 32, 32] }, /block_out_channels must be a list/);
+  refuses({ latent_channels: "8" }, /latent_channels must be an integer from 1 to 1024 \(got "8"\)/);
+  refuses({ in_channels: 1e6 }, /in_channels must be an integer from 1 to 64/);
+  refuses({ norm_num_groups: 0 }, /norm_num_groups must be an integer from 1 to 1024/);
+  refuses({ batch_norm_eps: 5 }, /batch_norm_eps must be a number from 0 up to/);
+  refuses({ batch_norm_momentum: "0.1" }, /batch_norm_momentum must be a number from 0 to 1/);
+  refuses({ sample_size: -1 }, /sample_size must be an integer from 1 to 65536/);
+  refuses({ force_upcast: 1 }, /force_upcast must be true or false/);
+});
+
 /** A copy of the fixture VAE folder with `edit` applied to its tensors and config. */
 async function editedVae(
   edit: (tensors: Record<string, TensorToWrite>, config: Record<string, unknown>) => void,
