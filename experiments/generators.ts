@@ -1,17 +1,23 @@
 // Task families that need no downloaded data, and the pairing rule of I2I-to-I2I patching.
 //
-// Solid colours: a swatch PNG per colour (a solid square of its sRGB value), crossed with objects and noise seeds;
-// the instruction asks for the object in the swatch's colour ("draw a couch in this color").
+// Solid colours: a swatch PNG per colour (a solid square of its sRGB value), crossed with objects and seeds; the
+// instruction asks for the object in the swatch's colour ("draw a couch in this color"). The named colours are the
+// published study's eight swatches (their exact RGB values, read from its data/solid_colors/*.png), not CSS's.
+// `seeds` are noise seeds (task ids end in _s<seed>) unless `noiseSeed: "crc32"`, where they are replicate indices
+// and each task's noise seed is crc32(task id), the study's rule (experiments/task_seed.ts); task_sets.ts builds the
+// study's 320 rows that way.
 //
 // Pairing ("shift"): tasks with the same edit_type and instruction form a group; the group's distinct reference sets
 // are sorted, and the task whose references are the j-th set takes its patch source from the (j+1 mod m)-th set —
 // the same seed if such a task exists, else the first by task_id. The source run starts from noise seed
 // target.noise_seed + seedOffset (default 1): a shifted seed, so what reaches the target through the patched rows is
 // not the source's noise. A group with a single reference set has no source (such tasks are reported as unpaired).
+// The study's own pairings (every directed colour pair, style→real, people) and pair-list files: pairings.ts.
 
 import { dirname, join, resolve } from "node:path";
 import { savePng } from "../model/images.ts";
 import { type Task, writeTaskFile } from "./tasks.ts";
+import { taskSeed } from "./task_seed.ts";
 
 export interface NamedColour {
   name: string;
@@ -19,31 +25,20 @@ export interface NamedColour {
   rgb: [number, number, number];
 }
 
-/** CSS Color Module named colours (their sRGB values). */
+/** The published study's eight swatch colours (data/solid_colors/solid_<name>.png), in its order. */
 export const NAMED_COLOURS: readonly NamedColour[] = [
-  { name: "red", rgb: [255, 0, 0] },
-  { name: "orange", rgb: [255, 165, 0] },
-  { name: "yellow", rgb: [255, 255, 0] },
-  { name: "gold", rgb: [255, 215, 0] },
-  { name: "lime", rgb: [0, 255, 0] },
-  { name: "green", rgb: [0, 128, 0] },
-  { name: "olive", rgb: [128, 128, 0] },
-  { name: "teal", rgb: [0, 128, 128] },
-  { name: "cyan", rgb: [0, 255, 255] },
-  { name: "blue", rgb: [0, 0, 255] },
-  { name: "navy", rgb: [0, 0, 128] },
-  { name: "purple", rgb: [128, 0, 128] },
-  { name: "magenta", rgb: [255, 0, 255] },
-  { name: "pink", rgb: [255, 192, 203] },
-  { name: "brown", rgb: [165, 42, 42] },
-  { name: "maroon", rgb: [128, 0, 0] },
-  { name: "black", rgb: [0, 0, 0] },
-  { name: "gray", rgb: [128, 128, 128] },
-  { name: "silver", rgb: [192, 192, 192] },
-  { name: "white", rgb: [255, 255, 255] },
+  { name: "blue", rgb: [40, 90, 220] },
+  { name: "brown", rgb: [120, 75, 45] },
+  { name: "green", rgb: [50, 170, 80] },
+  { name: "orange", rgb: [230, 120, 40] },
+  { name: "pink", rgb: [230, 120, 170] },
+  { name: "purple", rgb: [140, 60, 180] },
+  { name: "red", rgb: [220, 40, 40] },
+  { name: "yellow", rgb: [240, 210, 60] },
 ];
 
-export const DEFAULT_OBJECTS: readonly string[] = ["couch", "car", "vase", "chair", "umbrella", "teapot", "bicycle", "mug"];
+/** The study's eight objects, in its order. */
+export const DEFAULT_OBJECTS: readonly string[] = ["ball", "car", "chair", "couch", "hat", "mug", "pillow", "vase"];
 
 export const DEFAULT_COLOUR_INSTRUCTION = "draw a {object} in this color";
 
@@ -85,6 +80,16 @@ export interface ColourTaskOptions {
   swatchSize?: number;
   /** Instruction with an {object} placeholder (default "draw a {object} in this color"). */
   instruction?: string;
+  /** First part of every task id (default "color": color_<colour>_<object>_s<seed>). */
+  idPrefix?: string;
+  /** "seed" (default): `seeds` are the noise seeds. "crc32": they are replicate indices and the noise seed is
+   * crc32(task id). */
+  noiseSeed?: "seed" | "crc32";
+  /** edit_type and family of every task (default "color" and "color"). */
+  editType?: string;
+  family?: string;
+  /** Swatch file name prefix (default none: swatches/<colour>.png; the study's: "solid_"). */
+  swatchPrefix?: string;
 }
 
 export interface ColourTaskSet {
@@ -111,11 +116,14 @@ export async function writeColourTasks(options: ColourTaskOptions): Promise<Colo
   }
   const colours = options.colours.map((c) => typeof c === "string" ? findColour(c) : c);
   for (const s of options.seeds) if (!Number.isSafeInteger(s) || s < 0) throw new Error(`seed ${s} must be a whole number ≥ 0`);
+  const noiseSeed = options.noiseSeed ?? "seed";
+  if (noiseSeed !== "seed" && noiseSeed !== "crc32") throw new Error(`noise seed rule "${noiseSeed}": expected seed or crc32`);
+  const idPrefix = slug(options.idPrefix ?? "color").replaceAll("-", "_");
   const swatches = new Map<string, string>();
   await Deno.mkdir(join(out, "swatches"), { recursive: true });
   for (const c of colours) {
     if (swatches.has(c.name)) throw new Error(`colour "${c.name}" is listed twice`);
-    const path = join(out, "swatches", `${slug(c.name)}.png`);
+    const path = join(out, "swatches", `${options.swatchPrefix ?? ""}${slug(c.name)}.png`);
     await writeSwatch(path, c.rgb, size);
     swatches.set(c.name, path);
   }
@@ -123,15 +131,16 @@ export async function writeColourTasks(options: ColourTaskOptions): Promise<Colo
   for (const c of colours) {
     for (const object of options.objects) {
       for (const seed of options.seeds) {
+        const task_id = `${idPrefix}_${slug(c.name)}_${slug(object)}_s${seed}`;
         tasks.push({
-          task_id: `color_${slug(c.name)}_${slug(object)}_s${seed}`,
-          edit_type: "color",
-          family: "color",
+          task_id,
+          edit_type: options.editType ?? "color",
+          family: options.family ?? "color",
           instruction: template.replaceAll("{object}", object),
           refs: [swatches.get(c.name)!],
           width: options.width ?? 1024,
           height: options.height ?? 1024,
-          noise_seed: seed,
+          noise_seed: noiseSeed === "crc32" ? taskSeed(task_id) : seed,
           metadata: { colour: c.name, rgb: c.rgb, hex: colourHex(c.rgb), object },
         });
       }
@@ -146,7 +155,10 @@ export async function writeColourTasks(options: ColourTaskOptions): Promise<Colo
 
 // ---- pairing for I2I-to-I2I patching ---------------------------------------------------------------------------
 
-export type PairingRule = "shift";
+/** "shift": the source a task line names, else the shift rule. "task": only the source a task line names (pair task
+ * files, pairings.ts). */
+export type PairingRule = "shift" | "task";
+export const PAIRING_RULES: readonly PairingRule[] = ["shift", "task"];
 
 export interface TaskPair {
   target: Task;
@@ -165,14 +177,39 @@ function referenceKey(t: Task): string {
   return t.synthetic_ref ? `synthetic:${t.synthetic_ref.seed}:${t.synthetic_ref.caption}` : t.refs.join("\u0000");
 }
 
-/** Source task of every pairable task, by target task_id (see the header for the rule). */
+/** The task a line's `patch_source` describes (sizes and grouping from the target). */
+export function patchSourceTask(target: Task): Task {
+  const s = target.patch_source;
+  if (!s) throw new Error(`task ${target.task_id} names no patch source`);
+  return {
+    task_id: s.task_id,
+    edit_type: target.edit_type,
+    family: target.family,
+    instruction: s.instruction,
+    refs: s.refs,
+    ...(s.synthetic_ref ? { synthetic_ref: s.synthetic_ref } : {}),
+    width: target.width,
+    height: target.height,
+    noise_seed: s.noise_seed,
+    metadata: {},
+  };
+}
+
+/** Source task of every pairable task, by target task_id (see the header for the rule). A task whose line names its
+ * patch source (a pair task file) is paired with it, at the source's own noise seed. */
 export function pairForPatching(tasks: Task[], options: PairingOptions = {}): Map<string, TaskPair> {
   const rule = options.rule ?? "shift";
-  if (rule !== "shift") throw new Error(`unknown pairing rule "${rule}" (known: shift)`);
+  if (!PAIRING_RULES.includes(rule)) throw new Error(`unknown pairing rule "${rule}" (known: ${PAIRING_RULES.join(", ")})`);
   const offset = options.seedOffset ?? 1;
   if (!Number.isSafeInteger(offset)) throw new Error(`seed offset ${offset} must be an integer`);
+  const named = new Map<string, TaskPair>();
+  for (const t of tasks) {
+    if (t.patch_source) named.set(t.task_id, { target: t, source: patchSourceTask(t), sourceSeed: t.patch_source.noise_seed });
+  }
+  if (rule === "task") return named;
   const groups = new Map<string, Task[]>();
   for (const t of tasks) {
+    if (t.patch_source) continue;
     const key = `${t.edit_type}\u0000${t.instruction}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(t);
@@ -199,5 +236,6 @@ export function pairForPatching(tasks: Task[], options: PairingOptions = {}): Ma
       }
     }
   }
+  for (const [id, pair] of named) pairs.set(id, pair);
   return pairs;
 }

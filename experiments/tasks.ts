@@ -9,8 +9,9 @@
 //    "metadata": {…}}
 // where `source_image_path` is one reference image, `real_ref_dir/real_ref_name` names one (the extension may be left
 // out: .png, .jpg and .jpeg are tried), and `ref_seed` + `source_caption` ask for a synthetic reference made by
-// text-to-image before the edit. `family` (ours) or `source` (published) groups tasks for statistics; without either
-// the family is the edit_type.
+// text-to-image before the edit. `family` groups tasks for statistics and chooses the judge's default question; a
+// published row's family comes from its `source` (see publishedFamily: the study's buckets get names that say what
+// they test), and without either the family is the edit_type.
 //
 // Relative image paths are resolved against `refsRoot` (default: the task file's folder). A line that does not parse
 // or breaks a rule is reported with its file and line number, and is skipped with a warning or, in strict mode, refused.
@@ -26,7 +27,7 @@ export interface SyntheticReference {
 export interface Task {
   task_id: string;
   edit_type: string;
-  /** Grouping for statistics (the published `source`, e.g. "sun397"; else the edit_type). */
+  /** Grouping for statistics and the judge's default question (FAMILIES; a published row's from its `source`). */
   family: string;
   instruction: string;
   /** Reference images, absolute paths, in order. Empty when the reference is synthetic. */
@@ -37,6 +38,18 @@ export interface Task {
   height: number;
   noise_seed: number;
   metadata: Record<string, unknown>;
+  /** The run this task's patch conditions copy rows from, named on the line (pair task files, pairings.ts). */
+  patch_source?: PatchSource;
+}
+
+/** A patch source carried by a task line: another task's prompt, references and seed. */
+export interface PatchSource {
+  task_id: string;
+  instruction: string;
+  /** Absolute paths, in order; empty when the reference is synthetic. */
+  refs: string[];
+  synthetic_ref?: SyntheticReference;
+  noise_seed: number;
 }
 
 export interface TaskProblem {
@@ -68,6 +81,45 @@ export interface ReadTaskOptions {
 /** The published loader's default output size when a line gives none. */
 export const DEFAULT_TASK_SIDE = 1024;
 
+/** The families the task builders and the published task files produce. */
+export const FAMILIES = {
+  /** Solid-colour swatches (the study's 8 colours × 8 objects, or your own). */
+  solidColour: "solid_color",
+  /** kleinscope's generic colour generator (`experiment colors`). */
+  colour: "color",
+  /** Illustration references (the study's `property_manual`, 18 subjects × 5 prompts × 5 seeds). */
+  style: "style",
+  /** Their real-photo counterparts (the study's `manual` rows with axis "style"): patch targets of style→real. */
+  styleReal: "style_real",
+  /** DreamBench++ people, 10 subjects × 9 individual prompts. */
+  human: "human",
+  /** The same 10 people × 5 shared prompts (the human pairings). */
+  humanShared: "human_shared",
+  /** SUN397 scenes: add an object / remove an object. */
+  sun397Add: "sun397_add",
+  sun397Remove: "sun397_remove",
+  /** Prompts lengthened with neutral filler (padding dose-response); the base family is appended: padding_dose/… */
+  paddingDose: "padding_dose",
+} as const;
+
+/** The family of a published row: its `source`, refined where the study's buckets mean different things. */
+export function publishedFamily(source: string, editType: string, metadata: Record<string, unknown>): string {
+  switch (source) {
+    case "solid_color":
+      return FAMILIES.solidColour;
+    case "property_manual":
+      return metadata.axis === undefined || metadata.axis === "style" ? FAMILIES.style : `property_${String(metadata.axis)}`;
+    case "manual":
+      return metadata.axis === "style" ? FAMILIES.styleReal : source;
+    case "dreambench_plus":
+      return metadata.category === "live_subject_human_shared" ? FAMILIES.humanShared : FAMILIES.human;
+    case "sun397":
+      return editType === "add" ? FAMILIES.sun397Add : editType === "remove" ? FAMILIES.sun397Remove : source;
+    default:
+      return source;
+  }
+}
+
 /** A task id names a folder: letters, digits and . _ + - (not starting with a dot). */
 export const TASK_ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 
@@ -84,6 +136,7 @@ const KNOWN_FIELDS = new Set([
   "ref_seed",
   "source_caption",
   "synthetic_ref",
+  "patch_source",
   "width",
   "height",
   "noise_seed",
@@ -145,6 +198,45 @@ function namedReference(dir: string, name: string, root: string, checkFiles: boo
   throw new LineError(`"real_ref_name": no image ${base}{,${IMAGE_EXTENSIONS.join(",")}}`);
 }
 
+function parseSyntheticRef(v: unknown, field: string): SyntheticReference {
+  const s = v as Record<string, unknown>;
+  if (
+    !s || typeof s !== "object" || Array.isArray(s) || typeof s.caption !== "string" || !Number.isSafeInteger(s.seed) ||
+    (s.seed as number) < 0
+  ) {
+    throw new LineError(`"${field}" must be {"caption": text, "seed": integer ≥ 0}`);
+  }
+  return { caption: s.caption, seed: s.seed as number };
+}
+
+/** `patch_source`: {"task_id", "instruction", "refs": [...] or "synthetic_ref": {...}, "noise_seed"}. */
+function parsePatchSource(v: unknown, root: string, checkFiles: boolean): PatchSource {
+  if (!v || typeof v !== "object" || Array.isArray(v)) throw new LineError(`"patch_source" must be an object`);
+  const o = v as Record<string, unknown>;
+  const unknown = Object.keys(o).filter((k) => !["task_id", "instruction", "refs", "synthetic_ref", "noise_seed"].includes(k));
+  if (unknown.length) throw new LineError(`"patch_source" has unknown field "${unknown[0]}"`);
+  const task_id = text(o, "task_id", true)!;
+  if (!TASK_ID_PATTERN.test(task_id)) throw new LineError(`"patch_source.task_id" ${JSON.stringify(task_id)} cannot name a folder`);
+  const instruction = text(o, "instruction", true)!;
+  const noise_seed = wholeNumber(o, "noise_seed", 0);
+  if (noise_seed === undefined) throw new LineError(`"patch_source.noise_seed" is required`);
+  const refs: string[] = [];
+  if (o.refs !== undefined && o.refs !== null) {
+    if (!Array.isArray(o.refs) || o.refs.some((r) => typeof r !== "string" || r === "")) {
+      throw new LineError(`"patch_source.refs" must be a list of image paths`);
+    }
+    (o.refs as string[]).forEach((r, i) => refs.push(imagePath(r, root, `patch_source.refs[${i}]`, checkFiles)));
+  }
+  const synthetic_ref = o.synthetic_ref === undefined || o.synthetic_ref === null
+    ? undefined
+    : parseSyntheticRef(o.synthetic_ref, "patch_source.synthetic_ref");
+  if (refs.length && synthetic_ref) throw new LineError(`"patch_source" takes "refs" or "synthetic_ref", not both`);
+  if (!refs.length && !synthetic_ref) {
+    throw new LineError(`"patch_source" needs "refs" or "synthetic_ref" (a patch source has a reference)`);
+  }
+  return { task_id, instruction, refs, ...(synthetic_ref ? { synthetic_ref } : {}), noise_seed };
+}
+
 /** Check one parsed line and turn it into a Task. Throws a LineError naming the field. */
 function taskFromLine(raw: unknown, root: string, checkFiles: boolean): Task {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
@@ -159,7 +251,11 @@ function taskFromLine(raw: unknown, root: string, checkFiles: boolean): Task {
   }
   const edit_type = text(o, "edit_type", true)!;
   const instruction = text(o, "instruction", true)!;
-  const family = text(o, "family", false) ?? text(o, "source", false) ?? edit_type;
+  const source = text(o, "source", false);
+  const metadata = o.metadata ?? {};
+  if (typeof metadata !== "object" || Array.isArray(metadata)) throw new LineError(`"metadata" must be an object`);
+  const family = text(o, "family", false) ??
+    (source === undefined ? edit_type : publishedFamily(source, edit_type, metadata as Record<string, unknown>));
 
   const refs: string[] = [];
   const published = ["source_image_path", "real_ref_name", "real_ref_dir", "ref_seed"].filter((k) => o[k] !== undefined && o[k] !== null);
@@ -180,11 +276,7 @@ function taskFromLine(raw: unknown, root: string, checkFiles: boolean): Task {
   let synthetic_ref: SyntheticReference | undefined;
   const refSeed = wholeNumber(o, "ref_seed", 0);
   if (o.synthetic_ref !== undefined && o.synthetic_ref !== null) {
-    const s = o.synthetic_ref as Record<string, unknown>;
-    if (typeof s !== "object" || typeof s.caption !== "string" || !Number.isSafeInteger(s.seed)) {
-      throw new LineError(`"synthetic_ref" must be {"caption": text, "seed": integer}`);
-    }
-    synthetic_ref = { caption: s.caption, seed: s.seed as number };
+    synthetic_ref = parseSyntheticRef(o.synthetic_ref, "synthetic_ref");
   } else if (refSeed !== undefined) {
     if (refs.length) throw new LineError(`"ref_seed" (a synthetic reference) cannot be combined with a reference image`);
     const caption = text(o, "source_caption", false);
@@ -198,8 +290,11 @@ function taskFromLine(raw: unknown, root: string, checkFiles: boolean): Task {
       `the synthetic reference's seed equals "noise_seed" (${noise_seed}); the edit would start from the reference's noise`,
     );
   }
-  const metadata = o.metadata ?? {};
-  if (typeof metadata !== "object" || Array.isArray(metadata)) throw new LineError(`"metadata" must be an object`);
+  let patch_source: PatchSource | undefined;
+  if (o.patch_source !== undefined && o.patch_source !== null) {
+    patch_source = parsePatchSource(o.patch_source, root, checkFiles);
+    if (patch_source.task_id === task_id) throw new LineError(`"patch_source" names the task itself`);
+  }
   return {
     task_id,
     edit_type,
@@ -211,6 +306,7 @@ function taskFromLine(raw: unknown, root: string, checkFiles: boolean): Task {
     height: side(o, "height"),
     noise_seed,
     metadata: metadata as Record<string, unknown>,
+    ...(patch_source ? { patch_source } : {}),
   };
 }
 
@@ -284,6 +380,7 @@ export function taskToLine(task: Task, root?: string): string {
     height: task.height,
     noise_seed: task.noise_seed,
     metadata: task.metadata,
+    ...(task.patch_source ? { patch_source: { ...task.patch_source, refs: task.patch_source.refs.map(rel) } } : {}),
   });
 }
 

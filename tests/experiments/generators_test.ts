@@ -11,7 +11,7 @@ Deno.test("colour tasks: swatches are solid squares of the named sRGB value; col
   try {
     const set = await writeColourTasks({
       out: dir,
-      colours: ["red", "navy", "teal=#123456"],
+      colours: ["red", "purple", "teal=#123456"],
       objects: ["couch", "swivel chair"],
       seeds: [0, 5],
       width: 64,
@@ -19,7 +19,7 @@ Deno.test("colour tasks: swatches are solid squares of the named sRGB value; col
       swatchSize: 64,
     });
     assert.equal(set.tasks.length, 3 * 2 * 2);
-    for (const [name, rgb] of [["red", [255, 0, 0]], ["navy", [0, 0, 128]], ["teal", [0x12, 0x34, 0x56]]] as const) {
+    for (const [name, rgb] of [["red", [220, 40, 40]], ["purple", [140, 60, 180]], ["teal", [0x12, 0x34, 0x56]]] as const) {
       const img = await loadImage(join(dir, "swatches", `${name}.png`));
       assert.equal(img.width, 64);
       assert.equal(img.height, 64);
@@ -27,14 +27,14 @@ Deno.test("colour tasks: swatches are solid squares of the named sRGB value; col
     }
     const back = await readTaskFile(set.taskFile);
     assert.deepEqual(back.tasks, set.tasks);
-    const t = back.tasks.find((x) => x.task_id === "color_navy_swivel-chair_s5")!;
+    const t = back.tasks.find((x) => x.task_id === "color_purple_swivel-chair_s5")!;
     assert.ok(t, back.tasks.map((x) => x.task_id).join(","));
     assert.equal(t.instruction, "draw a swivel chair in this color");
     assert.equal(t.noise_seed, 5);
     assert.equal(t.width, 64);
     assert.equal(t.height, 96);
-    assert.deepEqual(t.refs, [join(dir, "swatches", "navy.png")]);
-    assert.deepEqual(t.metadata, { colour: "navy", rgb: [0, 0, 128], hex: "#000080", object: "swivel chair" });
+    assert.deepEqual(t.refs, [join(dir, "swatches", "purple.png")]);
+    assert.deepEqual(t.metadata, { colour: "purple", rgb: [140, 60, 180], hex: "#8c3cb4", object: "swivel chair" });
     assert.equal(t.family, "color");
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -42,8 +42,10 @@ Deno.test("colour tasks: swatches are solid squares of the named sRGB value; col
 });
 
 Deno.test("colour tasks: bad colours, sizes and templates are refused", async () => {
-  assert.throws(() => findColour("chartreuse-ish"), /unknown colour "chartreuse-ish" \(known: red, /);
-  assert.deepEqual(findColour("Red").rgb, [255, 0, 0]);
+  assert.throws(() => findColour("navy"), /unknown colour "navy" \(known: blue, brown, green, orange, pink, purple, red, yellow;/);
+  // The study's swatch values, not CSS's.
+  assert.deepEqual(findColour("Red").rgb, [220, 40, 40]);
+  assert.deepEqual(findColour("orange").rgb, [230, 120, 40]);
   assert.equal(new Set(NAMED_COLOURS.map((c) => c.name)).size, NAMED_COLOURS.length);
   await assert.rejects(
     () => writeColourTasks({ out: "/nonexistent-never", colours: ["red"], objects: ["x"], seeds: [0], swatchSize: 32 }),
@@ -52,6 +54,10 @@ Deno.test("colour tasks: bad colours, sizes and templates are refused", async ()
   await assert.rejects(
     () => writeColourTasks({ out: "/nonexistent-never", colours: ["red"], objects: ["x"], seeds: [0], instruction: "no slot" }),
     /no \{object\}/,
+  );
+  await assert.rejects(
+    () => writeColourTasks({ out: "/nonexistent-never", colours: ["red"], objects: ["x"], seeds: [0], noiseSeed: "random" as "seed" }),
+    /noise seed rule "random": expected seed or crc32/,
   );
 });
 

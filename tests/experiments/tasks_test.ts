@@ -105,7 +105,7 @@ Deno.test("tasks: the published layout (source_image_path, real_ref_dir/real_ref
     const tf = parseTaskLines(lines, join(dir, "published.jsonl"), { warn: (l) => warnings.push(l) });
     assert.equal(tf.tasks.length, 3);
     assert.deepEqual(tf.tasks[0].refs, [join(dir, "refs", "a.png")]);
-    assert.equal(tf.tasks[0].family, "sun397");
+    assert.equal(tf.tasks[0].family, "sun397_add");
     assert.equal(tf.tasks[0].width, 512);
     assert.deepEqual(tf.tasks[1].refs, [join(dir, "refs", "solid", "solid_blue.png")]);
     assert.equal(tf.tasks[1].family, "solid_color");
