@@ -19,7 +19,8 @@
 // to back in one plan; after a warm-up run, one profiled run gives each repetition's time from GPU timestamps (without
 // timestamps, the wall clock of a run shared out evenly) and the median is reported. The forward is the median
 // wall-clock time of --forward-iters runs. % of peak is against the card's FMA peak (f32 rows against the f32 peak,
-// f16 rows against the f16 one): a small table of known adapters, or --peak-tflops.
+// f16 rows against the f16 one): a small table of known adapters, or --peak-tflops. % of ceiling is against the
+// multiply-add rate this stack measures on the card itself (bench/ceilings.ts, run first; its rows head the table).
 // --small: shapes for a software adapter (M 256, hidden 128, 2 heads at S = 256, the fixture's tiny transformer
 // at 64²), done in well under a minute on llvmpipe.
 
@@ -28,6 +29,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getGpu } from "../runtime/device.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
+import { type CeilingsReport, runCeilings } from "./ceilings.ts";
 import { matmulConfigFor, matmulConfigName } from "../kernels/matmul.ts";
 import { Flux2KleinPipeline, type StageTimes } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
@@ -373,6 +375,8 @@ export interface SummaryRow {
   kleinscopeMs?: number;
   tflops?: number;
   percentOfPeak?: number;
+  /** Against the multiply-add rate this stack measured on the card (bench/ceilings.ts). */
+  percentOfCeiling?: number;
   torchFp32Ms?: number;
   torchBf16Ms?: number;
   peakBytes?: number;
@@ -386,6 +390,8 @@ export interface SummaryReport {
   date: string;
   ran: string[];
   peak: { f32?: number; f16?: number };
+  /** What this stack reaches on the card (bench/ceilings.ts); absent when it could not be measured. */
+  ceilings?: CeilingsReport;
   torch: TorchInfo;
   shapes: SummaryShapes;
   matmul: MatmulMeasurement[];
@@ -407,7 +413,7 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     if (dir !== undefined && !(await exists(dir))) throw new Error(`${flag} ${dir}: no such file or folder`);
   }
   const gpu = await getGpu();
-  applyDeviceTuning(gpu);
+  await applyDeviceTuning(gpu);
   const peak = peakFor(gpu.adapterDescription, opts.peak);
   const f16 = opts.f16 && gpu.hasF16;
   const shapes = summaryShapes(opts);
@@ -418,6 +424,13 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     log(`  FAILED ${message}`);
   };
   log(`device: ${gpu.adapterDescription} (shader-f16: ${gpu.hasF16 ? "yes" : "no"}, timestamps: ${gpu.hasTimestamps ? "yes" : "no"})`);
+  let ceilings: CeilingsReport | undefined;
+  try {
+    ceilings = await runCeilings(gpu, { small: opts.small });
+    for (const c of ceilings.ceilings) log(`ceiling ${c.name}: ${c.value.toPrecision(4)} ${c.unit}`);
+  } catch (e) {
+    fail("ceilings", e);
+  }
   const torch: TorchInfo = opts.torch ? await probeTorch(opts.python) : { available: false, reason: "--no-torch" };
   log(
     torch.available
@@ -434,7 +447,7 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     const ops = new Operands(shape, "bf16");
     for (const mode of modes) {
       try {
-        const config = matmulConfigFor(shape.m, shape.n, shape.k, "bf16", mode === "f16");
+        const config = matmulConfigFor(gpu.caps, shape.m, shape.n, shape.k, "bf16", mode === "f16");
         const t = await timeMatmul(gpu, ops, config, opts.iters, mode === "f16");
         const bytes = 4 * shape.m * shape.k + 2 * shape.n * shape.k + 4 * shape.m * shape.n;
         matmul.push({
@@ -543,6 +556,7 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     date: new Date().toISOString(),
     ran,
     peak,
+    ceilings,
     torch,
     shapes,
     matmul,
@@ -588,6 +602,22 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
     const p = r.peak[mode];
     return p ? (100 * tflops) / p : undefined;
   };
+  const ceiling = (mode: "f32" | "f16") => r.ceilings?.ceilings.find((c) => c.name === (mode === "f32" ? "f32 FMA" : "f16 FMA (packed)"));
+  const ofCeiling = (tflops: number, mode: "f32" | "f16") => {
+    const c = ceiling(mode);
+    return c ? (100 * tflops) / c.value : undefined;
+  };
+  for (const c of r.ceilings?.ceilings ?? []) {
+    const fma = c.unit === "TFLOP/s";
+    rows.push({
+      item: `ceiling ${c.name}`,
+      kleinscopeMs: c.medianMs,
+      tflops: fma ? c.value : undefined,
+      percentOfPeak: fma ? percent(c.value, c.name === "f32 FMA" ? "f32" : "f16") : undefined,
+      note: fma ? "measured multiply-add rate (bench ceilings)" : `${c.value.toPrecision(4)} GB/s measured (bench ceilings)`,
+      noBaseline: true,
+    });
+  }
   const torchNote = r.torch.available && r.torch.device === "cpu" ? "PyTorch on the CPU" : "";
   const join = (...notes: (string | undefined)[]) => notes.filter(Boolean).join("; ");
   for (const m of r.matmul) {
@@ -597,6 +627,7 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
       kleinscopeMs: m.medianMs,
       tflops: m.tflops,
       percentOfPeak: percent(m.tflops, m.mode),
+      percentOfCeiling: ofCeiling(m.tflops, m.mode),
       torchFp32Ms: t("fp32"),
       torchBf16Ms: t("bf16"),
       peakBytes: m.bytes,
@@ -614,6 +645,7 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
       kleinscopeMs: a.medianMs,
       tflops: a.tflops,
       percentOfPeak: percent(a.tflops, "f32"),
+      percentOfCeiling: ofCeiling(a.tflops, "f32"),
       torchFp32Ms: t("fp32"),
       torchBf16Ms: t("bf16"),
       peakBytes: a.bytes,
@@ -635,6 +667,7 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
       kleinscopeMs: dit.forward.medianMs,
       tflops: tflops(dit.forward.medianMs),
       percentOfPeak: percent(tflops(dit.forward.medianMs), "f32"),
+      percentOfCeiling: ofCeiling(tflops(dit.forward.medianMs), "f32"),
       torchFp32Ms: t?.fp32?.medianMs,
       torchBf16Ms: t?.bf16?.medianMs,
       peakBytes: dit.peakBytes,
@@ -652,6 +685,7 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
         kleinscopeMs: f.medianMs,
         tflops: tflops(f.medianMs),
         percentOfPeak: percent(tflops(f.medianMs), "f16"),
+        percentOfCeiling: ofCeiling(tflops(f.medianMs), "f16"),
         torchFp32Ms: t?.fp32?.medianMs,
         torchBf16Ms: t?.bf16?.medianMs,
         peakBytes: f.peakBytes,
@@ -688,12 +722,13 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
 export function formatSummaryTable(rows: SummaryRow[]): string {
   const na = <T>(v: T | undefined, f: (v: T) => string) => (v === undefined ? "n/a" : f(v));
   return formatTable(
-    ["item", "kleinscope ms", "TFLOP/s", "% of peak", "PyTorch fp32 ms", "PyTorch bf16 ms", "peak mem", "note"],
+    ["item", "kleinscope ms", "TFLOP/s", "% of peak", "% of ceiling", "PyTorch fp32 ms", "PyTorch bf16 ms", "peak mem", "note"],
     rows.map((r) => [
       r.item,
       na(r.kleinscopeMs, formatMs),
       r.tflops === undefined ? "" : formatTflops(r.tflops),
       r.tflops === undefined ? "" : na(r.percentOfPeak, (p) => `${p.toPrecision(3)}%`),
+      r.tflops === undefined || r.item.startsWith("ceiling ") ? "" : na(r.percentOfCeiling, (p) => `${p.toPrecision(3)}%`),
       r.noBaseline ? "" : na(r.torchFp32Ms, formatMs),
       r.noBaseline ? "" : na(r.torchBf16Ms, formatMs),
       r.peakBytes === undefined ? "" : formatGB(r.peakBytes),
@@ -707,8 +742,12 @@ export function formatSummary(r: SummaryReport): string {
   const peak = r.peak.f32
     ? `FMA peak ${r.peak.f32} TFLOP/s f32${r.peak.f16 ? `, ${r.peak.f16} f16` : ""}`
     : "FMA peak unknown for this adapter (--peak-tflops F32[,F16] gives it): % of peak n/a";
+  const measured = r.ceilings
+    ? `measured ceilings: ${r.ceilings.ceilings.map((c) => `${c.name} ${c.value.toPrecision(4)} ${c.unit}`).join(", ")}`
+    : "measured ceilings: n/a (% of ceiling n/a)";
   return [
     `device: ${r.device}; ${peak}`,
+    measured,
     `date: ${r.date}`,
     ...r.ran.map((l) => `ran: ${l}`),
     "",

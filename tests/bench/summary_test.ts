@@ -116,7 +116,21 @@ Deno.test("summary: % of peak comes from known adapters or --peak-tflops, else n
   };
   const lines = formatSummary(report).split("\n");
   assert.match(lines[0], /FMA peak unknown.*% of peak n\/a/);
-  assert.match(lines.find((l) => l.startsWith("matmul x"))!, /^matmul x\s+2\.00\s+0\.0100\s+n\/a\s+n\/a\s+n\/a$/);
+  assert.match(lines[1], /measured ceilings: n\/a/);
+  assert.match(lines.find((l) => l.startsWith("matmul x"))!, /^matmul x\s+2\.00\s+0\.0100\s+n\/a\s+n\/a\s+n\/a\s+n\/a$/);
+  // With measured ceilings, a kernel reads as a share of them too.
+  const ceilings = {
+    device: "llvmpipe",
+    skipped: [],
+    ceilings: [{ name: "f32 FMA" as const, value: 0.02, unit: "TFLOP/s" as const, medianMs: 1, timedBy: "timestamps" as const }],
+  };
+  const withCeilings = formatSummary({
+    ...report,
+    ceilings,
+    rows: [{ item: "matmul x", kleinscopeMs: 2, tflops: 0.01, percentOfCeiling: 50, note: "" }],
+  }).split("\n");
+  assert.match(withCeilings[1], /measured ceilings: f32 FMA 0\.02000 TFLOP\/s/);
+  assert.match(withCeilings.find((l) => l.startsWith("matmul x"))!, /^matmul x\s+2\.00\s+0\.0100\s+n\/a\s+50\.0%\s+n\/a\s+n\/a$/);
   assert.match(lines.find((l) => l.startsWith("pipeline step"))!, /^pipeline step 1\/1\s+700\.0$/);
 });
 
@@ -170,8 +184,16 @@ async function smallRun(python: string, withTorch: boolean): Promise<string> {
       "attention 2×128 S=256 ref->text",
       ...modes.map((mode) => `forward klein-tiny 64²+1 ref S=544 ${mode}`),
     ];
-    assert.deepEqual(report.rows.map((row) => row.item), expected);
-    for (const row of report.rows) {
+    // The measured ceilings head the table, then every kernel, each also as a share of its ceiling.
+    const ceilingNames = ["f32 FMA", ...(report.ceilings!.skipped.length ? [] : ["f16 FMA (packed)"]), "workgroup memory", "global memory"];
+    assert.deepEqual(report.ceilings!.ceilings.map((c) => c.name), ceilingNames);
+    for (const c of report.ceilings!.ceilings) assert.ok(c.value > 0 && Number.isFinite(c.value), JSON.stringify(c));
+    const ceilingRows = report.rows.filter((row) => row.item.startsWith("ceiling "));
+    assert.deepEqual(ceilingRows.map((row) => row.item), ceilingNames.map((n) => `ceiling ${n}`));
+    const kernelRows = report.rows.filter((row) => !row.item.startsWith("ceiling "));
+    assert.deepEqual(kernelRows.map((row) => row.item), expected);
+    for (const row of kernelRows) assert.ok(row.percentOfCeiling! > 0, `${row.item}: % of ceiling ${row.percentOfCeiling}`);
+    for (const row of kernelRows) {
       assert.ok(row.kleinscopeMs! > 0 && row.tflops! > 0 && row.peakBytes! > 0, JSON.stringify(row));
       if (withTorch) assert.ok(row.torchFp32Ms! > 0 && row.torchBf16Ms! > 0, JSON.stringify(row));
       else assert.ok(row.torchFp32Ms === undefined && row.torchBf16Ms === undefined, JSON.stringify(row));
@@ -181,14 +203,19 @@ async function smallRun(python: string, withTorch: boolean): Promise<string> {
     assert.match(out, /^device: .*$/m);
     assert.match(out, /^date: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/m);
     assert.match(out, /^ran: matmul: 5 shapes at M = 256/m);
-    assert.match(out, /^item\s+kleinscope ms\s+TFLOP\/s\s+% of peak\s+PyTorch fp32 ms\s+PyTorch bf16 ms\s+peak mem\s+note$/m);
+    assert.match(
+      out,
+      /^item\s+kleinscope ms\s+TFLOP\/s\s+% of peak\s+% of ceiling\s+PyTorch fp32 ms\s+PyTorch bf16 ms\s+peak mem\s+note$/m,
+    );
+    assert.match(out, /^measured ceilings: f32 FMA [\d.]+ TFLOP\/s, .*global memory [\d.]+ GB\/s$/m);
     for (const item of expected) {
       const line = out.split("\n").find((l) => l.startsWith(item + " "));
       assert.ok(line, `no table row for ${item}`);
       const cells = line.slice(item.length).trim().split(/\s{2,}/);
       assert.ok(Number(cells[0]) > 0 && Number(cells[1]) > 0, line);
-      if (withTorch) assert.ok(Number(cells[3]) > 0 && Number(cells[4]) > 0, line);
-      else assert.deepEqual(cells.slice(3, 5), ["n/a", "n/a"], line);
+      assert.match(cells[3], /^[\d.]+%$/, line);
+      if (withTorch) assert.ok(Number(cells[4]) > 0 && Number(cells[5]) > 0, line);
+      else assert.deepEqual(cells.slice(4, 6), ["n/a", "n/a"], line);
     }
     return out;
   } finally {
