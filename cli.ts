@@ -21,6 +21,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   download: { module: "./cli/download.ts", summary: "fetch a FLUX.2 klein repository" },
   experiment: { module: "./cli/experiment.ts", summary: "batch runs of task sets (resume, shard, merge), judge, metrics" },
   report: { module: "./cli/report.ts", summary: "HTML report of an experiment run" },
+  verify: { module: "./cli/verify.ts", summary: "run a stored run again and compare its images (mean |Δ| ≤ 1.0 of 255)" },
 };
 
 export function usage(): string {
