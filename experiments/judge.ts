@@ -178,6 +178,8 @@ export interface JudgeQuestion {
   /** The rendered question. */
   text: string;
   images: JudgeImage[];
+  /** A system prompt other than the judge's (requests that are not verdicts, e.g. experiments/sun397.ts). */
+  system?: string;
 }
 
 export interface JudgeAnswer {
@@ -220,7 +222,7 @@ export function requestBody(endpoint: JudgeEndpoint, q: JudgeQuestion): Record<s
       max_tokens: maxTokens,
       temperature: 0,
       ...endpoint.extraBody,
-      system: [{ type: "text", text: JUDGE_SYSTEM_PROMPT, cache_control: { type: "ephemeral" } }],
+      system: [{ type: "text", text: q.system ?? JUDGE_SYSTEM_PROMPT, cache_control: { type: "ephemeral" } }],
       messages: [{ role: "user", content }],
     };
   }
@@ -235,7 +237,7 @@ export function requestBody(endpoint: JudgeEndpoint, q: JudgeQuestion): Record<s
     temperature: 0,
     max_tokens: maxTokens,
     ...endpoint.extraBody,
-    messages: [{ role: "system", content: JUDGE_SYSTEM_PROMPT }, { role: "user", content }],
+    messages: [{ role: "system", content: q.system ?? JUDGE_SYSTEM_PROMPT }, { role: "user", content }],
   };
 }
 
@@ -305,7 +307,51 @@ export class JudgeClient {
       images: hashes,
       labels: q.images.map((i) => i.label),
       question: q.text,
+      ...(q.system === undefined ? {} : { system: q.system }),
     }));
+  }
+
+  /** One reply to a question that is not a verdict (its own system prompt): the raw text, from the cache when it was
+   * asked before; transport failures are retried as for verdicts and thrown at the end. */
+  async complete(q: JudgeQuestion): Promise<{ text: string; cached: boolean; tokens: JudgeAnswer["tokens"] }> {
+    if (this.endpoint.provider === "stub") throw new Error("the stub judge only answers verdicts; give an endpoint (--url/--model)");
+    const key = await this.cacheKey(q);
+    const cachePath = join(this.cacheDir, key.slice(0, 2), `${key}.json`);
+    if (await pathExists(cachePath)) {
+      const hit = await readJsonFile<{ raw: string; tokens?: JudgeAnswer["tokens"] }>(cachePath);
+      return { text: hit.raw, cached: true, tokens: hit.tokens ?? null };
+    }
+    const { reply, error } = await this.send(JSON.stringify(requestBody(this.endpoint, q)), q);
+    if (!reply) throw new Error(`judge request failed: ${error}`);
+    const raw = this.scrub(reply.text);
+    await writeJsonAtomic(cachePath, {
+      raw,
+      tokens: reply.tokens,
+      model: this.endpoint.model,
+      question: q.text,
+      at: new Date().toISOString(),
+    });
+    return { text: raw, cached: false, tokens: reply.tokens };
+  }
+
+  /** One reply, with transport retries and backoff. */
+  private async send(body: string, q: JudgeQuestion): Promise<{ reply?: Reply; attempts: number; error: string }> {
+    const maxAttempts = this.endpoint.maxAttempts ?? 5;
+    let error = "", attempts = 0;
+    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+      attempts++;
+      try {
+        const reply = this.endpoint.provider === "stub" ? { text: await stubReply(q), tokens: null } : await this.post(body);
+        return { reply, attempts, error };
+      } catch (e) {
+        error = this.scrub((e as Error).message);
+        if (!(e instanceof RetryableError) || attempt === maxAttempts) break;
+        const cap = this.endpoint.maxBackoffMs ?? 60_000;
+        const backoff = Math.min((this.endpoint.backoffMs ?? 1000) * 2 ** (attempt - 1), cap);
+        await sleep(Math.max(backoff, Math.min(e.retryAfterMs ?? 0, cap)));
+      }
+    }
+    return { attempts, error };
   }
 
   async ask(q: JudgeQuestion): Promise<JudgeAnswer> {
@@ -325,24 +371,13 @@ export class JudgeClient {
       };
     }
     const body = this.endpoint.provider === "stub" ? "" : JSON.stringify(requestBody(this.endpoint, q));
-    const maxAttempts = this.endpoint.maxAttempts ?? 5;
     const answers = 1 + (this.endpoint.unparseableRetries ?? 2);
     let lastError = "", lastRaw = "", attempts = 0;
     for (let asked = 0; asked < answers; asked++) {
-      let reply: Reply | undefined;
-      for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-        attempts++;
-        try {
-          reply = this.endpoint.provider === "stub" ? { text: await stubReply(q), tokens: null } : await this.post(body);
-          break;
-        } catch (e) {
-          lastError = this.scrub((e as Error).message);
-          if (!(e instanceof RetryableError) || attempt === maxAttempts) break;
-          const cap = this.endpoint.maxBackoffMs ?? 60_000;
-          const backoff = Math.min((this.endpoint.backoffMs ?? 1000) * 2 ** (attempt - 1), cap);
-          await sleep(Math.max(backoff, Math.min(e.retryAfterMs ?? 0, cap)));
-        }
-      }
+      const sent = await this.send(body, q);
+      const reply = sent.reply;
+      attempts += sent.attempts;
+      lastError = sent.error;
       if (!reply) {
         return { answer: null, reason: null, status: "failed", raw: "", error: lastError, cached: false, key, attempts, tokens: null };
       }
