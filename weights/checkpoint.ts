@@ -36,7 +36,7 @@ export class Checkpoint implements TensorSource {
       if (path.endsWith(".index.json")) return await Checkpoint.openSharded(path, path);
       return Checkpoint.single(path, "file", await SafetensorsFile.open(path));
     }
-    if (!stat.isDirectory) throw new Error(`checkpoint ${printable(path)}: neither a regular file nor a folder`);
+    if (!stat.isDirectory) throw new Error(`checkpoint ${printable(path)}: is ${fileKind(stat)}, neither a regular file nor a folder`);
     const entries: string[] = [];
     for await (const e of Deno.readDir(path)) if (e.isFile || e.isSymlink) entries.push(e.name);
     entries.sort();

@@ -69,15 +69,15 @@ class Parser {
   }
 
   value(depth: number): JsonValue {
-    const c = this.s[this.at];
-    if (c === "{") return this.object(depth + 1);
-    if (c === "[") return this.array(depth + 1);
-    if (c === '"') return this.string();
-    if (c === "-" || (c >= "0" && c <= "9")) return this.number();
+    const c = this.s.charCodeAt(this.at);
+    if (c === 0x7b) return this.object(depth + 1); // {
+    if (c === 0x5b) return this.array(depth + 1); // [
+    if (c === 0x22) return this.string(); // "
+    if (c === 0x2d || (c >= 0x30 && c <= 0x39)) return this.number();
     if (this.s.startsWith("true", this.at)) return this.word(4, true);
     if (this.s.startsWith("false", this.at)) return this.word(5, false);
     if (this.s.startsWith("null", this.at)) return this.word(4, null);
-    return this.fail(c === undefined ? "the text ends where a value should be" : `unexpected character ${JSON.stringify(c)}`);
+    return this.fail(Number.isNaN(c) ? "the text ends where a value should be" : `unexpected character ${JSON.stringify(this.s[this.at])}`);
   }
 
   private word<T>(n: number, v: T): T {
@@ -90,25 +90,25 @@ class Parser {
     this.at++;
     const out = new Map<string, JsonValue>();
     this.space();
-    if (this.s[this.at] === "}") {
+    if (this.s.charCodeAt(this.at) === 0x7d) {
       this.at++;
       return out;
     }
     for (;;) {
       this.space();
-      if (this.s[this.at] !== '"') this.fail("expected a string key");
+      if (this.s.charCodeAt(this.at) !== 0x22) this.fail("expected a string key");
       const keyAt = this.at;
       const key = this.string();
       if (out.has(key)) this.fail(`duplicate key ${describeStrict(key)}`, keyAt);
       this.space();
-      if (this.s[this.at] !== ":") this.fail("expected ':' after a key");
+      if (this.s.charCodeAt(this.at) !== 0x3a) this.fail("expected ':' after a key");
       this.at++;
       this.space();
       out.set(key, this.value(depth));
       this.space();
-      const c = this.s[this.at++];
-      if (c === "}") return out;
-      if (c !== ",") this.fail("expected ',' or '}' in an object", this.at - 1);
+      const c = this.s.charCodeAt(this.at++);
+      if (c === 0x7d) return out;
+      if (c !== 0x2c) this.fail("expected ',' or '}' in an object", this.at - 1);
     }
   }
 
@@ -117,7 +117,7 @@ class Parser {
     this.at++;
     const out: JsonValue[] = [];
     this.space();
-    if (this.s[this.at] === "]") {
+    if (this.s.charCodeAt(this.at) === 0x5d) {
       this.at++;
       return out;
     }
@@ -125,9 +125,9 @@ class Parser {
       this.space();
       out.push(this.value(depth));
       this.space();
-      const c = this.s[this.at++];
-      if (c === "]") return out;
-      if (c !== ",") this.fail("expected ',' or ']' in an array", this.at - 1);
+      const c = this.s.charCodeAt(this.at++);
+      if (c === 0x5d) return out;
+      if (c !== 0x2c) this.fail("expected ',' or ']' in an array", this.at - 1);
     }
   }
 
@@ -197,26 +197,36 @@ class Parser {
   private number(): number | bigint {
     const s = this.s;
     const start = this.at;
+    const digit = (i: number) => {
+      const c = s.charCodeAt(i);
+      return c >= 0x30 && c <= 0x39;
+    };
     let i = start;
-    if (s[i] === "-") i++;
-    if (s[i] === "0") i++;
-    else if (s[i] >= "1" && s[i] <= "9") { while (s[i] >= "0" && s[i] <= "9") i++; }
+    if (s.charCodeAt(i) === 0x2d) i++; // -
+    if (s.charCodeAt(i) === 0x30) i++; // a leading 0 stands alone
+    else if (digit(i)) { while (digit(i)) i++; }
     else this.fail("a number needs a digit", i);
     let integer = true;
-    if (s[i] === ".") {
+    if (s.charCodeAt(i) === 0x2e) { // .
       integer = false;
       i++;
-      if (!(s[i] >= "0" && s[i] <= "9")) this.fail("a fraction needs a digit", i);
-      while (s[i] >= "0" && s[i] <= "9") i++;
+      if (!digit(i)) this.fail("a fraction needs a digit", i);
+      while (digit(i)) i++;
     }
-    if (s[i] === "e" || s[i] === "E") {
+    const e = s.charCodeAt(i);
+    if (e === 0x65 || e === 0x45) { // e E
       integer = false;
       i++;
-      if (s[i] === "+" || s[i] === "-") i++;
-      if (!(s[i] >= "0" && s[i] <= "9")) this.fail("an exponent needs a digit", i);
-      while (s[i] >= "0" && s[i] <= "9") i++;
+      const sign = s.charCodeAt(i);
+      if (sign === 0x2b || sign === 0x2d) i++;
+      if (!digit(i)) this.fail("an exponent needs a digit", i);
+      while (digit(i)) i++;
     }
     this.at = i;
+    // Short integer literals (the usual case: shapes and offsets) go through an exact double, which is faster.
+    if (integer && i - start <= 15 && !(i - start === 2 && s.charCodeAt(start) === 0x2d && s.charCodeAt(start + 1) === 0x30)) {
+      return BigInt(Number(s.slice(start, i)));
+    }
     const text = s.slice(start, i);
     if (integer && text !== "-0") return BigInt(text);
     const v = Number(text);

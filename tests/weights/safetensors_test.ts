@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { SafetensorsFile } from "../../weights/safetensors.ts";
 import { encodeSafetensors, writeSafetensors } from "../../weights/safetensors_writer.ts";
-import { bf16ToF32 } from "../../weights/dtypes.ts";
+import { bf16ToF32, decodeToF32 } from "../../weights/dtypes.ts";
+import { parseStrictJson, StrictJsonError } from "../../weights/strict_json.ts";
 import { BFL, bytesEqual, rawTensorBytes, TRANSFORMER, VAE_FILE } from "./util.ts";
 
 Deno.test("safetensors: the fixture files open and list their tensors", async () => {
@@ -156,4 +157,38 @@ Deno.test("safetensors writer: round trip of every dtype, metadata, no temporary
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("strict JSON: integers stay exact, duplicates and lone surrogates are refused, keys are only keys", () => {
+  const v = parseStrictJson(' {"a": [0, 18446744073709551615, -3, 4.0, 4e0, -0, 1.5], "__proto__": {"k": "\\ud83d\\ude00"}}\n');
+  assert.ok(v instanceof Map);
+  assert.deepEqual(v.get("a"), [0n, 18446744073709551615n, -3n, 4, 4, -0, 1.5]);
+  assert.ok(Object.is((v.get("a") as unknown[])[5], -0));
+  assert.deepEqual((v.get("__proto__") as Map<string, unknown>).get("k"), "😀");
+  const refused: [string, RegExp][] = [
+    ['{"a": {"b": 1, "b": 2}}', /duplicate key "b" at character 15/],
+    ['["\\ud800"]', /lone high surrogate/],
+    ['["\\udfff"]', /lone low surrogate/],
+    ['["\\ud800\\u0041"]', /lone high surrogate/],
+    ["\ufeff{}", /byte-order mark/],
+    ["[1,]", /the text ends where a value should be|unexpected character/],
+    ["01", /unexpected text after the JSON value/],
+    ["1e999", /out of range/],
+    ['["a\u0001"]', /control character inside a string/],
+    ["{} {}", /unexpected text after/],
+    ["[".repeat(129) + "]".repeat(129), /nested more than 128 levels deep/],
+  ];
+  for (const [text, pattern] of refused) {
+    assert.throws(() => parseStrictJson(text), (e: Error) => e instanceof StrictJsonError && pattern.test(e.message), text);
+  }
+  assert.doesNotThrow(() => parseStrictJson("[".repeat(128) + "]".repeat(128)));
+});
+
+Deno.test("dtypes: the reference's 8-bit floats and unsigned integers decode exactly", () => {
+  const bytes = (xs: number[]) => new Uint8Array(xs);
+  assert.deepEqual([...decodeToF32(bytes([0x38, 0xb8, 0x7e, 0x01, 0x7f, 0x00]), "F8_E4M3")].slice(0, 5), [1, -1, 448, 2 ** -9, NaN]);
+  assert.deepEqual([...decodeToF32(bytes([0x3c, 0xc0, 0x7b, 0x7c, 0x01]), "F8_E5M2")], [1, -2, 57344, Infinity, 2 ** -16]);
+  assert.deepEqual([...decodeToF32(new Uint8Array(new Uint16Array([65535, 1]).buffer), "U16")], [65535, 1]);
+  assert.deepEqual([...decodeToF32(new Uint8Array(new Uint32Array([4294967295]).buffer), "U32")], [4294967296]);
+  assert.deepEqual([...decodeToF32(new Uint8Array(new BigUint64Array([2n ** 40n]).buffer), "U64")], [2 ** 40]);
 });
