@@ -50,7 +50,9 @@ export class CaptureSet {
     const t = this.tensors.find((c) => c.tap === tap && c.group === group && c.forward === forward);
     if (!t) {
       const known = this.tensors.map((c) => `${c.tap}[${c.group}]${c.forward === "uncond" ? " (uncond)" : ""}`).join(", ");
-      throw new Error(`no capture of ${tap}[${group}]${forward === "uncond" ? " (uncond)" : ""} in this run (captured: ${known || "none"})`);
+      throw new Error(
+        `no capture of ${tap}[${group}]${forward === "uncond" ? " (uncond)" : ""} in this run (captured: ${known || "none"})`,
+      );
     }
     return t;
   }

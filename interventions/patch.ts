@@ -101,12 +101,18 @@ export class PatchIntervention implements Intervention {
     }
     if (Array.isArray(spec.rows)) {
       const last = Math.max(...active);
-      if (spec.rows.length <= last) throw new Error(`${label}: the source has ${spec.rows.length} step(s) but the patch is active up to step ${last}`);
+      if (spec.rows.length <= last) {
+        throw new Error(`${label}: the source has ${spec.rows.length} step(s) but the patch is active up to step ${last}`);
+      }
       spec.rows.forEach((r, s) => {
-        if (r.length !== rows.length * tap.cols) throw new Error(`${label}: the rows for step ${s} hold ${r.length} values, not ${rows.length}×${tap.cols}`);
+        if (r.length !== rows.length * tap.cols) {
+          throw new Error(
+            `${label}: the rows for step ${s} hold ${r.length} values, not ${rows.length}×${tap.cols} (row counts must match)`,
+          );
+        }
       });
     } else if (spec.rows instanceof Float32Array && spec.rows.length !== rows.length * tap.cols) {
-      throw new Error(`${label}: the rows hold ${spec.rows.length} values, not ${rows.length}×${tap.cols}`);
+      throw new Error(`${label}: the rows hold ${spec.rows.length} values, not ${rows.length}×${tap.cols} (row counts must match)`);
     }
     const p = `patch${patchCounter++}`;
     let written: Float32Array | null = null;

@@ -8,6 +8,7 @@ import { readInitialLatents } from "../model/latents_file.ts";
 import { CaptureIntervention, type CaptureSet } from "../interventions/capture_run.ts";
 import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { PatchIntervention } from "../interventions/patch.ts";
+import { AttentionFlowIntervention, type AttentionFlowResult } from "../interventions/attention_flow.ts";
 import { resolveGroups } from "../interventions/groups.ts";
 import { resolveBlocks } from "../interventions/intervention.ts";
 import type { KnockoutSpec, LensSpec, PatchSpecJson, RunSpec } from "./spec.ts";
@@ -22,6 +23,8 @@ export interface SpecRunResult {
   source?: GenerateResult;
   /** What the spec's captures collected (in the output run). */
   captures?: CaptureSet;
+  /** What the spec's attention flow measured (in the output run). */
+  attentionFlow?: AttentionFlowResult;
   /** Warnings of every run of the spec (source runs' prefixed with "source run: "). */
   warnings: string[];
 }
@@ -32,6 +35,7 @@ export interface SpecPlan {
   sources: SourceRows[];
   target: PreparedRun;
   capture?: CaptureIntervention;
+  attentionFlow?: AttentionFlowIntervention;
 }
 
 /** The request of the spec's own run (prompt, references, size, steps, guidance, seed or initial latents). */
@@ -185,8 +189,10 @@ export async function planSpec(pipe: Flux2KleinPipeline, spec: RunSpec, options:
   }
   const capture = spec.captures?.length ? new CaptureIntervention(spec.captures) : undefined;
   if (capture) interventions.push(capture);
+  const attentionFlow = spec.attentionFlow ? new AttentionFlowIntervention(spec.attentionFlow) : undefined;
+  if (attentionFlow) interventions.push(attentionFlow);
   const target = await pipe.prepare({ ...base, interventions });
-  return { spec, sources, target, capture };
+  return { spec, sources, target, capture, attentionFlow };
 }
 
 /** Everything in a spec that can be checked without the GPU: sizes, images, prompt, blocks, taps, groups, steps. */
@@ -195,7 +201,11 @@ export async function checkSpec(pipe: Flux2KleinPipeline, spec: RunSpec): Promis
 }
 
 /** Execute a planned spec: its source runs, then its output run. */
-export async function executePlan(pipe: Flux2KleinPipeline, plan: SpecPlan, log: (line: string) => void = () => {}): Promise<SpecRunResult> {
+export async function executePlan(
+  pipe: Flux2KleinPipeline,
+  plan: SpecPlan,
+  log: (line: string) => void = () => {},
+): Promise<SpecRunResult> {
   const warnings: string[] = [];
   let source: GenerateResult | undefined;
   for (const s of plan.sources) {
@@ -205,7 +215,14 @@ export async function executePlan(pipe: Flux2KleinPipeline, plan: SpecPlan, log:
   }
   const result = await pipe.execute(plan.target);
   warnings.push(...result.warnings);
-  return { spec: plan.spec, result, source, captures: plan.capture?.results(result), warnings };
+  return {
+    spec: plan.spec,
+    result,
+    source,
+    captures: plan.capture?.results(result),
+    attentionFlow: plan.attentionFlow?.results(result),
+    warnings,
+  };
 }
 
 /** Run a spec with a loaded pipeline (planned and checked first, before any GPU work). */

@@ -7,6 +7,7 @@ import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { type RunSpec, SPEC_VERSION } from "./spec.ts";
 import { KLEINSCOPE_VERSION, type SpecRunResult } from "./execute.ts";
+import { ATTENTION_FLOW_FORMAT, attentionFlowJson, attentionFlowTensors } from "../interventions/attention_flow.ts";
 
 /** The spec as it ran: defaults made explicit, version and checkpoint fingerprint added. */
 export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<RunSpec> {
@@ -21,7 +22,8 @@ export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<R
   };
 }
 
-/** Write image.png, spec.json, run.json and (with captures) captures.safetensors + captures.json into `dir`. */
+/** Write image.png, spec.json, run.json, (with captures) captures.safetensors + captures.json and (with an attention
+ * flow) attention_flow.json + attention_flow.safetensors into `dir`. */
 export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise<string[]> {
   await Deno.mkdir(dir, { recursive: true });
   const written: string[] = [];
@@ -49,6 +51,15 @@ export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise
     await writeSafetensors(join(dir, "captures.safetensors"), tensors, { format: "kleinscope-captures" });
     await Deno.writeTextFile(join(dir, "captures.json"), JSON.stringify({ tensors: index }, null, 1));
     written.push(join(dir, "captures.safetensors"), join(dir, "captures.json"));
+  }
+  if (run.attentionFlow) {
+    const tensors = attentionFlowTensors(run.attentionFlow);
+    if (Object.keys(tensors).length) {
+      await writeSafetensors(join(dir, "attention_flow.safetensors"), tensors, { format: ATTENTION_FLOW_FORMAT });
+      written.push(join(dir, "attention_flow.safetensors"));
+    }
+    await Deno.writeTextFile(join(dir, "attention_flow.json"), JSON.stringify(attentionFlowJson(run.attentionFlow)) + "\n");
+    written.push(join(dir, "attention_flow.json"));
   }
   const spec = await resolvedSpec(run.spec, run);
   delete spec.output;

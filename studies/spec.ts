@@ -86,6 +86,24 @@ export interface LensSpec {
 
 export type InterventionSpec = KnockoutSpec | PatchSpecJson | LensSpec;
 
+/** Attention flow by token group in the output run (interventions/attention_flow.ts): per chosen block and step,
+ * the probability mass each query group sends to each key group, per head and averaged over heads. */
+export interface AttentionFlowSpec {
+  /** Default all. */
+  blocks?: Selection;
+  /** Steps read back; default all. */
+  steps?: string | number[];
+  /** Token groups of each side; default text[content], text[scaffold], text[pad], image, ref[0], ref[1], …. */
+  queryGroups?: string[];
+  keyGroups?: string[];
+  /** Heads whose own tables are kept; default all (the mean over all heads is always kept). */
+  heads?: number[];
+  /** A query group whose per-key masses are kept too. */
+  tokenGroup?: string;
+  /** In a guided run: "cond" (default) or "uncond". */
+  forward?: "cond" | "uncond";
+}
+
 export interface RunSpec {
   kleinscope?: { version: string; spec: number; fingerprint?: string };
   model: string;
@@ -102,6 +120,7 @@ export interface RunSpec {
   latents?: string;
   captures?: CaptureSpec[];
   interventions?: InterventionSpec[];
+  attentionFlow?: AttentionFlowSpec;
   /** Output folder. */
   output?: string;
 }
@@ -162,9 +181,14 @@ function parseIntervention(v: unknown, path: string): InterventionSpec {
     F.only(o, path, ["type", "setting", "blocks", "steps", "settings"]);
     if (o.settings !== undefined) {
       if (o.setting !== undefined || o.blocks !== undefined || o.steps !== undefined) {
-        F.fail(`${path}.settings`, `give either "settings" (a list of {setting, blocks, steps}) or one "setting" with its "blocks" and "steps"`);
+        F.fail(
+          `${path}.settings`,
+          `give either "settings" (a list of {setting, blocks, steps}) or one "setting" with its "blocks" and "steps"`,
+        );
       }
-      if (!Array.isArray(o.settings) || !o.settings.length) F.fail(`${path}.settings`, "expected a non-empty list of {setting, blocks, steps}");
+      if (!Array.isArray(o.settings) || !o.settings.length) {
+        F.fail(`${path}.settings`, "expected a non-empty list of {setting, blocks, steps}");
+      }
       return { type, settings: o.settings.map((v, i) => parseKnockoutSetting(v, `${path}.settings[${i}]`)) };
     }
     return { type, ...parseKnockoutSetting(o, path) };
@@ -223,6 +247,30 @@ function parseIntervention(v: unknown, path: string): InterventionSpec {
   };
 }
 
+function parseAttentionFlow(v: unknown, path: string): AttentionFlowSpec {
+  const o = F.obj(v, path);
+  F.only(o, path, ["blocks", "steps", "queryGroups", "keyGroups", "heads", "tokenGroup", "forward"]);
+  const p = `${path}.`;
+  const groups = (k: string) => {
+    const list = F.strList(o, k, p);
+    if (list && !list.length) F.fail(`${p}${k}`, "expected a non-empty list of token groups (leave it out for the default groups)");
+    return list;
+  };
+  const heads = o.heads;
+  if (heads !== undefined && (!Array.isArray(heads) || !heads.length || heads.some((h) => !Number.isSafeInteger(h) || h < 0))) {
+    F.fail(`${p}heads`, `expected a non-empty list of head indices, got ${JSON.stringify(heads)}`);
+  }
+  return {
+    blocks: selection(o, "blocks", p),
+    steps: steps(o, "steps", p),
+    queryGroups: groups("queryGroups"),
+    keyGroups: groups("keyGroups"),
+    heads: heads as number[] | undefined,
+    tokenGroup: F.str(o, "tokenGroup", p, { nonEmpty: true }),
+    forward: F.oneOf(o, "forward", p, ["cond", "uncond"] as const),
+  };
+}
+
 /** Check a parsed JSON value and return it as a RunSpec; every problem names its field. */
 export function parseSpec(raw: unknown): RunSpec {
   const o = F.obj(raw, "(root)");
@@ -240,6 +288,7 @@ export function parseSpec(raw: unknown): RunSpec {
     "latents",
     "captures",
     "interventions",
+    "attentionFlow",
     "output",
   ]);
   const spec: RunSpec = {
@@ -279,6 +328,10 @@ export function parseSpec(raw: unknown): RunSpec {
     if (lenses > 1 || (lenses === 1 && spec.interventions.length > 1)) {
       F.fail("interventions", "a lens run takes no other intervention (its run is the lens's source; the output is the lens's target)");
     }
+  }
+  if (o.attentionFlow !== undefined) {
+    spec.attentionFlow = parseAttentionFlow(o.attentionFlow, "attentionFlow");
+    if (spec.interventions?.some((i) => i.type === "lens")) F.fail("attentionFlow", "is not supported in a lens run");
   }
   return spec;
 }

@@ -17,6 +17,6 @@ Deno.test({
     console.log(lines.join("\n"));
     assert.equal(s.failed, 0, "failed cases");
     assert.equal(s.skipped, 0, `skipped kinds: ${s.skippedKinds.join(", ")}`);
-    assert.equal(s.passed, 30);
+    assert.equal(s.passed, 36);
   },
 });
