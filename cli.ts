@@ -14,6 +14,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   patch: { module: "./cli/shortcuts.ts", summary: "I2I-to-I2I activation patching" },
   lens: { module: "./cli/shortcuts.ts", summary: "decode text-token activations through a text-to-image run" },
   capture: { module: "./cli/shortcuts.ts", summary: "capture activations to safetensors" },
+  "attention-flow": { module: "./cli/attention_flow.ts", summary: "attention mass between token groups, per block, step and head" },
   audit: { module: "./cli/audit.ts", summary: "every kernel against its float64 reference" },
   tune: { module: "./cli/tune.ts", summary: "tune the kernel tiles for this adapter again (cached per adapter and driver)" },
   conformance: { module: "./cli/conformance.ts", summary: "replay reference cases and compare" },
