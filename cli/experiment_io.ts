@@ -2,7 +2,7 @@
 
 import { basename, dirname, join } from "node:path";
 import { Flux2KleinPipeline } from "../model/pipeline.ts";
-import { executeSpec } from "../studies/execute.ts";
+import { executePlan, planSpec } from "../studies/execute.ts";
 import { writeSpecOutputs } from "../studies/outputs.ts";
 import type { RunSpec } from "../studies/spec.ts";
 
@@ -28,8 +28,9 @@ export async function runSpecToFolder(spec: RunSpec, out: string, overwrite: boo
   const t0 = performance.now();
   let pipe: Flux2KleinPipeline | null = null;
   try {
-    pipe = await Flux2KleinPipeline.load(spec.model, { log: (l) => console.error(l) });
-    const run = await executeSpec(pipe, spec, (l) => console.error(l));
+    // The checkpoints are validated but the weights stay on disk until the spec's runs are planned and checked.
+    pipe = await Flux2KleinPipeline.load(spec.model, { log: (l) => console.error(l), deferUpload: true });
+    const run = await executePlan(pipe, await planSpec(pipe, spec), (l) => console.error(l));
     const files = await writeSpecOutputs(tmp, run);
     if (exists) await Deno.remove(out, { recursive: true });
     await Deno.rename(tmp, out);

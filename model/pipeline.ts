@@ -179,8 +179,13 @@ export class Flux2KleinPipeline {
     private readonly options: PipelineOptions,
   ) {}
 
-  /** Load a pipeline folder laid out like the published repositories (model_index.json, transformer/, vae/, …). */
-  static async load(dir: string, options: PipelineOptions & { transformerPath?: string } = {}): Promise<Flux2KleinPipeline> {
+  /** Load a pipeline folder laid out like the published repositories (model_index.json, transformer/, vae/, …).
+   * With `deferUpload`, the checkpoints are opened and validated but the weights go to the GPU only when the first
+   * run executes, so that runs can be prepared (and refused) first. */
+  static async load(
+    dir: string,
+    options: PipelineOptions & { transformerPath?: string; deferUpload?: boolean } = {},
+  ): Promise<Flux2KleinPipeline> {
     let stat: Deno.FileInfo;
     try {
       stat = await Deno.stat(dir);
@@ -193,8 +198,9 @@ export class Flux2KleinPipeline {
     const index = await readJson<ModelIndex>(join(dir, "model_index.json"));
     const gpu = await getGpu();
     applyDeviceTuning(gpu);
-    const transformer = await Flux2Transformer.load(gpu, options.transformerPath ?? join(dir, "transformer"));
-    const vae = await Vae.load(gpu, join(dir, "vae"));
+    const deferUpload = options.deferUpload ?? false;
+    const transformer = await Flux2Transformer.load(gpu, options.transformerPath ?? join(dir, "transformer"), { deferUpload });
+    const vae = await Vae.load(gpu, join(dir, "vae"), { deferUpload });
     return new Flux2KleinPipeline(gpu, dir, transformer, vae, index.is_distilled !== false, options);
   }
 
@@ -394,6 +400,8 @@ export class Flux2KleinPipeline {
     if (!inner) throw new Error("execute() takes a run returned by this pipeline's prepare()");
     if (executedRuns.has(run)) throw new Error("this prepared run was already executed; prepare the request again for another run");
     executedRuns.add(run);
+    await this.transformer.upload();
+    await this.vae.upload();
     const t0 = performance.now();
     const req = run.request;
     const { steps, refs, width, height, grid, refGrids, layout, guided } = run;

@@ -18,6 +18,8 @@ export interface Flux2LoadOptions {
   /** A config.json to use instead of the one beside the weights (or instead of inferring a single file's). */
   configPath?: string;
   onProgress?: (p: UploadProgress) => void;
+  /** Open and validate only; the weights go to the GPU at the first `upload()` (so that a run can be checked first). */
+  deferUpload?: boolean;
 }
 
 /** Names of the per-run input tensors of a transformer graph. */
@@ -65,11 +67,34 @@ export class Flux2Transformer {
       for (const w of weights) {
         store.add(w.name, { shape: w.shape, dtype: "bf16", pieces: w.pieces.map((p) => ({ checkpoint: ckpt, ...p })) });
       }
-      await store.upload({ onProgress: options.onProgress });
-      return new Flux2Transformer(config, layout, store, path);
-    } finally {
+      const transformer = new Flux2Transformer(config, layout, store, path);
+      transformer.pendingUpload = async () => {
+        try {
+          await store.upload({ onProgress: options.onProgress });
+        } finally {
+          ckpt.close();
+        }
+      };
+      transformer.pendingCheckpoint = ckpt;
+      if (!options.deferUpload) await transformer.upload();
+      return transformer;
+    } catch (e) {
       ckpt.close();
+      throw e;
     }
+  }
+
+  /** Set while the weights are validated but not yet on the GPU (load with deferUpload). */
+  private pendingUpload: (() => Promise<void>) | null = null;
+  /** The open checkpoint a deferred upload reads from (closed by the upload, or by release). */
+  private pendingCheckpoint: { close(): void } | null = null;
+
+  /** Put the weights on the GPU if they are not there yet. */
+  async upload(): Promise<void> {
+    const pending = this.pendingUpload;
+    this.pendingUpload = null;
+    this.pendingCheckpoint = null;
+    await pending?.();
   }
 
   blockNames(): string[] {
@@ -122,6 +147,8 @@ export class Flux2Transformer {
   }
 
   release(): void {
+    this.pendingCheckpoint?.close();
+    this.pendingCheckpoint = this.pendingUpload = null;
     this.store.release();
   }
 }

@@ -22,6 +22,8 @@ export interface VaeLoadOptions {
   /** Which halves to put on the GPU (default both). */
   parts?: VaePart[];
   onProgress?: (p: UploadProgress) => void;
+  /** Open and validate only; the weights go to the GPU at the first `upload()`. */
+  deferUpload?: boolean;
 }
 
 /** Names of the host-visible tensors of the plans Vae compiles. */
@@ -64,17 +66,38 @@ export class Vae {
         for (const [name, shape] of vaeTensorShapes(config, part)) weights.set(name, { shape, dtype: vaeWeightDType(ckpt, name) });
       }
       const store = new WeightStore(gpu);
-      try {
-        addVaeWeights(store, ckpt, config, parts);
-        await store.upload({ onProgress: options.onProgress });
-      } catch (e) {
-        store.release();
-        throw e;
-      }
-      return new Vae(gpu, config, [...parts], store, weights, vaeDir);
-    } finally {
+      addVaeWeights(store, ckpt, config, parts);
+      const vae = new Vae(gpu, config, [...parts], store, weights, vaeDir);
+      vae.pendingUpload = async () => {
+        try {
+          await store.upload({ onProgress: options.onProgress });
+        } catch (e) {
+          store.release();
+          throw e;
+        } finally {
+          ckpt.close();
+        }
+      };
+      vae.pendingCheckpoint = ckpt;
+      if (!options.deferUpload) await vae.upload();
+      return vae;
+    } catch (e) {
       ckpt.close();
+      throw e;
     }
+  }
+
+  /** Set while the weights are validated but not yet on the GPU (load with deferUpload). */
+  private pendingUpload: (() => Promise<void>) | null = null;
+  /** The open checkpoint a deferred upload reads from (closed by the upload, or by release). */
+  private pendingCheckpoint: { close(): void } | null = null;
+
+  /** Put the weights on the GPU if they are not there yet. */
+  async upload(): Promise<void> {
+    const pending = this.pendingUpload;
+    this.pendingUpload = null;
+    this.pendingCheckpoint = null;
+    await pending?.();
   }
 
   /** Latent grid (before patchify) of a width × height image. */
@@ -166,6 +189,8 @@ export class Vae {
   release(): void {
     if (this.released) return;
     this.released = true;
+    this.pendingCheckpoint?.close();
+    this.pendingCheckpoint = this.pendingUpload = null;
     for (const p of this.plans.values()) p.then((plan) => plan.destroy(), () => {});
     this.plans.clear();
     this.store.release();
