@@ -81,6 +81,8 @@ function plannedTensors(s: Shape): PlannedTensor[] {
       linear(`${l}.mlp.down_proj.weight`, D, I),
     );
   }
+  // A 27-layer model takes hidden_states[27] after the final norm (as transformers records it).
+  out.push(norm("model.norm.weight", D));
   return out;
 }
 
