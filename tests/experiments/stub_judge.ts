@@ -5,7 +5,8 @@
 // Markers in the question ("#500", "#429", "#slow", "#garbage", "#garbage-once", "#parts", "#yes", "#always500",
 // "#redirect") pick a behaviour; other questions get a deterministic mix (by a hash of question and images) of passes,
 // fails, persistent garbage, garbage once then an answer, and a 500 before the first answer. The second judge model
-// ("stub-b") disagrees on a quarter of the items.
+// ("stub-b") disagrees on a quarter of the items. Requests for edit-object proposals (experiments/sun397.ts) get one of
+// five fixed replies by the image's hash.
 
 import { sha256Hex } from "../../experiments/files.ts";
 
@@ -64,6 +65,20 @@ export function startStub(): Stub {
           choices: [{ index: 0, message: { role: "assistant", content } }],
           usage: { prompt_tokens: 900, completion_tokens: 15 },
         });
+    // Edit-object proposals (experiments/sun397.ts), recognised by their system prompt: one of five replies by the
+    // image's hash — both objects, an addition only, a refusal of both, prose, an invalid name.
+    const system = anthropic ? body.system?.[0]?.text : body.messages.find((m: { role: string }) => m.role === "system")?.content;
+    if (typeof system === "string" && system.includes('"add_object"')) {
+      const kind = parseInt((await sha256Hex(images.join("|"))).slice(0, 8), 16) % 5;
+      const proposals = [
+        '{"add_object": "floor lamp", "remove_object": "chair"}',
+        '{"add_object": "umbrella", "remove_object": null}',
+        '{"add_object": null, "remove_object": null}',
+        "I would add a lamp.",
+        '{"add_object": "Lamp!", "remove_object": "rug"}',
+      ];
+      return reply(proposals[kind]);
+    }
     if (text.includes("#redirect")) return new Response(null, { status: 307, headers: { location: "http://127.0.0.2:9/v1/messages" } });
     if (text.includes("#always500")) return new Response("down", { status: 503 });
     if (text.includes("#500") && n === 1) return new Response("oops", { status: 500 });
