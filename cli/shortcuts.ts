@@ -154,7 +154,7 @@ export async function main(args: string[], command: string): Promise<number> {
     if (!values.setting?.length) throw new UsageError(`--setting "A->B" is required (e.g. --setting "ref->text")`);
     interventions.push({ type: "knockout", settings: knockoutSettings(tokens!) });
   } else if (command === "patch") {
-    if (!values.block) throw new Error("--block is required (e.g. --block double.1)");
+    if (!values.block) throw new UsageError("--block is required (e.g. --block double.1)");
     interventions.push({
       type: "patch",
       block: values.block,
@@ -172,7 +172,7 @@ export async function main(args: string[], command: string): Promise<number> {
       },
     });
   } else if (command === "lens") {
-    if (!values.block) throw new Error("--block is required (e.g. --block single.0)");
+    if (!values.block) throw new UsageError("--block is required (e.g. --block single.0)");
     interventions.push({
       type: "lens",
       block: values.block,
@@ -185,7 +185,7 @@ export async function main(args: string[], command: string): Promise<number> {
       group: values.group,
     });
   } else if (command === "capture" && !values.capture?.length) {
-    throw new Error("--capture TAP[@GROUP] is required (e.g. --capture double.1.txt@text[content])");
+    throw new UsageError("--capture TAP[@GROUP] is required (e.g. --capture double.1.txt@text[content])");
   }
   const raw: RunSpec = {
     model: values.model ?? DEFAULT_MODEL,
