@@ -21,6 +21,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   inspect: { module: "./cli/inspect.ts", summary: "list a checkpoint's tensors" },
   download: { module: "./cli/download.ts", summary: "fetch a FLUX.2 klein repository" },
   experiment: { module: "./cli/experiment.ts", summary: "batch runs of task sets (resume, shard, merge), judge, metrics" },
+  tasks: { module: "./cli/tasks.ts", summary: "the study's task sets, pairings, SUN397 add/remove and padding dose as task files" },
   report: { module: "./cli/report.ts", summary: "HTML report of an experiment run" },
   verify: { module: "./cli/verify.ts", summary: "run a stored run again and compare its images (mean |Δ| ≤ 1.0 of 255)" },
 };
