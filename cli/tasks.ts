@@ -175,7 +175,7 @@ async function padding(args: string[]): Promise<number> {
   return r.tasks.length ? 0 : 1;
 }
 
-export function main(args: string[]): Promise<number> {
+export async function main(args: string[]): Promise<number> {
   const [first, ...rest] = args;
   const sub: Record<string, (a: string[]) => Promise<number>> = {
     "study-colors": studyColors,
@@ -185,9 +185,9 @@ export function main(args: string[]): Promise<number> {
   };
   if (!first || first === "--help" || first === "-h") {
     console.log(HELP);
-    return Promise.resolve(first ? 0 : 2);
+    return first ? 0 : 2;
   }
   const run = sub[first];
   if (!run) throw new UsageError(`unknown tasks command "${printable(first)}" (known: ${Object.keys(sub).join(", ")})`);
-  return run(rest);
+  return await run(rest);
 }
