@@ -61,7 +61,7 @@ export class Flux2Transformer {
       const { weights, expected } = flux2GraphWeights(config, layout);
       const problems = checkpointProblems(ckpt, expected, { reportUnexpected: true });
       if (problems.length) {
-        throw new Error(`${path} does not match its configuration (${configWhere}):\n  - ${problems.join("\n  - ")}`);
+        throw new Error(`${path} does not match its configuration (${configWhere}): ${problems.join("; ")}`);
       }
       const store = new WeightStore(gpu);
       for (const w of weights) {

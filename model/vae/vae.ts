@@ -59,7 +59,7 @@ export class Vae {
     try {
       const problems = vaeCheckpointProblems(ckpt, config);
       if (problems.length) {
-        throw new Error(`VAE ${vaeDir} does not match its configuration (${configPath}):\n  - ${problems.join("\n  - ")}`);
+        throw new Error(`VAE ${vaeDir} does not match its configuration (${configPath}): ${problems.join("; ")}`);
       }
       const weights: VaeWeightTable = new Map();
       for (const part of parts) {
