@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { decode } from "image-js";
+import { decodeImage } from "../../model/images.ts";
 import { buildReport, writeReport } from "../../experiments/report.ts";
 import { writeColourTasks } from "../../experiments/generators.ts";
 import { judgeFileName, type Judgment } from "../../experiments/judge.ts";
@@ -128,12 +128,12 @@ Deno.test("report renders in headless Chromium (needs the Debian package `chromi
       await screenshot(chromium, page, png);
       const bytes = await Deno.readFile(png);
       assert.ok(bytes.length > 20_000, `screenshot of ${bytes.length} bytes`);
-      const img = decode(bytes);
+      const img = decodeImage(bytes, png);
       assert.deepEqual([img.width, img.height], [1280, 1600]);
       // Not blank: the page has many distinct colours (text, tables, thumbnails).
-      const raw = img.getRawImage().data;
+      const raw = img.data;
       const colours = new Set<number>();
-      for (let i = 0; i < raw.length; i += img.channels * 97) colours.add((raw[i] << 16) | (raw[i + 1] << 8) | raw[i + 2]);
+      for (let i = 0; i < raw.length; i += 3 * 97) colours.add((raw[i] << 16) | (raw[i + 1] << 8) | raw[i + 2]);
       assert.ok(colours.size > 20, `${colours.size} colours`);
     });
     await t.step("filters: the condition and family in the address hide the rest", async () => {
@@ -254,15 +254,20 @@ Deno.test("report: block sweeps as a rate-vs-L plot with Wilson bands and image 
     // Rendered: the plot's first setting colour (#0072b2) and its band are on screen.
     const dom = await dumpDom(chromium, page);
     assert.equal((dom.match(/<svg [^>]*class="sweep-plot"/g) ?? []).length, 1);
+    // The paper-layout table as the browser parsed it: one row, one family column, the cell as p +Δ/−Δ.
+    const table = dom.match(/<table class="paper" data-judge="stub">([\s\S]*?)<\/table>/);
+    assert.ok(table, "paper table in the DOM");
+    assert.equal((table[1].match(/<tr/g) ?? []).length, 2);
+    assert.ok(table[1].includes("<th>color</th>") && table[1].includes("<th>ko_ref_text</th>"));
+    assert.ok(table[1].includes(`${formatCell(cells.find((c) => c.condition === "ko_ref_text"))}<small>n = 4</small>`));
     const plotOnly = join(root, "plot.html");
     const svg = html.match(/<svg [\s\S]*?<\/svg>/)![0];
     await Deno.writeTextFile(plotOnly, `<!doctype html><body style="margin:0">${svg}</body>`);
     const png = join(root, "plot.png");
     await screenshot(chromium, plotOnly, png, "640,300");
-    const img = decode(await Deno.readFile(png));
-    const raw = img.getRawImage().data;
+    const raw = decodeImage(await Deno.readFile(png), png).data;
     let line = 0, band = 0;
-    for (let i = 0; i < raw.length; i += img.channels) {
+    for (let i = 0; i < raw.length; i += 3) {
       const [r, g, b] = [raw[i], raw[i + 1], raw[i + 2]];
       if (Math.abs(r - 0) < 30 && Math.abs(g - 114) < 30 && Math.abs(b - 178) < 30) line++;
       // The band: the blue at 18% over white ≈ (209, 229, 241).
