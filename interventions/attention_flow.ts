@@ -83,8 +83,8 @@ export class AttentionFlowResult {
     return t;
   }
 
-  /** Rows of query groups × columns of key groups for one head (an index into `heads`' slices by head number) or
-   * the mean over all heads. */
+  /** One slice of a table as rows of query groups × columns of key groups: a kept head (by its head number) or the
+   * mean over all heads. */
   matrix(table: AttentionFlowTable, head: number | "mean" = "mean"): number[][] {
     let slice = this.heads.length;
     if (head !== "mean") {
@@ -281,9 +281,9 @@ function f32(x: number): number {
   return Number(x.toPrecision(9));
 }
 
-/** The JSON document of a flow result (layout in interventions/README or the report): groups, heads, and per block
- * and step the tables [heads + 1][Gq][Gk] (the last slice the mean over all heads). Per-key masses are in the
- * safetensors file, named in `tokens`. */
+/** The JSON document of a flow result (attention_flow.json): groups with their sizes, the kept heads, and per block
+ * and step the tables [heads + 1][Gq][Gk] (the last slice the mean over all heads), values as float32 written with
+ * 9 significant digits. Per-key masses are in the safetensors file, under the name in `tokens`. */
 export function attentionFlowJson(r: AttentionFlowResult): AttentionFlowJson {
   const gq = r.queryGroups.length, gk = r.keyGroups.length;
   return {
