@@ -14,12 +14,14 @@
 // (no reference images), steps, interventions (knockout / lens / patch with an explicit source, as in a RunSpec),
 // patch (a patch whose source run is chosen by the pairing rule: "shift", see generators.ts, or "task", the source a
 // pair task file names on each line, see pairings.ts), captures.
-// Top-level overrides: steps, width, height (every task), guidance; refsRoot (root of the task file's relative paths);
+// Top-level overrides: steps, width, height (every task), guidance, noise ("torch-cpu" draws as torch.randn on a CPU
+// generator); refsRoot (root of the task file's relative paths);
 // strictTasks (refuse a task file with a malformed line instead of skipping it).
 
 import { dirname, resolve } from "node:path";
 import { type CaptureSpec, type InterventionSpec, parseSpec, type PatchSpecJson, type RunSpec } from "../studies/spec.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
+import { NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import { PAIRING_RULES, type PairingRule, type TaskPair } from "./generators.ts";
 import { parseTemplate, parseTemplateLines, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
@@ -86,6 +88,8 @@ export interface Experiment {
   width?: number;
   height?: number;
   guidance?: number;
+  /** How task seeds become noise (see RunSpec.noise); default "kleinscope". */
+  noise?: NoiseSource;
   conditions: Condition[];
   judge?: JudgeSettings;
 }
@@ -258,7 +262,20 @@ function parseJudge(v: unknown, conditions: Condition[], baseDir: string): Judge
 /** Check an experiment definition; relative paths are resolved against `baseDir`. Errors name the field. */
 export function parseExperiment(raw: unknown, baseDir: string): Experiment {
   const o = F.obj(raw, "(root)");
-  F.only(o, "", ["model", "tasks", "output", "refsRoot", "strictTasks", "steps", "width", "height", "guidance", "conditions", "judge"]);
+  F.only(o, "", [
+    "model",
+    "tasks",
+    "output",
+    "refsRoot",
+    "strictTasks",
+    "steps",
+    "width",
+    "height",
+    "guidance",
+    "noise",
+    "conditions",
+    "judge",
+  ]);
   const abs = (p: string | undefined) => p === undefined ? undefined : resolve(baseDir, p);
   const exp: Experiment = {
     model: abs(F.str(o, "model", "", { required: true, nonEmpty: true }))!,
@@ -272,6 +289,7 @@ export function parseExperiment(raw: unknown, baseDir: string): Experiment {
     conditions: [],
   };
   for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) F.fail(k, `${exp[k]} is not a multiple of 16`);
+  exp.noise = F.oneOf(o, "noise", "", NOISE_SOURCES);
   if (o.guidance !== undefined) {
     if (typeof o.guidance !== "number" || !Number.isFinite(o.guidance)) {
       F.fail("guidance", `expected a number, got ${JSON.stringify(o.guidance)}`);
@@ -375,6 +393,7 @@ export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ct
     height: exp.height ?? task.height,
     steps: cond.steps ?? exp.steps,
     guidance: exp.guidance,
+    noise: exp.noise,
     seed: task.noise_seed,
     captures: cond.captures,
     interventions,

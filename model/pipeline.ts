@@ -13,6 +13,7 @@ import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { Flux2Transformer } from "./flux2/transformer.ts";
 import { concatIds, type Grid, imageIds, textIds } from "./flux2/positions.ts";
 import { flowSchedule, seededNoise } from "./sampler.ts";
+import { torchCpuNoise } from "./torch_random.ts";
 import { Qwen3TextEncoder } from "./qwen3/text_encoder.ts";
 import { type EncodedPrompt, encodePrompt, QWEN3_PROMPT_LENGTH } from "./qwen3/prompt.ts";
 import { loadQwen3Tokenizer } from "./qwen3/tokenizer.ts";
@@ -41,6 +42,9 @@ export interface ReferenceImage {
   height: number;
 }
 
+export type NoiseSource = "kleinscope" | "torch-cpu" | "torch-cpu-bf16";
+export const NOISE_SOURCES: readonly NoiseSource[] = ["kleinscope", "torch-cpu", "torch-cpu-bf16"];
+
 export interface GenerateRequest {
   prompt: string;
   /** Reference images (paths or preprocessed pixels), in order. Empty for text-to-image. */
@@ -55,6 +59,10 @@ export interface GenerateRequest {
    * `is_distilled`. A base model runs a conditional and an unconditional forward per step when guidance ≠ 1. */
   distilled?: boolean;
   seed?: number;
+  /** How the seed becomes initial noise: "kleinscope" (default, this project's generator), "torch-cpu" (exactly what
+   * `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))` draws in float32) or "torch-cpu-bf16"
+   * (the same draw in bfloat16, as the reference pipeline makes it for a bf16 model). */
+  noise?: NoiseSource;
   /** Initial noise, packed tokens [(h/16)·(w/16), channels]; overrides the seed. */
   initialLatents?: Float32Array;
   interventions?: Intervention[];
@@ -289,6 +297,9 @@ export class Flux2KleinPipeline {
       prompt: prompt.groups,
     };
     const channels = this.transformer.config.inChannels;
+    if (!NOISE_SOURCES.includes(req.noise ?? "kleinscope")) {
+      throw new Error(`noise "${req.noise}" is not one of ${NOISE_SOURCES.join(", ")}`);
+    }
     if (req.initialLatents && req.initialLatents.length !== layout.noiseRows * channels) {
       throw new Error(`initial latents hold ${req.initialLatents.length} values; ${width}×${height} needs ${layout.noiseRows}×${channels}`);
     }
@@ -422,7 +433,7 @@ export class Flux2KleinPipeline {
 
     const noiseRows = layout.noiseRows;
     const channels = cfg.inChannels;
-    const latents0 = req.initialLatents ?? seededNoise(req.seed ?? 0, noiseRows, channels);
+    const latents0 = req.initialLatents ?? initialNoise(req.noise ?? "kleinscope", req.seed ?? 0, width, height, channels);
     const imageRows = noiseRows + layout.refRows.reduce((a, b) => a + b, 0);
 
     const tp = performance.now();
@@ -497,6 +508,12 @@ export class Flux2KleinPipeline {
     this.transformer.release();
     this.vae.release();
   }
+}
+
+/** Packed initial noise [(h/16)·(w/16), channels] of a seed. */
+function initialNoise(source: NoiseSource, seed: number, width: number, height: number, channels: number): Float32Array {
+  if (source === "kleinscope") return seededNoise(seed, (width / 16) * (height / 16), channels);
+  return torchCpuNoise(seed, width, height, { channels, dtype: source === "torch-cpu-bf16" ? "bfloat16" : "float32" });
 }
 
 /** Most knockout rules one attention node takes at one step (one bit per rule per token). */

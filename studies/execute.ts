@@ -49,6 +49,7 @@ async function baseRequest(pipe: Flux2KleinPipeline, spec: RunSpec): Promise<Gen
     guidance: spec.guidance,
     distilled: spec.distilled,
     seed: spec.seed ?? 0,
+    noise: spec.noise,
   };
   if (spec.latents) {
     const refs = [];
@@ -152,7 +153,10 @@ async function planLens(pipe: Flux2KleinPipeline, spec: RunSpec, base: GenerateR
   };
   if (lens.targetLatents) {
     target.initialLatents = await readInitialLatents(lens.targetLatents, pipe.transformer.config.inChannels, width, height);
-  } else target.seed = (spec.seed ?? 0) + (lens.targetSeedOffset ?? 1);
+  } else {
+    target.seed = (spec.seed ?? 0) + (lens.targetSeedOffset ?? 1);
+    target.noise = spec.noise;
+  }
   // The subset is resolved on the source run's prompt and copied to the same positions of the target: the target's
   // own prompt (empty by default) has other groups.
   const patch = new PatchIntervention({

@@ -3,6 +3,7 @@
 // field, e.g. `interventions[1].blocks`) and written next to every output, so any image can be regenerated.
 
 import { JsonFields } from "./json_fields.ts";
+import { NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
 
 export const SPEC_VERSION = 1;
 
@@ -116,6 +117,9 @@ export interface RunSpec {
   /** Run the checkpoint as guidance-distilled (true) or as a base model (false); default: its model_index.json. */
   distilled?: boolean;
   seed?: number;
+  /** How the seed becomes noise: "kleinscope" (default), "torch-cpu" (torch.randn on a CPU generator, float32) or
+   * "torch-cpu-bf16" (the same in bfloat16, as the reference pipeline draws it for a bf16 model). */
+  noise?: NoiseSource;
   /** Initial latents: a safetensors file, or `file.safetensors#tensor` for one tensor of it. */
   latents?: string;
   captures?: CaptureSpec[];
@@ -285,6 +289,7 @@ export function parseSpec(raw: unknown): RunSpec {
     "guidance",
     "distilled",
     "seed",
+    "noise",
     "latents",
     "captures",
     "interventions",
@@ -301,10 +306,12 @@ export function parseSpec(raw: unknown): RunSpec {
     guidance: F.num(o, "guidance", ""),
     distilled: bool(o, "distilled", ""),
     seed: F.int(o, "seed", "", 0),
+    noise: F.oneOf(o, "noise", "", NOISE_SOURCES),
     latents: F.str(o, "latents", ""),
     output: F.str(o, "output", ""),
   };
   if (spec.seed !== undefined && spec.latents !== undefined) F.fail("latents", `give either "seed" or "latents", not both`);
+  if (spec.noise !== undefined && spec.latents !== undefined) F.fail("noise", `"noise" draws from the seed; it does not go with "latents"`);
   for (const k of ["width", "height"] as const) if (spec[k] !== undefined && spec[k]! % 16) F.fail(k, `${spec[k]} is not a multiple of 16`);
   if (o.kleinscope !== undefined) spec.kleinscope = F.obj(o.kleinscope, "kleinscope") as RunSpec["kleinscope"];
   if (o.captures !== undefined) {
