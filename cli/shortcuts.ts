@@ -53,7 +53,9 @@ T2I lens: run the edit (the source, --source-steps steps, default 1), take a blo
 through a text-to-image run with --target-prompt (default ""): diagonal = they replace the same block's text rows;
 input_to_block0 = they replace the text input of the first block at every step.
   --block NAME  --lens-mode M  --source-steps N  --source-step N  --target-steps N  --target-prompt TEXT
-  --target-seed-offset N  --group G (decode only these text rows)
+  --target-seed-offset N   the target's seed is the source's + N (default 1, the paper's convention)
+  --group G            decode only these text rows: all, padding_only, content_only or a group, resolved on the
+                       source's prompt and copied to the same positions of the target
 
 ${COMMON}
 
