@@ -2,7 +2,8 @@
 // Each command lives in cli/<command>.ts and is loaded only when used. Whatever a command throws ends here: usage
 // mistakes (unknown option, missing value, …) exit with 2, other errors with 1, each in one line (reportError).
 
-import { reportError } from "./cli/common.ts";
+import { reportError, UsageError } from "./cli/common.ts";
+import { runPinned, takeGpuOption } from "./runtime/adapter_select.ts";
 import { printable } from "./runtime/printable.ts";
 
 const COMMANDS: Record<string, { module: string; summary: string }> = {
@@ -35,7 +36,7 @@ export function usage(): string {
     "",
     ...Object.entries(COMMANDS).map(([k, v]) => `  ${k.padEnd(width)}  ${v.summary}`),
     "",
-    "Every command explains its options with --help.",
+    "Every command explains its options with --help. --gpu N runs a command on GPU N of several (--gpu list shows them).",
   ].join("\n");
 }
 
@@ -52,7 +53,16 @@ export async function main(args: string[]): Promise<number> {
   }
   const mod = await import(entry.module);
   try {
-    return await mod.main(rest, command);
+    // --gpu N (or KLEINSCOPE_GPU=N): the command runs in a process started pinned to that GPU.
+    let gpu: ReturnType<typeof takeGpuOption>;
+    try {
+      gpu = takeGpuOption(rest);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    const code = gpu.gpu === undefined ? undefined : await runPinned(gpu.gpu, [command, ...gpu.args]);
+    if (code !== undefined) return code;
+    return await mod.main(gpu.args, command);
   } catch (e) {
     return reportError(e, command);
   }

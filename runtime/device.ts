@@ -1,6 +1,8 @@
 // Adapter and device bring-up: request the limits a plan needs and the optional features that help,
 // and fail with a message that tells the user how to get a working adapter.
 
+import { checkPinnedAdapter } from "./adapter_select.ts";
+
 export interface GpuContext {
   device: GPUDevice;
   adapterDescription: string;
@@ -146,6 +148,7 @@ export async function openGpu(request: DeviceRequest = {}): Promise<GpuContext> 
   }
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new Error(`No WebGPU adapter was found. ${HOW_TO_GET_AN_ADAPTER}`);
+  checkPinnedAdapter(adapter.info); // a process pinned to one GPU of several (KLEINSCOPE_GPU) got that one
   const a = adapter.limits;
   const wantBuffer = request.maxBufferSize ?? a.maxBufferSize;
   const wantBinding = request.maxStorageBufferBindingSize ?? a.maxStorageBufferBindingSize;
