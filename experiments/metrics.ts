@@ -5,16 +5,18 @@
 //     neighbourhood, and its ΔE00 to a reference colour;
 //   - colour-histogram distance: Hellinger distance between joint RGB histograms (8 levels per channel):
 //     √(1 − Σ √(p·q)), 0 for the same histogram, 1 for disjoint ones;
-//   - SSIM on luminance: image-js's computeSsim ("original" algorithm of ssim.js: Wang et al.'s Gaussian window,
-//     11 × 11, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255, on the grey image);
+//   - SSIM on luminance, as image-js 1.7.0's computeSsim computes it (the "original" algorithm of ssim.js 3.5, a
+//     port of Wang et al.'s ssim.m), reimplemented below with its arithmetic in the same order: grey =
+//     (77·R + 150·G + 29·B + 128) >> 8; when the shorter side is ~384 px or more, images are first box-filtered
+//     by f = round(shorter side / 256) with symmetric borders and every f-th row and column kept; then a Gaussian
+//     window (side min(11, width, height) of the original image, σ = 1.5, normalised), K1 = 0.01, K2 = 0.03,
+//     L = 255, only where the window fits inside the image ("valid"), and the mean over that map;
 //   - mean absolute pixel change: mean over pixels and channels of |a − b|, in 8-bit levels (0..255);
 //   - the transfer index of a patch: with d the mean absolute pixel change,
 //       TI = (d(out, target baseline) − d(out, source baseline)) / d(source baseline, target baseline)
 //     which lies in [−1, 1] (triangle inequality): 1 when the output equals the source's baseline (the patch carried
 //     everything over), −1 when it equals the target's own baseline (nothing transferred), 0 half-way.
 
-import { Image } from "image-js";
-import { computeSsim } from "image-js/ssim";
 import type { RgbImage } from "../model/images.ts";
 
 export type Lab = [number, number, number];
@@ -185,11 +187,100 @@ export function histogramDistance(a: RgbImage, b: RgbImage, levels = 8): number 
   return Math.sqrt(Math.max(0, 1 - bc));
 }
 
+/** A grey plane, row by row. */
+interface Plane {
+  width: number;
+  height: number;
+  data: Float64Array;
+}
+
+/** ssim.js's integer grey conversion (its default rgb2grayVersion). */
+function grey(img: RgbImage): Plane {
+  const data = new Float64Array(img.width * img.height);
+  for (let p = 0; p < data.length; p++) data[p] = (77 * img.data[3 * p] + 150 * img.data[3 * p + 1] + 29 * img.data[3 * p + 2] + 128) >> 8;
+  return { width: img.width, height: img.height, data };
+}
+
+/** ssim.js's "original" downsampling: the mean of an f × f box over symmetric borders (box start at −⌊f/2⌋),
+ * kept at every f-th row and column from 0. The box sums are of integers, hence exact; ssim.js then multiplies
+ * by 1/f² rather than dividing by f², and so does this. */
+function downsample(plane: Plane, f: number): Plane {
+  const { width, height, data } = plane;
+  const mirror = (i: number, n: number) => i < 0 ? -i - 1 : i >= n ? 2 * n - i - 1 : i;
+  const half = Math.floor(f / 2), scale = 1 / (f * f);
+  const outW = Math.ceil(width / f), outH = Math.ceil(height / f);
+  const out = new Float64Array(outW * outH);
+  for (let oy = 0; oy < outH; oy++) {
+    for (let ox = 0; ox < outW; ox++) {
+      let sum = 0;
+      for (let dy = 0; dy < f; dy++) {
+        const row = mirror(oy * f - half + dy, height) * width;
+        for (let dx = 0; dx < f; dx++) sum += data[row + mirror(ox * f - half + dx, width)];
+      }
+      out[oy * outW + ox] = sum * scale;
+    }
+  }
+  return { width: outW, height: outH, data: out };
+}
+
+/** ssim.js's fspecial("gaussian", size, σ), normalised once more as its originalSsim does. */
+function gaussianWindow(size: number, sigma: number): Float64Array {
+  const half = (size - 1) / 2;
+  const w = new Float64Array(size * size);
+  for (let x = 0; x < size; x++) {
+    for (let y = 0; y < size; y++) w[x * size + y] = Math.exp(-((x - half) ** 2 + (y - half) ** 2) / (2 * sigma ** 2));
+  }
+  for (let pass = 0; pass < 2; pass++) {
+    let total = 0;
+    for (let i = 0; i < w.length; i++) total += w[i];
+    for (let i = 0; i < w.length; i++) w[i] /= total;
+  }
+  return w;
+}
+
+/** filter2(w, x, "valid"): the window's weighted sums where it fits inside the plane, accumulated in ssim.js's
+ * order (its conv2 walks the 180°-rotated window from its first element, i.e. this window from its last). */
+function filterValid(w: Float64Array, size: number, x: Plane): Plane {
+  const outW = x.width - size + 1, outH = x.height - size + 1;
+  const out = new Float64Array(outW * outH);
+  for (let a = size - 1; a >= 0; a--) {
+    for (let b = size - 1; b >= 0; b--) {
+      const weight = w[a * size + b];
+      for (let i = 0; i < outH; i++) {
+        const src = (i + a) * x.width + b, dst = i * outW;
+        for (let j = 0; j < outW; j++) out[dst + j] += x.data[src + j] * weight;
+      }
+    }
+  }
+  return { width: outW, height: outH, data: out };
+}
+
+function elementwise(x: Plane, y: Plane, op: (u: number, v: number) => number): Plane {
+  return { width: x.width, height: x.height, data: x.data.map((u, i) => op(u, y.data[i])) };
+}
+
 /** Mean SSIM on luminance (see the header). */
 export function ssim(a: RgbImage, b: RgbImage): number {
   checkSameSize(a, b, "SSIM");
-  const toImage = (x: RgbImage) => new Image(x.width, x.height, { colorModel: "RGB", data: x.data });
-  return computeSsim(toImage(a), toImage(b), { algorithm: "original" }).mssim;
+  if (!a.width || !a.height) throw new Error("SSIM of an empty image");
+  const size = Math.min(11, a.width, a.height);
+  let p1 = grey(a), p2 = grey(b);
+  const f = Math.round(Math.min(a.width, a.height) / 256);
+  if (f > 1) p1 = downsample(p1, f), p2 = downsample(p2, f);
+  const w = gaussianWindow(size, 1.5);
+  const c1 = (0.01 * 255) ** 2, c2 = (0.03 * 255) ** 2;
+  const mu1 = filterValid(w, size, p1), mu2 = filterValid(w, size, p2);
+  const s11 = filterValid(w, size, elementwise(p1, p1, (u, v) => u * v));
+  const s22 = filterValid(w, size, elementwise(p2, p2, (u, v) => u * v));
+  const s12 = filterValid(w, size, elementwise(p1, p2, (u, v) => u * v));
+  let sum = 0;
+  for (let i = 0; i < mu1.data.length; i++) {
+    const m1 = mu1.data[i], m2 = mu2.data[i];
+    const m1Sq = m1 * m1, m2Sq = m2 * m2, m12 = m1 * m2;
+    const var1 = s11.data[i] - m1Sq, var2 = s22.data[i] - m2Sq, cov = s12.data[i] - m12;
+    sum += ((m12 * 2 + c1) * (cov * 2 + c2)) / ((m1Sq + m2Sq + c1) * (var1 + var2 + c2));
+  }
+  return sum / mu1.data.length;
 }
 
 /** Mean absolute difference over pixels and channels, in 8-bit levels. */

@@ -11,8 +11,7 @@
 // where it was written (by default <run>/report.html). No external assets; the filters are a few lines of inline JS.
 
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
-import { encodePng, Image } from "image-js";
-import { loadImage } from "../model/images.ts";
+import { encodePng, loadImage, resizeLanczos, type RgbImage } from "../model/images.ts";
 import { pathExists, writeTextAtomic } from "./files.ts";
 import { judgeFileName, type Judgment, readJudgments } from "./judge.ts";
 import { BUILTIN_TEMPLATES, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
@@ -45,16 +44,15 @@ const pct = (v: number) => Number.isFinite(v) ? `${(100 * v).toFixed(1)}%` : "â€
 /** A PNG data URL of an image file, shrunk so its longest side is at most `side`. */
 async function thumbnail(path: string, side: number): Promise<string | null> {
   if (!(await pathExists(path))) return null;
-  let img: Image;
+  let img: RgbImage;
   try {
-    const rgb = await loadImage(path);
-    img = new Image(rgb.width, rgb.height, { colorModel: "RGB", data: rgb.data });
+    img = await loadImage(path);
   } catch {
     return null;
   }
   const scale = side / Math.max(img.width, img.height);
   if (scale < 1) {
-    img = img.resize({ width: Math.max(1, Math.round(img.width * scale)), height: Math.max(1, Math.round(img.height * scale)) });
+    img = resizeLanczos(img, Math.max(1, Math.round(img.width * scale)), Math.max(1, Math.round(img.height * scale)));
   }
   const bytes = encodePng(img);
   let s = "";

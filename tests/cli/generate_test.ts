@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { decode, encodePng, Image } from "image-js";
+import { decodeImage, encodePng } from "../../model/images.ts";
 import { SafetensorsFile } from "../../weights/safetensors.ts";
 import { writeSafetensors } from "../../weights/safetensors_writer.ts";
 import { unpackLatents } from "../../model/sampler.ts";
@@ -126,14 +126,13 @@ Deno.test("edit on the tiny checkpoint writes the reference pipeline's image and
     assert.match(r.stdout, /size {5}64×96, 4 steps, latents from file, 1 reference \(80×64\)/);
     assert.match(r.stdout, /transformer weights \d/);
 
-    const png = decode(await Deno.readFile(out));
+    const png = decodeImage(await Deno.readFile(out), out);
     assert.equal(png.width, 64);
     assert.equal(png.height, 96);
     const want = await readTensor(caseFile, "image");
-    const raw = png.getRawImage();
     let maxDiff = 0;
     for (let p = 0; p < 64 * 96; p++) {
-      for (let c = 0; c < 3; c++) maxDiff = Math.max(maxDiff, Math.abs(raw.data[p * raw.channels + c] / 255 - want[c * 64 * 96 + p]));
+      for (let c = 0; c < 3; c++) maxDiff = Math.max(maxDiff, Math.abs(png.data[p * 3 + c] / 255 - want[c * 64 * 96 + p]));
     }
     assert.ok(maxDiff <= 0.5 / 255 + 1e-4, `PNG differs from the reference image by ${maxDiff} (more than 8-bit rounding)`);
     const final = await readTensor(latentsOut, "latents");
@@ -178,7 +177,7 @@ Deno.test("bad inputs: one error line, exit code 1 or 2, no GPU work and no file
     const notImage = join(dir, "notes.png");
     await Deno.writeTextFile(notImage, "this is not an image");
     const small = join(dir, "small48.png");
-    await Deno.writeFile(small, encodePng(new Image(48, 48, { colorModel: "RGB", data: new Uint8Array(48 * 48 * 3).fill(90) })));
+    await Deno.writeFile(small, encodePng({ width: 48, height: 48, data: new Uint8Array(48 * 48 * 3).fill(90) }));
     const aFile = join(dir, "plain-file");
     await Deno.writeTextFile(aFile, "x");
     const badLatents = join(dir, "bad-latents.safetensors");
@@ -254,9 +253,9 @@ Deno.test("demo writes a text-to-image result and an edit on the tiny checkpoint
     const r = await cli("demo", "--out", dir);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(await listDir(dir), ["edit.png", "text-to-image.png"]);
-    const t2i = decode(await Deno.readFile(join(dir, "text-to-image.png")));
+    const t2i = decodeImage(await Deno.readFile(join(dir, "text-to-image.png")), "text-to-image.png");
     assert.deepEqual([t2i.width, t2i.height], [64, 96]);
-    const edit = decode(await Deno.readFile(join(dir, "edit.png")));
+    const edit = decodeImage(await Deno.readFile(join(dir, "edit.png")), "edit.png");
     assert.deepEqual([edit.width, edit.height], [80, 64]);
     assert.match(r.stdout, /deno task download black-forest-labs\/FLUX\.2-klein-4B --dir models\/klein-4b/);
     assert.match(r.stdout, /deno task edit --model models\/klein-4b --prompt/);

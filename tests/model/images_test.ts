@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { decode, encodePng, Image } from "image-js";
-import { deflateSync } from "node:zlib";
+import { deflateSync, inflateSync } from "node:zlib";
 import {
   centreCrop,
   checkReferenceImage,
   decodeImage,
   DEFAULT_MAX_PIXELS,
+  encodePng,
   imageSize,
   loadImage,
   MAX_PIXELS_ENV,
@@ -359,14 +359,12 @@ Deno.test("loadImage expands greyscale, drops alpha, and names the path of an un
   const dir = await Deno.makeTempDir();
   try {
     const grey = join(dir, "grey.png");
-    await Deno.writeFile(
-      grey,
-      encodePng(new Image(3, 2, { colorModel: "GREYA", data: new Uint8Array([10, 255, 20, 0, 30, 128, 40, 255, 50, 1, 60, 2]) })),
-    );
+    // Grey with alpha (colour type 4), rows filtered with "none": 3×2.
+    await Deno.writeFile(grey, png(ihdr(3, 2, 8, 4), idat([0, 10, 255, 20, 0, 30, 128, 0, 40, 255, 50, 1, 60, 2]), IEND));
     const g = await loadImage(grey);
     assert.deepEqual([...g.data], [10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40, 50, 50, 50, 60, 60, 60]);
     const rgba = join(dir, "rgba.png");
-    await Deno.writeFile(rgba, encodePng(new Image(1, 2, { colorModel: "RGBA", data: new Uint8Array([1, 2, 3, 0, 4, 5, 6, 200]) })));
+    await Deno.writeFile(rgba, png(ihdr(1, 2, 8, 6), idat([0, 1, 2, 3, 0, 0, 4, 5, 6, 200]), IEND));
     assert.deepEqual([...(await loadImage(rgba)).data], [1, 2, 3, 4, 5, 6]);
     const missing = join(dir, "missing.png");
     await assert.rejects(loadImage(missing), (e: Error) => e.message.includes(missing) && /no such file/.test(e.message));
@@ -393,10 +391,49 @@ Deno.test("savePng writes round(v·255) and reads back; toUnitRange clamps (x + 
     for (let p = 0; p < w * h; p++) {
       for (let c = 0; c < 3; c++) assert.equal(back.data[3 * p + c], Math.round(Math.fround(unit[c * w * h + p] * 255)));
     }
-    assert.equal(decode(await Deno.readFile(path)).colorModel, "RGB");
+    const bytes = await Deno.readFile(path);
+    assert.deepEqual([...bytes.subarray(12, 16)], [..."IHDR"].map((c) => c.charCodeAt(0)));
+    assert.deepEqual([bytes[24], bytes[25]], [8, 2], "8-bit RGB");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("encodePng: every filter type, read back exactly at awkward sizes; smooth images deflate small; bad input refused", () => {
+  let state = 12345;
+  const random = () => (state = (state * 1103515245 + 12345) >>> 0) >>> 24;
+  const images: RgbImage[] = [
+    { width: 1, height: 1, data: Uint8Array.from([7, 200, 33]) },
+    { width: 5, height: 1, data: Uint8Array.from({ length: 15 }, random) },
+    { width: 1, height: 7, data: Uint8Array.from({ length: 21 }, random) },
+    { width: 37, height: 23, data: Uint8Array.from({ length: 37 * 23 * 3 }, random) },
+    pattern(61, 40),
+    // Horizontal, vertical and diagonal ramps, so that sub, up, average and Paeth each win some rows.
+    { width: 33, height: 29, data: Uint8Array.from({ length: 33 * 29 * 3 }, (_, i) => (Math.floor(i / 3) % 33) * 7 + (i % 3)) },
+    { width: 33, height: 29, data: Uint8Array.from({ length: 33 * 29 * 3 }, (_, i) => Math.floor(i / 99) * 8 + (i % 3)) },
+    {
+      width: 33,
+      height: 29,
+      data: Uint8Array.from({ length: 33 * 29 * 3 }, (_, i) => (Math.floor(i / 99) * 3 + (Math.floor(i / 3) % 33) * 5) % 256),
+    },
+  ];
+  const filters = new Set<number>();
+  for (const img of images) {
+    const bytes = encodePng(img);
+    const back = decodeImage(bytes, `${img.width}×${img.height}`); // checks the signature, every CRC and the sizes
+    assert.deepEqual([back.width, back.height], [img.width, img.height]);
+    assert.deepEqual(back.data, img.data, `${img.width}×${img.height} pixels`);
+    assert.deepEqual([bytes[24], bytes[25], bytes[28]], [8, 2, 0], "8-bit RGB, not interlaced");
+    const idatAt = bytes.findIndex((_, i) => String.fromCharCode(...bytes.subarray(i, i + 4)) === "IDAT");
+    const length = new DataView(bytes.buffer, bytes.byteOffset).getUint32(idatAt - 4);
+    const raw = inflateSync(bytes.subarray(idatAt + 4, idatAt + 4 + length));
+    for (let y = 0; y < img.height; y++) filters.add(raw[y * (img.width * 3 + 1)]);
+  }
+  assert.deepEqual([...filters].sort(), [0, 1, 2, 3, 4]);
+  const smooth = encodePng(pattern(200, 150));
+  assert.ok(smooth.length < (200 * 150 * 3) / 4, `a smooth 200×150 image takes ${smooth.length} bytes`);
+  assert.throws(() => encodePng({ width: 2, height: 2, data: new Uint8Array(11) }), /a 2×2 RGB image needs 12 bytes, got 11/);
+  assert.throws(() => encodePng({ width: 0, height: 2, data: new Uint8Array(0) }), /invalid size 0×2/);
 });
 
 Deno.test("a failing savePng leaves neither a partial file nor a temporary one", async () => {
