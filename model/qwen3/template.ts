@@ -3,7 +3,7 @@
 // keyword arguments (here `enable_thinking`) passed through as variables.
 
 import { resolve } from "node:path";
-import { Template } from "@huggingface/jinja";
+import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { readJson, tokenContent } from "./tokenizer.ts";
 
 export interface ChatMessage {

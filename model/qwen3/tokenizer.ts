@@ -8,7 +8,7 @@
 // throws, so offsets are never guessed.
 
 import { resolve } from "node:path";
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 
 /** [start, end) in UTF-16 code units of the encoded string. */
 export type CharSpan = [start: number, end: number];
