@@ -5,6 +5,7 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { readExperiment } from "../experiments/experiment.ts";
 import { parseShard, runExperiment } from "../experiments/runner.ts";
+import { launchOnGpus, parseGpuCount, shardFromSlurm, terminalProgress } from "../experiments/launcher.ts";
 import { releaseHeldLocksSync } from "../experiments/run_lock.ts";
 import { mergeRuns } from "../experiments/merge.ts";
 import { judgeRun, resolveEndpoint } from "../experiments/judge.ts";
@@ -14,7 +15,7 @@ import { DEFAULT_OBJECTS, writeColourTasks } from "../experiments/generators.ts"
 import { integerOption, parseOrUsageError, UsageError, withUsageErrors } from "./common.ts";
 
 const HELP = `usage:
-  deno task experiment <experiment.json> [--shard k/n] [--limit N] [--output DIR] [--strict] [--low-memory]
+  deno task experiment <experiment.json> [--shard k/n|auto | --gpus all|N | --gpu N] [--limit N] [--output DIR] [--strict] [--low-memory]
   deno task experiment merge <run-dir> <run-dir> … --into DIR [--move]
   deno task experiment judge <run-dir> [--judge openai|anthropic|stub] [--url URL] [--model NAME] [--key KEY]
                                        [--name NAME] [--concurrency N] [--cache DIR] [--timeout S] [--max-attempts N]
@@ -29,6 +30,10 @@ run        every task × condition of the experiment into <output>/tasks/<task_i
            folder (or per shard): a second is refused with the lock's holder; a killed run's lock is taken over.
   --shard k/n   only the tasks of shard k of n (shard = FNV-1a(task_id) mod n + 1): run k = 1..n on n machines
                 (Slurm array, indexed job, a loop over GPUs), into one shared output or separate ones to merge.
+                auto: k/n of a Slurm job array (SLURM_ARRAY_TASK_ID, _COUNT, _MIN).
+  --gpus all|N  one shard per GPU of this host (shard k on GPU k-1), one progress line, merged in place when all
+                end; a failed shard is reported with its exit code and log (<output>/shards/shard-k-of-n.log).
+  --gpu N       run on GPU N of this host (any command; --gpu list shows them; also KLEINSCOPE_GPU=N).
   --limit N     run at most N condition folders in this invocation.
   --output DIR  write here instead of the experiment's "output" (e.g. a shard's local disk, merged later).
   --strict      refuse a task file with a malformed line (default: skip the line with a warning).
@@ -58,6 +63,7 @@ async function runCommand(args: string[]): Promise<number> {
       allowPositionals: true,
       options: {
         shard: { type: "string" },
+        gpus: { type: "string" },
         limit: { type: "string" },
         output: { type: "string" },
         strict: { type: "boolean" },
@@ -70,11 +76,26 @@ async function runCommand(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError("give one experiment file");
   let shard: { index: number; count: number } | undefined;
   try {
-    shard = values.shard === undefined ? undefined : parseShard(values.shard);
+    shard = values.shard === undefined
+      ? undefined
+      : values.shard === "auto"
+      ? shardFromSlurm(Deno.env.toObject())
+      : parseShard(values.shard);
   } catch (e) {
     throw new UsageError(`--shard: ${(e as Error).message}`);
   }
   const limit = integerOption("limit", values.limit, 0);
+  if (values.gpus !== undefined) {
+    if (shard) throw new UsageError("--gpus chooses the shards itself; leave out --shard");
+    let gpus: "all" | number;
+    try {
+      gpus = parseGpuCount(values.gpus);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    const opts = { output: values.output, limit, strict: values.strict, lowMemory: values["low-memory"], progress: terminalProgress() };
+    return (await launchOnGpus(positionals[0], { gpus, ...opts })).exitCode;
+  }
   const loaded = await readExperiment(positionals[0]);
   if (values.output) loaded.experiment.output = resolve(values.output);
   const stop = new AbortController();

@@ -5,7 +5,8 @@
 // against the task file: every task × condition (except unpaired patch conditions) must be complete, and the missing
 // ones are listed in the merged manifest. The merge holds the destination's lock (no runner works there meanwhile),
 // first removes what a killed merge or run left there, and with --move removes a source folder only file by file,
-// only the files kleinscope wrote.
+// only the files kleinscope wrote. The destination may be one of the inputs (shards that shared it as their output):
+// then only the merged manifest.json is written there.
 
 import { join, relative, resolve } from "node:path";
 import { printable } from "../runtime/printable.ts";
@@ -103,7 +104,11 @@ export async function mergeRuns(inputs: string[], into: string, options: MergeOp
   const all: { dir: string; manifests: RunManifest[] }[] = [];
   for (const raw of inputs) {
     const dir = resolve(raw);
-    if (dir === into) throw new Error(`${raw} is the destination itself; list only the folders to merge into it`);
+    // Shards that shared the destination as their output: nothing to copy, their manifests count as the destination's.
+    if (dir === into) {
+      if (!(await readManifests(dir)).length) throw new Error(`${raw} holds no experiment manifest (manifest.json or shards/*.json)`);
+      continue;
+    }
     const manifests = (await readManifests(dir)).map((m) => m.manifest);
     if (!manifests.length) throw new Error(`${raw} holds no experiment manifest (manifest.json or shards/*.json)`);
     all.push({ dir, manifests });
@@ -135,7 +140,7 @@ async function mergeLocked(
   if (hashes.size > 1) {
     throw new Error(`these folders hold runs of different experiments: ${[...hashes].map(([h, d]) => `${d} (${h})`).join(", ")}`);
   }
-  const reference = all[0].manifests[0];
+  const reference = all[0]?.manifests[0] ?? existing[0];
 
   // Plan every copy, and find conflicts, before touching the destination.
   const planned = new Map<string, PlannedCopy>();
