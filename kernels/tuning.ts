@@ -15,6 +15,7 @@ import { Plan } from "../runtime/executor.ts";
 import { Rng } from "../runtime/random.ts";
 import { printable } from "../runtime/printable.ts";
 import {
+  BUILTIN_MATMUL_TILES,
   matmul,
   MATMUL_SWEEP_CONFIGS,
   type MatmulConfig,
@@ -32,6 +33,7 @@ import {
   attentionConfigFor,
   attentionConfigName,
   attentionTiles,
+  BUILTIN_ATTENTION_TILES,
   defaultAttentionConfig,
 } from "./attention.ts";
 import { type Conv2dTile, validateConv2dTile } from "./conv2d.ts";
@@ -81,7 +83,7 @@ export interface TuningOptions {
 
 export interface TuningOutcome {
   /** Where the tiles came from. */
-  source: "rules" | "cache" | "tuned" | "skipped";
+  source: "rules" | "cache" | "builtin" | "tuned" | "skipped";
   /** The adapter's cache file (absent for software adapters). */
   file?: string;
   tiles: TileChoices;
@@ -220,6 +222,12 @@ export async function applyDeviceTuning(gpu: GpuContext, options: TuningOptions 
       }
     } catch (e) {
       log(`warning: ignoring the tile cache ${file}: ${(e as Error).message}; it will be written again`);
+    }
+    // A device class with measured winners (e.g. the H100's for every NVIDIA datacenter part) needs no first-use
+    // tuning: on an H200 a 90 s tuning got through one shape and kept the built-in tiles. `deno task tune` still can.
+    if (BUILTIN_MATMUL_TILES[caps.deviceClass] && BUILTIN_ATTENTION_TILES[caps.deviceClass]) {
+      gpu.caps = { ...caps, tilesFrom: "builtin" };
+      return { source: "builtin", file, tiles: caps.tiles, measurements: [] };
     }
     if (Deno.env.get("KLEINSCOPE_NO_TUNE") === "1") {
       log(`tile tuning skipped (KLEINSCOPE_NO_TUNE=1): built-in tiles for ${caps.deviceClass} devices on ${printable(caps.description)}`);

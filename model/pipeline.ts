@@ -205,7 +205,7 @@ export class Flux2KleinPipeline {
     if (!stat.isDirectory) throw new Error(`model folder ${dir} is not a folder`);
     const index = await readJson<ModelIndex>(join(dir, "model_index.json"));
     const gpu = await getGpu();
-    applyDeviceTuning(gpu);
+    await applyDeviceTuning(gpu, { log: options.log });
     const deferUpload = options.deferUpload ?? false;
     const transformer = await Flux2Transformer.load(gpu, options.transformerPath ?? join(dir, "transformer"), { deferUpload });
     const vae = await Vae.load(gpu, join(dir, "vae"), { deferUpload });

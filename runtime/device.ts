@@ -38,8 +38,9 @@ export interface DeviceCapabilities {
   limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number; maxStorageBufferBindingSize: number };
   features: string[];
   tiles: TileChoices;
-  /** Where `tiles` came from once kernels/tuning.ts has run: the adapter's cache file, a tuning run, or neither. */
-  tilesFrom?: "cache" | "tuned" | "skipped";
+  /** Where `tiles` came from once kernels/tuning.ts has run: the adapter's cache file, the built-in table of its device
+   * class, a tuning run, or neither. */
+  tilesFrom?: "cache" | "builtin" | "tuned" | "skipped";
 }
 
 export interface DeviceRequest {

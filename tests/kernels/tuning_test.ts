@@ -101,3 +101,21 @@ Deno.test("tuning: KLEINSCOPE_NO_TUNE=1 and software adapters skip it and write 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("tuning: an adapter of a device class with built-in tiles (an H200) is not tuned on first use; `tune` still can", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "kleinscope-tiles-" });
+  try {
+    const h200 = await unknownAdapter("NVIDIA H200");
+    h200.caps = describeAdapter({ description: "NVIDIA H200", vendor: "0x10de", device: "2335" }, h200.caps.limits, h200.caps.features);
+    assert.equal(h200.caps.deviceClass, "nvidia-datacenter");
+    const lines: string[] = [];
+    const outcome = await applyDeviceTuning(h200, { cacheDir: dir, problems: PROBLEMS, log: (l) => lines.push(l) });
+    assert.equal(outcome.source, "builtin");
+    assert.deepEqual(lines, []);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), [], "nothing tuned, nothing written");
+    const forced = await applyDeviceTuning(h200, { cacheDir: dir, problems: PROBLEMS, mode: "force", log: () => {} });
+    assert.equal(forced.source, "tuned");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
