@@ -4,8 +4,8 @@
 // attention nodes before bindings rewrite the graph, so a flow attached here sees them. Only the group tables (and,
 // if asked, the per-key masses of one query group) leave the GPU, after the chosen steps.
 //
-// The flow passes are part of the step graph, so they run at every step in the chosen blocks (the plan is static);
-// only the chosen steps are read back.
+// The flow passes are part of the step graph but are dispatched only at the chosen steps (the plan leaves them out of
+// the other steps' submits), and only those steps are read back.
 
 import type { Plan } from "../runtime/executor.ts";
 import { printable } from "../runtime/printable.ts";
@@ -221,6 +221,9 @@ export class AttentionFlowIntervention implements Intervention {
     let totalHeads = 0;
     let kept: number[] = [];
     const gq = queries.names.length, gk = keys.names.length;
+    /** The flow's own dispatches: they run only at the chosen steps. */
+    const flowNodes: string[] = [];
+    let flowOn: boolean | null = null;
     return {
       rewrite(g, forwards) {
         const site = forwards.find((f) => f.forward === forward)!;
@@ -232,6 +235,7 @@ export class AttentionFlowIntervention implements Intervention {
           if (totalHeads && heads !== totalHeads) throw new Error(`${where}: blocks have different head counts (${totalHeads}, ${heads})`);
           totalHeads = heads;
           const name = `flow${id}/${site.scope}${ctx.blocks[block]}`;
+          const before = new Set(g.nodes);
           const flow = attentionFlowOfNode(g, node.node, name, {
             queryGroups: queryGroupIds,
             queryGroupCount: gq,
@@ -239,6 +243,7 @@ export class AttentionFlowIntervention implements Intervention {
             keyGroupCount: gk,
             tokenGroup,
           });
+          flowNodes.push(...g.nodes.filter((n) => !before.has(n)).map((n) => n.name));
           outputs.push({ block, mass: g.get(flow.mass).name, tokens: flow.tokens === undefined ? undefined : g.get(flow.tokens).name });
         }
         const bad = r.heads?.find((h) => h >= totalHeads);
@@ -246,6 +251,11 @@ export class AttentionFlowIntervention implements Intervention {
           throw new Error(`${where}: head ${bad} does not exist (this model has ${totalHeads} heads: 0..${totalHeads - 1})`);
         }
         kept = r.heads ? [...r.heads] : Array.from({ length: totalHeads }, (_, h) => h);
+      },
+      beforeStep(plan: Plan, step: number) {
+        const on = steps.has(step);
+        if (on !== flowOn) plan.setNodesEnabled(flowNodes, on);
+        flowOn = on;
       },
       async afterStep(plan: Plan, step: number) {
         if (!steps.has(step)) return;

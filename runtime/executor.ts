@@ -291,6 +291,20 @@ export class Plan {
     await this.gpu.device.queue.onSubmittedWorkDone();
   }
 
+  /** Nodes left out of submit() until enabled again (by index in the graph's dispatch order). */
+  private readonly disabledNodes = new Set<number>();
+
+  /** Leave the named nodes out of the following submits (enabled false) or put them back: for work that a run needs at
+   * some steps only (e.g. an attention read-out), in a plan that is otherwise the same every step. */
+  setNodesEnabled(names: Iterable<string>, enabled: boolean): void {
+    for (const name of names) {
+      const i = this.graph.nodes.findIndex((n) => n.name === name);
+      if (i < 0) throw new Error(`plan ${this.options.label ?? ""}: no node named ${name}`);
+      if (enabled) this.disabledNodes.delete(i);
+      else this.disabledNodes.add(i);
+    }
+  }
+
   /** Encode and submit without waiting (the caller waits or reads back later). */
   submit(): void {
     const dev = this.gpu.device;
@@ -300,6 +314,7 @@ export class Plan {
       const enc = dev.createCommandEncoder({ label: `${this.options.label ?? "plan"}[${start}..${end})` });
       const pass = enc.beginComputePass();
       for (let i = start; i < end; i++) {
+        if (this.disabledNodes.has(i)) continue;
         const n = this.graph.nodes[i];
         pass.setPipeline(this.pipelines[i]);
         pass.setBindGroup(0, this.bindGroups[i]);

@@ -247,6 +247,24 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
 }
 
 Deno.test({
+  name: "attention flow runs only at its chosen steps: step 1 alone equals step 1 of an every-step flow, and the image is untouched",
+  sanitizeResources: false,
+  async fn() {
+    const pipe = await pipeline();
+    const every = new AttentionFlowIntervention({ blocks: "double.1,single.1" });
+    const late = new AttentionFlowIntervention({ blocks: "double.1,single.1", steps: [1] });
+    const a = await pipe.generate({ ...edit, interventions: [every] });
+    const b = await pipe.generate({ ...edit, interventions: [late] });
+    const plain = await pipe.generate(edit);
+    assert.deepEqual(b.latents, plain.latents, "a flow changes nothing in the run");
+    assert.deepEqual(b.latents, a.latents);
+    const lateTables = late.results(b).tables;
+    assert.deepEqual(lateTables.map((t) => `${t.block}@${t.step}`), ["double.1@1", "single.1@1"]);
+    for (const t of lateTables) assert.deepEqual(t.mass, every.results(a).at(t.block, 1).mass);
+  },
+});
+
+Deno.test({
   name:
     "deno task attention-flow writes attention_flow.json and .safetensors through the spec path; bad groups and blocks are one-line errors",
   sanitizeResources: false,
