@@ -6,7 +6,10 @@
 //   mesa-vulkan-drivers) sits between the loader and every vendor's driver, NVIDIA's included.
 //   DRI_PRIME=pci-DDDD_BB_DD_F picks an adapter by PCI address (identical GPUs differ only there),
 //   MESA_VK_DEVICE_SELECT=vid:did by its ids, and MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE=1 shows the process
-//   that adapter alone. This is the mechanism used here.
+//   that adapter alone. This is the mechanism used here. Mesa 22.3's layer (Debian 12) compares DRI_PRIME inverted
+//   (it takes the last adapter the tag does NOT name; seen in its machine code), so every pin is first tried on the
+//   Vulkan loader in this process (listing.probe) and refused, before any process starts, unless Vulkan then shows the
+//   adapter asked for; GPU 0 falls back to the layer switched off (wgpu's own choice).
 // - Not usable: CUDA_VISIBLE_DEVICES (NVIDIA's Vulkan driver ignores it); the loader's VK_LOADER_DEVICE_SELECT (loader
 //   1.3.211 and later) only moves an adapter to the front, and VK_LOADER_DEVICE_ID_FILTER (loader 1.4.326 and later)
 //   filters by device id: both go by vendor and device ids, which identical GPUs share.
@@ -54,6 +57,15 @@ export interface AdapterListing {
   unnumbered: Omit<AdapterEntry, "index">[];
   /** Mesa's device-select layer is installed (what choosing among several needs). */
   deviceSelectLayer: boolean;
+  /** The adapters Vulkan shows a process started with a pin, in the order it shows them (only where the Vulkan
+   * loader could be asked: then pinnedEnvironment checks every pin before it is used). */
+  probe?: (pin: Pin) => Omit<AdapterEntry, "index">[] | undefined;
+}
+
+/** What pinning changes in a process's environment: variables to set and variables to remove. */
+export interface Pin {
+  set: Record<string, string>;
+  unset: string[];
 }
 
 /** What a pinned process must get: written by the parent into KLEINSCOPE_GPU_ADAPTER. */
@@ -137,10 +149,11 @@ function cString(bytes: Uint8Array, offset: number, max: number): string {
   return new TextDecoder().decode(view.subarray(0, end < 0 ? max : end));
 }
 
-/** The adapters and layers the Vulkan loader reports to this process, through FFI; undefined when the loader cannot
- * be loaded here (not installed, or no FFI permission). The device-select layer is kept out of the listing (so that
- * a selection already in this process's environment does not hide adapters) by its own disable variable. */
-export function listVulkanAdapters(): { adapters: Omit<AdapterEntry, "index">[]; layers: string[] } | undefined {
+/** The adapters and layers the Vulkan loader reports to this process, in its order, through FFI; undefined when the
+ * loader cannot be loaded here (not installed, or no FFI permission). Without `pin`, the device-select layer is kept
+ * out (so that a selection already in this process's environment hides nothing) by its own disable variable; with
+ * `pin`, the adapters are those a process started with that pin would see: its variables are in place meanwhile. */
+export function listVulkanAdapters(pin?: Pin): { adapters: Omit<AdapterEntry, "index">[]; layers: string[] } | undefined {
   const symbols = {
     vkCreateInstance: { parameters: ["buffer", "pointer", "buffer"], result: "i32" },
     vkDestroyInstance: { parameters: ["pointer", "pointer"], result: "void" },
@@ -178,16 +191,19 @@ export function listVulkanAdapters(): { adapters: Omit<AdapterEntry, "index">[];
     createView.setUint32(0, 1, true);
     createView.setBigUint64(24, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(app))), true);
     const handle = new BigUint64Array(1);
-    const hadDisable = Deno.env.get("NODEVICE_SELECT");
-    Deno.env.set("NODEVICE_SELECT", "1");
+    // The layer reads its variables when the instance is created and when adapters are enumerated.
+    const restore = withEnvironment(pin ?? { set: { NODEVICE_SELECT: "1" }, unset: [] });
     let result: number;
     try {
       result = vk.vkCreateInstance(create, null, new Uint8Array(handle.buffer));
-    } finally {
-      if (hadDisable === undefined) Deno.env.delete("NODEVICE_SELECT");
-      else Deno.env.set("NODEVICE_SELECT", hadDisable);
+    } catch (e) {
+      restore();
+      throw e;
     }
-    if (result !== 0) return result === -9 ? { adapters: [], layers } : undefined; // -9: VK_ERROR_INCOMPATIBLE_DRIVER, no driver
+    if (result !== 0) {
+      restore();
+      return result === -9 ? { adapters: [], layers } : undefined; // -9: VK_ERROR_INCOMPATIBLE_DRIVER, no driver
+    }
     const instance = Deno.UnsafePointer.create(handle[0]);
     try {
       if (vk.vkEnumeratePhysicalDevices(instance, count, null) !== 0) return undefined;
@@ -228,10 +244,22 @@ export function listVulkanAdapters(): { adapters: Omit<AdapterEntry, "index">[];
       return { adapters, layers };
     } finally {
       vk.vkDestroyInstance(instance, null);
+      restore();
     }
   } finally {
     lib.close();
   }
+}
+
+/** Apply `pin` to this process's environment; returns what puts it back. */
+function withEnvironment(pin: Pin): () => void {
+  const keys = [...new Set([...Object.keys(pin.set), ...pin.unset])];
+  const before = new Map(keys.map((k) => [k, Deno.env.get(k)]));
+  for (const k of pin.unset) Deno.env.delete(k);
+  for (const [k, v] of Object.entries(pin.set)) Deno.env.set(k, v);
+  return () => {
+    for (const [k, v] of before) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  };
 }
 
 function deviceExtensions(
@@ -345,7 +373,13 @@ function layerInstalledOnDisk(): boolean {
 export function listAdapters(): AdapterListing {
   const vulkan = listVulkanAdapters();
   if (vulkan && vulkan.adapters.length) {
-    return makeListing("the Vulkan loader", vulkan.adapters, vulkan.layers.includes(DEVICE_SELECT_LAYER) || layerInstalledOnDisk());
+    const listing = makeListing(
+      "the Vulkan loader",
+      vulkan.adapters,
+      vulkan.layers.includes(DEVICE_SELECT_LAYER) || layerInstalledOnDisk(),
+    );
+    listing.probe = (pin) => listVulkanAdapters(pin)?.adapters;
+    return listing;
   }
   const deviceSelectLayer = layerInstalledOnDisk();
   const summary = runText("vulkaninfo", ["--summary"]);
@@ -371,17 +405,57 @@ export function parseGpuIndex(text: string): number | "list" {
 
 /** What the environment of a process pinned to adapter `index` changes: variables to set and variables to remove.
  * Throws, naming the adapters found, when there is no such adapter or it cannot be chosen on this host. */
-export function pinnedEnvironment(listing: AdapterListing, index: number): { set: Record<string, string>; unset: string[] } {
+export function pinnedEnvironment(listing: AdapterListing, index: number): Pin {
+  const candidates = candidatePins(listing, index);
+  if (!listing.probe) return candidates[0];
+  // The first pin under which Vulkan shows a process this adapter first (what wgpu takes).
+  const adapter = listing.adapters[index];
+  const outcomes: string[] = [];
+  for (const pin of candidates) {
+    const seen = listing.probe(pin);
+    if (!seen) return pin; // the loader cannot be asked after all
+    const got = wgpuChoice(seen);
+    if (got && sameAdapter(got, adapter)) return pin;
+    const vars = Object.entries(pin.set).filter(([k]) => !k.startsWith("KLEINSCOPE_")).map(([k, v]) => `${k}=${v}`).join(" ");
+    const shown = seen.map((a) => `${a.name ? printable(a.name) : "?"}${a.pci ? ` (${pciText(a.pci)})` : ""}`).join(", ") || "nothing";
+    outcomes.push(`started with ${vars}, a process is shown ${shown}, and WebGPU would open ${got ? printable(got.name) : "nothing"}`);
+  }
+  throw new Error(
+    `GPU ${index} (${describeAdapter(adapter)}) cannot be chosen on this host: ${outcomes.join("; ")}. Mesa 22.3's device-select ` +
+      `layer (Debian 12's mesa-vulkan-drivers) compares DRI_PRIME's PCI address inverted; install a newer mesa-vulkan-drivers ` +
+      `(e.g. from bookworm-backports), whose layer compares it as documented`,
+  );
+}
+
+/** The adapter wgpu takes among those Vulkan shows (powerPreference "high-performance"): the first discrete GPU, else the
+ * first integrated, else the first of any other kind, else the first CPU adapter. */
+export function wgpuChoice(seen: Omit<AdapterEntry, "index">[]): Omit<AdapterEntry, "index"> | undefined {
+  for (const kinds of [["discrete GPU"], ["integrated GPU"], ["GPU", "virtual GPU", "other"], ["CPU"]]) {
+    const a = seen.find((x) => kinds.includes(x.kind));
+    if (a) return a;
+  }
+  return undefined;
+}
+
+function sameAdapter(a: Omit<AdapterEntry, "index">, b: Omit<AdapterEntry, "index">): boolean {
+  if (a.pci && b.pci) return pciText(a.pci) === pciText(b.pci);
+  return a.name === b.name && a.vendorId === b.vendorId && a.deviceId === b.deviceId;
+}
+
+/** The pins that may give a process adapter `index`, best first: through the device-select layer, then — for GPU 0,
+ * the adapter wgpu takes anyway — with the layer switched off. */
+function candidatePins(listing: AdapterListing, index: number): Pin[] {
   const adapters = listing.adapters;
   const adapter = adapters[index];
   if (!adapter) throw new Error(`there is no GPU ${index}: ${describeListing(listing)}`);
   const pinned: PinnedAdapter = { index, name: adapter.name, vendorId: adapter.vendorId, deviceId: adapter.deviceId };
   if (adapter.pci) pinned.pci = pciText(adapter.pci);
   const set: Record<string, string> = { [GPU_ENV]: String(index), [GPU_ADAPTER_ENV]: JSON.stringify(pinned) };
-  const unset = [...SELECTION_VARIABLES];
+  const unset = SELECTION_VARIABLES.filter((k) => k !== "NODEVICE_SELECT");
+  const plain: Pin = { set: { ...set, NODEVICE_SELECT: "1" }, unset };
   if (!listing.deviceSelectLayer) {
     // Without the layer, only the adapter wgpu takes anyway (the first in the loader's order) can be had.
-    if (index === 0) return { set, unset };
+    if (index === 0) return [plain];
     throw new Error(
       `choosing GPU ${index} needs Mesa's device-select Vulkan layer (${DEVICE_SELECT_LAYER}, in the package mesa-vulkan-drivers: ` +
         `apt-get install mesa-vulkan-drivers), which is not installed; ${describeListing(listing)}`,
@@ -402,11 +476,12 @@ export function pinnedEnvironment(listing: AdapterListing, index: number): { set
     );
   }
   set.MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE = "1";
-  return { set, unset: unset.filter((k) => !(k in set)) };
+  const layer: Pin = { set, unset: SELECTION_VARIABLES.filter((k) => !(k in set)) };
+  return index === 0 ? [layer, plain] : [layer];
 }
 
 /** `base` with a pin applied. */
-export function applyPin(base: Record<string, string>, pin: { set: Record<string, string>; unset: string[] }): Record<string, string> {
+export function applyPin(base: Record<string, string>, pin: Pin): Record<string, string> {
   const env = { ...base };
   for (const k of pin.unset) delete env[k];
   return Object.assign(env, pin.set);

@@ -271,6 +271,12 @@ Deno.test("--gpus 3 on a host with 1, or a GPU that cannot be chosen: refused be
       launchOnGpus(s.experiment, { gpus: 2, adapters: () => gpus(2, false), shardCommand: command, log: () => {} }),
       /choosing GPU 1 needs Mesa's device-select Vulkan layer/,
     );
+    // A device-select layer that shows GPU 2 whatever is asked for (checked on the Vulkan loader before anything starts).
+    const stuck = () => ({ ...gpus(3), probe: () => [gpus(3).adapters[2]] });
+    await assert.rejects(
+      launchOnGpus(s.experiment, { gpus: 3, adapters: stuck, shardCommand: command, log: () => {} }),
+      /GPU 0 \(0 = NVIDIA H200 \(discrete GPU, 0000:18:00.0\)\) cannot be chosen on this host/,
+    );
     await assert.rejects(
       launchOnGpus(s.experiment, {
         gpus: "all",
