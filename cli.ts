@@ -60,7 +60,7 @@ export async function main(args: string[]): Promise<number> {
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
-    const code = gpu.gpu === undefined ? undefined : await runPinned(gpu.gpu, [command, ...gpu.args]);
+    const code = gpu.gpu === undefined ? undefined : await runPinned(gpu.gpu, [command, ...gpu.args], { program: import.meta.url });
     if (code !== undefined) return code;
     return await mod.main(gpu.args, command);
   } catch (e) {

@@ -569,14 +569,16 @@ export function takeGpuOption(
   return { args: rest, fromEnv: false };
 }
 
-/** Run this program again with `args`, pinned to GPU `index`, and return its exit code; or undefined when this process
- * is already pinned to that GPU (then the caller goes on itself). `--gpu list` prints the adapters and returns 0.
- * Throws, naming the adapters found, for a GPU that does not exist or cannot be chosen — before any work. */
+/** Run `program` (a file URL; default: this process's main module) with `args` in a new process pinned to GPU `gpu`,
+ * and return its exit code; or undefined when this process is already pinned to that GPU (then the caller goes on
+ * itself). `--gpu list` prints the adapters and returns 0. Throws, naming the adapters found, for a GPU that does not
+ * exist or cannot be chosen — before any work. */
 export async function runPinned(
   gpu: number | "list",
   args: string[],
-  listing: AdapterListing = listAdapters(),
+  options: { program?: string; listing?: AdapterListing } = {},
 ): Promise<number | undefined> {
+  const listing = options.listing ?? listAdapters();
   if (gpu === "list") {
     console.log(`${listing.adapters.length} adapter(s) found through ${listing.source}:`);
     for (const a of listing.adapters) console.log(`  ${describeAdapter(a)}`);
@@ -588,7 +590,7 @@ export async function runPinned(
   if (already && already.index === gpu) return undefined;
   const pin = pinnedEnvironment(listing, gpu);
   const command = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", fileURLToPath(Deno.mainModule), ...args],
+    args: ["run", "-A", fileURLToPath(options.program ?? Deno.mainModule), ...args],
     env: applyPin(Deno.env.toObject(), pin),
     clearEnv: true,
     stdin: "inherit",
