@@ -36,6 +36,11 @@ flow:
 knockout in the same run (the flow sees its mask):
   --setting "A->B"       queries in B may not read keys in A (repeatable)
   --knockout-blocks SEL  default all        --knockout-steps SEL   default all
+effects of the knockout (with --setting), written as effects.json with baseline.png:
+  --effects              also run the baseline (this run without the knockout) and record, per block and step, the
+                         relative L2 change and cosines of the text and image rows and the change of the flow tables
+  --control SEED         also a control run: each setting's query group replaced by a seeded random subset of
+                         text[pad] of the same size, with its own effects (control.png); implies --effects
 run:
   --model DIR            pipeline folder (default: ${DEFAULT_MODEL}, a tiny random checkpoint)
   --prompt TEXT          the instruction (required)      --ref IMG   a reference image (repeatable, in order)
@@ -143,6 +148,8 @@ export async function main(args: string[]): Promise<number> {
         setting: { type: "string", multiple: true },
         "knockout-blocks": { type: "string" },
         "knockout-steps": { type: "string" },
+        effects: { type: "boolean" },
+        control: { type: "string" },
         out: { type: "string" },
         overwrite: { type: "boolean" },
         "print-spec": { type: "boolean" },
@@ -162,6 +169,10 @@ export async function main(args: string[]): Promise<number> {
   if (!values.setting?.length && (values["knockout-blocks"] !== undefined || values["knockout-steps"] !== undefined)) {
     throw new UsageError(`--knockout-blocks and --knockout-steps go with a --setting "A->B"`);
   }
+  if (!values.setting?.length && (values.effects || values.control !== undefined)) {
+    throw new UsageError(`--${values.effects ? "effects" : "control"} measures a knockout against its baseline; give a --setting "A->B"`);
+  }
+  const control = integerOption("control", values.control, 0);
   if (values.guidance !== undefined && !values.base) throw new UsageError("--guidance needs --base (a distilled checkpoint runs unguided)");
   const flow: AttentionFlowSpec = {
     blocks: values.blocks,
@@ -191,6 +202,8 @@ export async function main(args: string[]): Promise<number> {
     latents: values.latents,
     interventions,
     attentionFlow: flow,
+    effects: values.effects || control !== undefined ? true : undefined,
+    control: control === undefined ? undefined : { seed: control },
   };
   // Drop undefined fields so the printed spec is clean, then validate like any spec file.
   const spec = parseSpec(JSON.parse(JSON.stringify(raw)));

@@ -4,7 +4,7 @@
 import { parseArgs } from "node:util";
 import { type CaptureSpec, type InterventionSpec, type KnockoutSettingSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
-import { UsageError } from "./common.ts";
+import { integerOption, UsageError } from "./common.ts";
 
 const DEFAULT_MODEL = "tests/fixtures/klein-tiny/model";
 
@@ -19,6 +19,13 @@ const COMMON = `common options:
   --out DIR            output folder (default out/<command>-<time>)   --overwrite
   --print-spec         print the spec as JSON and stop`;
 
+const EFFECTS = `effects against the baseline (the same run without the intervention; for the lens, its target run
+without the lens patch), written as effects.json with baseline.png:
+  --effects            per block and step, the relative L2 change and cosines of the text and image rows`;
+const CONTROL = `
+  --control SEED       also a control run: each setting's query group replaced by a seeded random subset of
+                       text[pad] of the same size, with its own effects (control.png); implies --effects`;
+
 const HELP: Record<string, string> = {
   knockout: `usage: deno task knockout --prompt TEXT --ref IMG --setting "A->B" [--blocks SEL] [--knockout-steps SEL]
 
@@ -30,6 +37,8 @@ Blocks: all, double, single, 3, 0..4, first:k, last:k, window:i:k, double.2 (com
                        given after a --setting, they apply to that setting; given before the first, to every
                        setting without its own. The paper's split schedule:
                        --setting "ref->text" --blocks 0..16 --setting "ref->image" --blocks 16..32
+
+${EFFECTS}${CONTROL}
 
 ${COMMON}
 
@@ -44,6 +53,8 @@ same rows of a source run at step k. The source run is this run with --source-* 
   --schedule per-step|fixed   --source-step N (with fixed)
   --source-prompt TEXT --source-ref IMG (repeatable) --source-seed N --source-steps N
 
+${EFFECTS}
+
 ${COMMON}
 
 example: deno task patch --prompt "draw a couch in this color" --ref tests/fixtures/klein-tiny/images/ref1_64x80.png --source-ref tests/fixtures/klein-tiny/images/ref0_80x64.png --block double.1 --mode padding_only`,
@@ -56,6 +67,8 @@ input_to_block0 = they replace the text input of the first block at every step.
   --target-seed-offset N   the target's seed is the source's + N (default 1, the paper's convention)
   --group G            decode only these text rows: all, padding_only, content_only or a group, resolved on the
                        source's prompt and copied to the same positions of the target
+
+${EFFECTS}
 
 ${COMMON}
 
@@ -123,6 +136,8 @@ export async function main(args: string[], command: string): Promise<number> {
       overwrite: { type: "boolean" },
       "print-spec": { type: "boolean" },
       help: { type: "boolean", short: "h" },
+      effects: { type: "boolean" },
+      control: { type: "string" },
       setting: { type: "string", multiple: true },
       blocks: { type: "string", multiple: true },
       "knockout-steps": { type: "string", multiple: true },
@@ -151,6 +166,13 @@ export async function main(args: string[], command: string): Promise<number> {
     console.error(`--prompt is required\n\n${HELP[command]}`);
     return 2;
   }
+  if (command === "capture" && (values.effects || values.control !== undefined)) {
+    throw new UsageError(`--${values.effects ? "effects" : "control"} compares an intervention run with its baseline; capture runs none`);
+  }
+  if (values.control !== undefined && command !== "knockout") {
+    throw new UsageError(`--control replaces knockout settings; it goes with deno task knockout, not ${command}`);
+  }
+  const control = integerOption("control", values.control, 0);
   const interventions: InterventionSpec[] = [];
   if (command === "knockout") {
     if (!values.setting?.length) throw new UsageError(`--setting "A->B" is required (e.g. --setting "ref->text")`);
@@ -200,6 +222,8 @@ export async function main(args: string[], command: string): Promise<number> {
     latents: values.latents,
     captures: values.capture?.map((c) => parseCapture(c, values["capture-steps"])),
     interventions,
+    effects: values.effects || control !== undefined ? true : undefined,
+    control: control === undefined ? undefined : { seed: control },
   };
   // Drop undefined fields so the printed spec is clean, then validate like any spec file.
   const spec = parseSpec(JSON.parse(JSON.stringify(raw)));

@@ -11,8 +11,20 @@ import { PatchIntervention } from "../interventions/patch.ts";
 import { AttentionFlowIntervention, type AttentionFlowResult } from "../interventions/attention_flow.ts";
 import { resolveGroups } from "../interventions/groups.ts";
 import { resolveBlocks } from "../interventions/intervention.ts";
-import type { KnockoutSpec, LensSpec, PatchSpecJson, RunSpec } from "./spec.ts";
+import type { EffectsSpec, KnockoutSpec, LensSpec, PatchSpecJson, RunSpec } from "./spec.ts";
 import { SourceRows } from "./source_rows.ts";
+import {
+  BaselineRows,
+  controlKnockouts,
+  type ControlSetting,
+  EffectsComparer,
+  effectsLayout,
+  EffectsProbe,
+  type EffectsResult,
+  finalEffects,
+  flowChange,
+  type RunEffects,
+} from "./effects.ts";
 
 export const KLEINSCOPE_VERSION = "0.1.0";
 
@@ -25,6 +37,10 @@ export interface SpecRunResult {
   captures?: CaptureSet;
   /** What the spec's attention flow measured (in the output run). */
   attentionFlow?: AttentionFlowResult;
+  /** With `effects`: the baseline run, the control run (with `control`) and the statistics of both against it. */
+  baseline?: GenerateResult;
+  control?: GenerateResult;
+  effects?: EffectsResult;
   /** Warnings of every run of the spec (source runs' prefixed with "source run: "). */
   warnings: string[];
 }
@@ -36,6 +52,71 @@ export interface SpecPlan {
   target: PreparedRun;
   capture?: CaptureIntervention;
   attentionFlow?: AttentionFlowIntervention;
+  effects?: EffectsPlan;
+}
+
+/** The runs of a spec's effects: the baseline (executed before the output run; its rows go to a temporary file), the
+ * comparer bound to the output run, and the control run with its own comparer. */
+export interface EffectsPlan {
+  /** What the baseline is, in words (written to effects.json). */
+  description: string;
+  baseline: PreparedRun;
+  baselineRows: BaselineRows;
+  baselineFlow?: AttentionFlowIntervention;
+  comparer: EffectsComparer;
+  control?: {
+    run: PreparedRun;
+    comparer: EffectsComparer;
+    flow?: AttentionFlowIntervention;
+    seed: number;
+    interventions: KnockoutSpec[];
+    settings: ControlSetting[];
+  };
+}
+
+/** The probe of an output run, and its comparer, when the spec asks for effects. */
+function effectsProbe(spec: RunSpec, options: PlanOptions): { probe: EffectsProbe; rows: BaselineRows; comparer: EffectsComparer } | null {
+  if (!spec.effects) return null;
+  const rows = new BaselineRows(options.tempDir);
+  const comparer = new EffectsComparer(rows, "intervention");
+  return { probe: new EffectsProbe(effectsRequest(spec.effects), comparer), rows, comparer };
+}
+
+function effectsRequest(effects: NonNullable<RunSpec["effects"]>): EffectsSpec {
+  return effects === true ? {} : effects;
+}
+
+/** Prepare the baseline (`request` without the spec's interventions) and, with a control, the control run. */
+async function planEffects(
+  pipe: Flux2KleinPipeline,
+  spec: RunSpec,
+  request: GenerateRequest,
+  target: PreparedRun,
+  probe: NonNullable<ReturnType<typeof effectsProbe>>,
+  description: string,
+): Promise<EffectsPlan> {
+  const fx = effectsRequest(spec.effects!);
+  const flowOf = () => (spec.attentionFlow ? new AttentionFlowIntervention(spec.attentionFlow) : undefined);
+  const baselineFlow = flowOf();
+  const baseline = await pipe.prepare({
+    ...request,
+    interventions: [new EffectsProbe(fx, probe.rows), ...(baselineFlow ? [baselineFlow] : [])],
+  });
+  const plan: EffectsPlan = { description, baseline, baselineRows: probe.rows, baselineFlow, comparer: probe.comparer };
+  if (spec.control) {
+    // The control's settings depend on this run's token groups (text[pad] and the query groups of the prompt).
+    const control = controlKnockouts(spec.interventions ?? [], target.layout, spec.control.seed);
+    const comparer = new EffectsComparer(probe.rows, "control");
+    const flow = flowOf();
+    const run = await pipe.prepare({
+      ...request,
+      interventions: [...control.interventions.map(knockoutOf), new EffectsProbe(fx, comparer), ...(flow ? [flow] : [])],
+    }).catch((e) => {
+      throw new Error(`control: ${(e as Error).message}`);
+    });
+    plan.control = { run, comparer, flow, seed: spec.control.seed, ...control };
+  }
+  return plan;
 }
 
 /** The request of the spec's own run (prompt, references, size, steps, guidance, seed or initial latents). */
@@ -127,7 +208,13 @@ async function planPatch(
   return { source, patch };
 }
 
-async function planLens(pipe: Flux2KleinPipeline, spec: RunSpec, base: GenerateRequest, lens: LensSpec): Promise<SpecPlan> {
+async function planLens(
+  pipe: Flux2KleinPipeline,
+  spec: RunSpec,
+  base: GenerateRequest,
+  lens: LensSpec,
+  options: PlanOptions,
+): Promise<SpecPlan> {
   const where = "spec.interventions[0]";
   const blockTap = textTapOfBlock(pipe.blockNames(), lens.block, `${where}.block`);
   const group = textGroupOf(lens.group);
@@ -166,21 +253,25 @@ async function planLens(pipe: Flux2KleinPipeline, spec: RunSpec, base: GenerateR
     label: `lens ${lens.mode} from ${lens.block}${lens.group ? ` (${lens.group})` : ""}`,
   });
   const capture = spec.captures?.length ? new CaptureIntervention(spec.captures) : undefined;
-  const run = await pipe.prepare({ ...target, interventions: capture ? [patch, capture] : [patch] });
-  return { spec, sources: [source], target: run, capture };
+  const fx = effectsProbe(spec, options);
+  const run = await pipe.prepare({ ...target, interventions: [patch, ...(fx ? [fx.probe] : []), ...(capture ? [capture] : [])] });
+  const effects = fx ? await planEffects(pipe, spec, target, run, fx, "the lens's target run without the lens patch") : undefined;
+  return { spec, sources: [source], target: run, capture, effects };
 }
 
 /** How a spec's output run is executed, beyond the spec itself. */
 export interface PlanOptions {
   /** Keep the output run's latents after every step (result.stepLatents). */
   keepStepLatents?: boolean;
+  /** Folder of the temporary file that holds the baseline's rows with `effects` (default: $TMPDIR). */
+  tempDir?: string;
 }
 
 /** Prepare every run of a spec and bind every intervention: all checks, no GPU work. */
 export async function planSpec(pipe: Flux2KleinPipeline, spec: RunSpec, options: PlanOptions = {}): Promise<SpecPlan> {
   const base = { ...await baseRequest(pipe, spec), keepStepLatents: options.keepStepLatents };
   const lens = spec.interventions?.find((i) => i.type === "lens") as LensSpec | undefined;
-  if (lens) return await planLens(pipe, spec, base, lens);
+  if (lens) return await planLens(pipe, spec, base, lens, options);
   const interventions: Intervention[] = [];
   const sources: SourceRows[] = [];
   for (const [i, iv] of (spec.interventions ?? []).entries()) {
@@ -191,12 +282,16 @@ export async function planSpec(pipe: Flux2KleinPipeline, spec: RunSpec, options:
       sources.push(planned.source);
     }
   }
+  // The probe comes after the patches, so it reads patched rows.
+  const fx = effectsProbe(spec, options);
+  if (fx) interventions.push(fx.probe);
   const capture = spec.captures?.length ? new CaptureIntervention(spec.captures) : undefined;
   if (capture) interventions.push(capture);
   const attentionFlow = spec.attentionFlow ? new AttentionFlowIntervention(spec.attentionFlow) : undefined;
   if (attentionFlow) interventions.push(attentionFlow);
   const target = await pipe.prepare({ ...base, interventions });
-  return { spec, sources, target, capture, attentionFlow };
+  const effects = fx ? await planEffects(pipe, spec, base, target, fx, "the same spec without its interventions") : undefined;
+  return { spec, sources, target, capture, attentionFlow, effects };
 }
 
 /** Everything in a spec that can be checked without the GPU: sizes, images, prompt, blocks, taps, groups, steps. */
@@ -204,7 +299,7 @@ export async function checkSpec(pipe: Flux2KleinPipeline, spec: RunSpec): Promis
   await planSpec(pipe, spec);
 }
 
-/** Execute a planned spec: its source runs, then its output run. */
+/** Execute a planned spec: its source runs, the baseline (with effects), its output run, then the control. */
 export async function executePlan(
   pipe: Flux2KleinPipeline,
   plan: SpecPlan,
@@ -217,16 +312,70 @@ export async function executePlan(
     source = await s.execute(pipe);
     warnings.push(...source.warnings.map((w) => `source run: ${w}`));
   }
-  const result = await pipe.execute(plan.target);
-  warnings.push(...result.warnings);
-  return {
-    spec: plan.spec,
-    result,
-    source,
-    captures: plan.capture?.results(result),
-    attentionFlow: plan.attentionFlow?.results(result),
-    warnings,
-  };
+  const fx = plan.effects;
+  try {
+    let baseline: GenerateResult | undefined;
+    if (fx) {
+      log(`baseline run (${fx.description})…`);
+      fx.baselineRows.log = log;
+      baseline = await pipe.execute(fx.baseline);
+      await fx.baselineRows.finish();
+    }
+    const result = await pipe.execute(plan.target);
+    warnings.push(...result.warnings);
+    let control: GenerateResult | undefined;
+    if (fx?.control) {
+      log(`control run (seed ${fx.control.seed})…`);
+      control = await pipe.execute(fx.control.run);
+      warnings.push(...control.warnings.map((w) => `control run: ${w}`));
+    }
+    const attentionFlow = plan.attentionFlow?.results(result);
+    let effects: EffectsResult | undefined;
+    if (fx && baseline) {
+      warnings.push(...baseline.warnings.filter((w) => !result.warnings.includes(w)).map((w) => `baseline run: ${w}`));
+      const channels = pipe.transformer.config.inChannels;
+      const baseFlow = fx.baselineFlow?.results(baseline);
+      const intervention: RunEffects = {
+        interventions: plan.spec.interventions ?? [],
+        records: fx.comparer.sorted(),
+        final: finalEffects(result, baseline, channels),
+        attentionFlow: attentionFlow && baseFlow ? flowChange(attentionFlow, baseFlow) : null,
+        warnings: [...result.warnings],
+      };
+      const c = fx.control;
+      const controlFlow = c && control ? c.flow?.results(control) : undefined;
+      effects = {
+        ...effectsLayout(fx.baselineRows),
+        baselineDescription: fx.description,
+        baselineWarnings: [...baseline.warnings],
+        intervention,
+        control: c && control
+          ? {
+            interventions: c.interventions,
+            records: c.comparer.sorted(),
+            final: finalEffects(control, baseline, channels),
+            attentionFlow: controlFlow && baseFlow ? flowChange(controlFlow, baseFlow) : null,
+            warnings: [...control.warnings],
+            seed: c.seed,
+            settings: c.settings,
+          }
+          : null,
+      };
+    }
+    return {
+      spec: plan.spec,
+      result,
+      source,
+      captures: plan.capture?.results(result),
+      attentionFlow,
+      baseline,
+      control,
+      effects,
+      warnings,
+    };
+  } finally {
+    await fx?.baselineRows.dispose();
+  }
 }
 
 /** Run a spec with a loaded pipeline (planned and checked first, before any GPU work). */

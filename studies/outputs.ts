@@ -8,6 +8,7 @@ import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { type RunSpec, SPEC_VERSION } from "./spec.ts";
 import { KLEINSCOPE_VERSION, type SpecRunResult } from "./execute.ts";
 import { ATTENTION_FLOW_FORMAT, attentionFlowJson, attentionFlowTensors } from "../interventions/attention_flow.ts";
+import { effectsJson } from "./effects.ts";
 
 /** The spec as it ran: defaults made explicit, version and checkpoint fingerprint added. */
 export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<RunSpec> {
@@ -22,8 +23,9 @@ export async function resolvedSpec(spec: RunSpec, run: SpecRunResult): Promise<R
   };
 }
 
-/** Write image.png, spec.json, run.json, (with captures) captures.safetensors + captures.json and (with an attention
- * flow) attention_flow.json + attention_flow.safetensors into `dir`. */
+/** Write image.png, spec.json, run.json, (with captures) captures.safetensors + captures.json, (with an attention
+ * flow) attention_flow.json + attention_flow.safetensors and (with effects) effects.json, baseline.png and, with a
+ * control, control.png into `dir`. */
 export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise<string[]> {
   await Deno.mkdir(dir, { recursive: true });
   const written: string[] = [];
@@ -60,6 +62,15 @@ export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise
     }
     await Deno.writeTextFile(join(dir, "attention_flow.json"), JSON.stringify(attentionFlowJson(run.attentionFlow)) + "\n");
     written.push(join(dir, "attention_flow.json"));
+  }
+  if (run.effects && run.baseline) {
+    for (const [name, r] of [["baseline.png", run.baseline], ["control.png", run.control]] as const) {
+      if (!r) continue;
+      await savePng(join(dir, name), r.image, r.width, r.height);
+      written.push(join(dir, name));
+    }
+    await Deno.writeTextFile(join(dir, "effects.json"), JSON.stringify(effectsJson(run.effects)) + "\n");
+    written.push(join(dir, "effects.json"));
   }
   const spec = await resolvedSpec(run.spec, run);
   delete spec.output;

@@ -105,6 +105,24 @@ export interface AttentionFlowSpec {
   forward?: "cond" | "uncond";
 }
 
+/** Intervention effects (studies/effects.ts): the run's baseline — the same spec without its interventions; for a lens,
+ * the target run without the lens patch — runs too, and per chosen block and step the text and image rows of both
+ * runs are compared (relative L2 change, cosine similarity), with the attention-flow change when the spec asks for
+ * an attention flow. Written as effects.json (and baseline.png). */
+export interface EffectsSpec {
+  /** Blocks compared; default all. */
+  blocks?: Selection;
+  /** Steps compared; default all. */
+  steps?: string | number[];
+}
+
+/** A control for the spec's knockouts (needs `effects`): each setting's query group is replaced by a seeded random
+ * subset of text[pad] of the same size (studies/effects.ts, controlKnockouts), run as its own run with its own
+ * effects against the same baseline. */
+export interface ControlSpec {
+  seed: number;
+}
+
 export interface RunSpec {
   kleinscope?: { version: string; spec: number; fingerprint?: string };
   model: string;
@@ -125,6 +143,10 @@ export interface RunSpec {
   captures?: CaptureSpec[];
   interventions?: InterventionSpec[];
   attentionFlow?: AttentionFlowSpec;
+  /** `true` or the blocks and steps to compare with the baseline run. */
+  effects?: true | EffectsSpec;
+  /** A control run of the knockouts (needs `effects`). */
+  control?: ControlSpec;
   /** Output folder. */
   output?: string;
 }
@@ -294,6 +316,8 @@ export function parseSpec(raw: unknown): RunSpec {
     "captures",
     "interventions",
     "attentionFlow",
+    "effects",
+    "control",
     "output",
   ]);
   const spec: RunSpec = {
@@ -340,7 +364,33 @@ export function parseSpec(raw: unknown): RunSpec {
     spec.attentionFlow = parseAttentionFlow(o.attentionFlow, "attentionFlow");
     if (spec.interventions?.some((i) => i.type === "lens")) F.fail("attentionFlow", "is not supported in a lens run");
   }
+  if (o.effects !== undefined && o.effects !== false) {
+    spec.effects = parseEffects(o.effects);
+    if (!spec.interventions?.length) {
+      F.fail("effects", "compares an intervention run with its baseline, and this spec has no intervention");
+    }
+  }
+  if (o.control !== undefined) {
+    const c = F.obj(o.control, "control");
+    F.only(c, "control", ["seed"]);
+    spec.control = { seed: F.int(c, "seed", "control.", 0) ?? F.fail("control.seed", "is required (an integer ≥ 0)") };
+    if (!spec.effects) F.fail("control", `needs "effects" (the control is measured against the same baseline)`);
+    const other = spec.interventions!.findIndex((i) => i.type !== "knockout");
+    if (other >= 0) {
+      F.fail("control", `replaces knockout settings, and interventions[${other}] is a ${spec.interventions![other].type}`);
+    }
+  }
   return spec;
+}
+
+function parseEffects(v: unknown): true | EffectsSpec {
+  if (v === true) return true;
+  if (!v || typeof v !== "object" || Array.isArray(v)) {
+    F.fail("effects", `expected true or {"blocks": …, "steps": …}, got ${JSON.stringify(v)}`);
+  }
+  const o = v as Record<string, unknown>;
+  F.only(o, "effects", ["blocks", "steps"]);
+  return { blocks: selection(o, "blocks", "effects."), steps: steps(o, "steps", "effects.") };
 }
 
 export async function readSpec(path: string): Promise<RunSpec> {
