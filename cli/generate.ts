@@ -64,9 +64,6 @@ ${
                        (packed tokens, as --save-latents writes them); a leading batch dimension of 1 is allowed
   --out FILE.png       where to write the image (default out/${command}-<date>-<time>.png); folders are created
   --save-latents FILE  also write the final packed latents [H/16·W/16, C] (float32 safetensors, tensor "latents")
-  --f16                multiply in f16 in the transformer blocks (needs shader-f16): about 1e-3 relative error
-                       per product; statistics, norms and attention stay f32. On an H100 it is no faster than
-                       f32 (see the README's performance section)
   -h, --help           this text
 
 example: ${
@@ -106,7 +103,6 @@ export async function main(args: string[], command: string): Promise<number> {
           latents: { type: "string" },
           out: { type: "string" },
           "save-latents": { type: "string" },
-          f16: { type: "boolean" },
           help: { type: "boolean", short: "h" },
         },
       })
@@ -143,7 +139,6 @@ export async function main(args: string[], command: string): Promise<number> {
       steps,
       guidance,
       seed,
-      f16: values.f16,
       latentsPath: values.latents,
       out: outPath,
       saveLatents: values["save-latents"],
@@ -172,8 +167,6 @@ export interface JobOptions {
   steps?: number;
   guidance?: number;
   seed: number;
-  /** Multiply in f16 in the transformer blocks. */
-  f16?: boolean;
   latentsPath?: string;
   out: string;
   saveLatents?: string;
@@ -200,7 +193,7 @@ export async function prepareJob(o: JobOptions): Promise<GenerationJob> {
   const saveLatents = o.saveLatents === undefined ? undefined : await prepareOutputFile(o.saveLatents, "latents file");
   return {
     modelDir: o.modelDir,
-    request: { prompt: o.prompt, refs, width, height, steps: o.steps, guidance: o.guidance, seed: o.seed, initialLatents, f16: o.f16 },
+    request: { prompt: o.prompt, refs, width, height, steps: o.steps, guidance: o.guidance, seed: o.seed, initialLatents },
     out,
     saveLatents,
   };

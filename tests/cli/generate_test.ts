@@ -75,7 +75,6 @@ Deno.test("generate/edit --help explains every option with an example", async ()
         "--latents",
         "--out",
         "--save-latents",
-        "--f16",
       ]
     ) {
       assert.ok(r.stdout.includes(option), `${command} --help mentions ${option}`);
@@ -146,28 +145,10 @@ Deno.test("edit on the tiny checkpoint writes the reference pipeline's image and
   }
 });
 
-Deno.test("edit --f16 stays within 1e-2 of the reference pipeline's final latents", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "kleinscope-edit-f16-" });
-  try {
-    const caseFile = join(FIXTURES, "cases", "pipeline_i2i.safetensors");
-    const latentsIn = join(dir, "initial.safetensors");
-    await writeSafetensors(latentsIn, {
-      latents: { dtype: "F32", shape: [32, 6, 4], data: await readTensor(caseFile, "initial_latents") },
-    });
-    const latentsOut = join(dir, "final.safetensors");
-    const args = ["--prompt", "draw a couch in this color", "--ref", REF0, "--width", "64", "--height", "96", "--latents", latentsIn];
-    const r = await cli("edit", ...args, "--out", join(dir, "edit.png"), "--save-latents", latentsOut, "--f16");
-    if (r.code !== 0 && /offers no shader-f16/.test(r.stderr)) {
-      console.log("skipped: this adapter has no shader-f16");
-      return;
-    }
-    assert.equal(r.code, 0, r.stderr);
-    const err = relL2(await readTensor(latentsOut, "latents"), await readTensor(caseFile, "latents.step3"));
-    // f16 products change the result (else the option did nothing) but stay close to the f32 reference.
-    assert.ok(err > 1e-5 && err <= 1e-2, `f16 final latents: relative L2 ${err} against the f32 reference`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+Deno.test("--f16 is not a command-line option (it is no faster than f32 on the GPUs measured): a usage mistake", async () => {
+  const r = await cli("edit", "--prompt", "x", "--ref", REF0, "--f16");
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--f16/);
 });
 
 Deno.test("bad inputs: one error line, exit code 1 or 2, no GPU work and no file written", async () => {
