@@ -1,12 +1,14 @@
 // Benchmark of a whole FLUX.2 klein edit (text encoder, VAE, transformer) and of the cost of interventions.
 //
 //   deno run -A bench/pipeline.ts --model PIPELINE_DIR | --random klein-4b|klein-9b|tiny
-//                                 [--size 1024] [--steps 4] [--overhead] [--python python3]
+//                                 [--size 1024] [--steps 4] [--overhead [--capture-budget MIB]] [--python python3]
 //
 // Prints each stage's time (text encoding includes loading the text encoder, which is released afterwards), the
 // per-step times, and the GPU memory held: transformer and VAE weights, the text encoder while it lives, the step
 // plan and the VAE plans. --overhead also runs the same edit with a knockout (ref->text on every block) and with a
-// capture of the text rows of every block at every step, and reports their step time and memory over the plain run.
+// capture of the text rows of every block at every step — streamed to a temporary captures file (the path of an
+// output folder; --capture-budget bounds its host memory) and kept in memory — and reports their step time and
+// memory over the plain run.
 // --random PRESET writes a random pipeline folder to /tmp/kleinscope-pipeline-PRESET with
 // bench/make_random_checkpoint.py when missing.
 
@@ -49,6 +51,7 @@ export async function main(args: string[]): Promise<void> {
       steps: { type: "string", default: "4" },
       overhead: { type: "boolean" },
       python: { type: "string", default: "python3" },
+      "capture-budget": { type: "string" },
     },
   });
   const size = Number(values.size), steps = Number(values.steps);
@@ -116,13 +119,23 @@ export async function main(args: string[]): Promise<void> {
     row("plain", plain);
     const ko = await pipe.generate({ ...request, interventions: [new KnockoutIntervention([{ setting: "ref->text", blocks: "all" }])] });
     row("knockout ref->text, all blocks", ko);
-    const cap = new CaptureIntervention(
-      pipe.blockNames().map((b) => ({ tap: `${b}.txt` })),
-    );
-    const captured = await pipe.generate({ ...request, interventions: [cap] });
-    let capturedBytes = 0;
-    for (const c of cap.results(captured).tensors) for (const d of c.steps.values()) capturedBytes += d.byteLength;
-    row(`capture text rows, ${pipe.blockNames().length} blocks × ${steps} steps (${formatGB(capturedBytes)} read back)`, captured);
+    // The text rows of every block at every step, streamed to disk as `deno task capture --out` writes them (each
+    // step's readback overlaps the next step; host memory bounded by the budget), then kept in memory.
+    const taps = pipe.blockNames().map((b) => ({ tap: `${b}.txt` }));
+    const what = `capture text rows, ${taps.length} blocks × ${steps} steps`;
+    const budgetMB = values["capture-budget"] === undefined ? undefined : Number(values["capture-budget"]);
+    const dir = await Deno.makeTempDir({ prefix: "kleinscope-bench-captures-" });
+    try {
+      const streamed = new CaptureIntervention(taps, { file: join(dir, "captures.safetensors"), budgetMB });
+      const run = await pipe.generate({ ...request, interventions: [streamed] });
+      const st = streamed.results(run).stats;
+      row(`${what}, streamed (${formatGB(st.bytes)} to disk, host peak ${formatGB(st.peakHostBytes)}, ${st.waits} waits)`, run);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+    const kept = new CaptureIntervention(taps, { budgetMB });
+    const inMemory = await pipe.generate({ ...request, interventions: [kept] });
+    row(`${what}, in memory (${formatGB(kept.results(inMemory).stats.bytes)})`, inMemory);
     console.log(formatTable(["run", "median step ms", "over plain", "plan GPU", "plan over plain"], rows));
   }
   pipe.release();

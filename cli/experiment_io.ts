@@ -19,7 +19,9 @@ export async function runSpecToFolder(spec: RunSpec, out: string, overwrite: boo
       async (tmp) => {
         // The checkpoints are validated but the weights stay on disk until the spec's runs are planned and checked.
         pipe = await Flux2KleinPipeline.load(spec.model, { log: (l) => console.error(l), deferUpload: true });
-        const run = await executePlan(pipe, await planSpec(pipe, spec), (l) => console.error(l));
+        // Captures stream into the folder while the run goes (bounded host memory); writeSpecOutputs keeps the file.
+        const planned = await planSpec(pipe, spec, { captureFile: join(tmp, "captures.safetensors") });
+        const run = await executePlan(pipe, planned, (l) => console.error(l));
         return { run, files: await writeSpecOutputs(tmp, run) };
       },
     );

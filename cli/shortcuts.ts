@@ -4,7 +4,7 @@
 import { parseArgs } from "node:util";
 import { type CaptureSpec, type InterventionSpec, type KnockoutSettingSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
-import { integerOption, UsageError } from "./common.ts";
+import { integerOption, numberOption, UsageError } from "./common.ts";
 
 const DEFAULT_MODEL = "tests/fixtures/klein-tiny/model";
 
@@ -132,6 +132,7 @@ export async function main(args: string[], command: string): Promise<number> {
       latents: { type: "string" },
       capture: { type: "string", multiple: true },
       "capture-steps": { type: "string" },
+      "capture-budget": { type: "string" },
       out: { type: "string" },
       overwrite: { type: "boolean" },
       "print-spec": { type: "boolean" },
@@ -221,6 +222,7 @@ export async function main(args: string[], command: string): Promise<number> {
     seed: values.latents ? undefined : intOpt(values.seed, "seed") ?? 0,
     latents: values.latents,
     captures: values.capture?.map((c) => parseCapture(c, values["capture-steps"])),
+    captureBudget: numberOption("capture-budget", values["capture-budget"]),
     interventions,
     effects: values.effects || control !== undefined ? true : undefined,
     control: control === undefined ? undefined : { seed: control },

@@ -1,13 +1,23 @@
-// Capture as an intervention: selected rows of tap points at selected steps, read back after each step. What a run
-// captured comes back on its result (typed: tap, group, forward, step → rows × cols), never kept in the intervention.
+// Capture as an intervention: selected rows of tap points at selected steps. What a run captured comes back on its
+// result (typed: tap, group, forward, step → rows × cols), never kept in the intervention.
+//
+// Captured rows stream: after each step the capture's state tensors are copied into a staging buffer of that step's
+// own and mapped behind the next step's work (Plan.readAsync); the host copies or writes them only once the next
+// step has been submitted, so the GPU never waits for them. Host memory is bounded by a budget: in memory, the whole
+// capture must fit it (refused when the run is prepared); streamed into a file, the readbacks not yet written must,
+// and the step loop waits for earlier ones before it reads back more (back-pressure).
 
-import type { Plan } from "../runtime/executor.ts";
+import type { AsyncReadback, Plan } from "../runtime/executor.ts";
 import type { GenerateResult } from "../model/pipeline.ts";
 import type { Intervention, RunBinding, RunContext } from "../model/run.ts";
 import { insertCapture, type RowSelection } from "./capture.ts";
+import { CaptureFileWriter, captureLayout, type PlacedEntry, readCaptureEntry } from "./capture_file.ts";
 import { resolveSteps } from "./intervention.ts";
 import { resolveGroups } from "./groups.ts";
 import { findTap, tapRows } from "./patch.ts";
+
+/** Host memory captured rows may hold when no budget is given, in MiB. */
+export const DEFAULT_CAPTURE_BUDGET_MB = 4096;
 
 export interface CaptureRequest {
   /** A tap point name, e.g. "double.1.txt", "single.0", "single.0.img", "context_embedder", "double.0.attn.q". */
@@ -18,6 +28,15 @@ export interface CaptureRequest {
   steps?: string | number[];
   /** In a guided run, which forward of a step: "cond" (default) or "uncond". */
   forward?: "cond" | "uncond";
+}
+
+export interface CaptureOptions {
+  /** Host memory the captured rows may hold, in MiB (2^20 bytes); default DEFAULT_CAPTURE_BUDGET_MB. In memory the
+   * whole capture must fit; streamed (`file`), the rows read back and not yet written must. */
+  budgetMB?: number;
+  /** Stream the rows into this safetensors file as they arrive (written under a temporary name, in place when the
+   * last step is written). The run's CaptureSet then reads them from the file when asked. */
+  file?: string;
 }
 
 /** Rows of one tap (and group) at one step. */
@@ -37,13 +56,38 @@ export interface CapturedTensor {
   /** Sequence positions of the rows (null: every row of the tap, or a tap whose rows are not tokens). */
   positions: number[] | null;
   cols: number;
-  /** step → rows [count, cols]. */
+  /** step → rows [count, cols]. In a streamed capture the map is read-only and reads each step's rows from the
+   * captures file when asked for (get, values, entries, iteration). */
   steps: Map<number, Float32Array>;
+}
+
+/** How a run's captures used host memory. */
+export interface CaptureStats {
+  /** Bytes of every captured row of the run. */
+  bytes: number;
+  /** The budget they ran under, in bytes. */
+  budgetBytes: number;
+  /** Most bytes of captured rows the host held at once: kept in memory, or read back and not yet written. */
+  peakHostBytes: number;
+  /** Times the step loop waited for earlier readbacks before reading back more (back-pressure). */
+  waits: number;
+  /** The captures file the rows were streamed into; undefined when they are kept in memory. */
+  file?: string;
 }
 
 /** The captures of one run. */
 export class CaptureSet {
-  constructor(readonly tensors: readonly CapturedTensor[]) {}
+  constructor(
+    readonly tensors: readonly CapturedTensor[],
+    readonly stats: CaptureStats = { bytes: 0, budgetBytes: 0, peakHostBytes: 0, waits: 0 },
+    /** Streamed captures: every tensor's place in `stats.file`, in file order. */
+    readonly fileEntries: readonly PlacedEntry[] = [],
+  ) {}
+
+  /** The captures file holding the rows, when they were streamed to disk. */
+  get file(): string | undefined {
+    return this.stats.file;
+  }
 
   /** The capture of `tap` (and `group`, default every row; `forward`, default "cond"), refused when not asked for. */
   get(tap: string, group = "all", forward: "cond" | "uncond" = "cond"): CapturedTensor {
@@ -66,13 +110,109 @@ export class CaptureSet {
   }
 }
 
+/** Steps of a streamed capture, read from its file on demand (never cached: the file holds them). */
+class FileSteps extends Map<number, Float32Array> {
+  private readonly entries_: Map<number, PlacedEntry>;
+  constructor(private readonly path: string, entries: readonly PlacedEntry[]) {
+    super();
+    this.entries_ = new Map(entries.map((e) => [e.step, e]));
+  }
+  override get size(): number {
+    return this.entries_.size;
+  }
+  override has(step: number): boolean {
+    return this.entries_.has(step);
+  }
+  override get(step: number): Float32Array | undefined {
+    const e = this.entries_.get(step);
+    return e && readCaptureEntry(this.path, e);
+  }
+  override keys(): MapIterator<number> {
+    return this.entries_.keys();
+  }
+  override *entries(): MapIterator<[number, Float32Array]> {
+    for (const step of this.entries_.keys()) yield [step, this.get(step)!];
+  }
+  override *values(): MapIterator<Float32Array> {
+    for (const step of this.entries_.keys()) yield this.get(step)!;
+  }
+  override [Symbol.iterator](): MapIterator<[number, Float32Array]> {
+    return this.entries();
+  }
+  override forEach(f: (value: Float32Array, key: number, map: Map<number, Float32Array>) => void, self?: unknown): void {
+    for (const [k, v] of this.entries()) f.call(self, v, k, this);
+  }
+  override set(): this {
+    throw new Error(`the captured steps in ${this.path} are read-only`);
+  }
+  override delete(): boolean {
+    throw new Error(`the captured steps in ${this.path} are read-only`);
+  }
+  override clear(): void {
+    throw new Error(`the captured steps in ${this.path} are read-only`);
+  }
+}
+
+/** Readbacks in flight under a byte budget. `reserve` waits, oldest first, until a new readback fits; `track`
+ * accounts for one until its work settles (kept bytes stay accounted for good). The first failure is kept and thrown
+ * by the next reserve or drain. */
+export class BoundedReadbacks {
+  private readonly inFlight: { settled: Promise<void> }[] = [];
+  private failure: { error: unknown } | null = null;
+  hostBytes = 0;
+  peakHostBytes = 0;
+  waits = 0;
+
+  constructor(readonly budgetBytes: number) {}
+
+  /** Wait until `bytes` more fit the budget (or nothing is left to wait for). */
+  async reserve(bytes: number): Promise<void> {
+    while (!this.failure && this.hostBytes + bytes > this.budgetBytes && this.inFlight.length) {
+      this.waits++;
+      await this.inFlight[0].settled;
+    }
+    if (this.failure) throw this.failure.error;
+  }
+
+  /** Account for `bytes` until `work` settles; with `keep`, they stay on the host afterwards (rows kept in memory). */
+  track(bytes: number, work: Promise<void>, keep = false): void {
+    this.hostBytes += bytes;
+    this.peakHostBytes = Math.max(this.peakHostBytes, this.hostBytes);
+    const entry = {
+      settled: work.then(
+        () => {},
+        (error) => void (this.failure ??= { error }),
+      ).finally(() => {
+        if (!keep) this.hostBytes -= bytes;
+        this.inFlight.splice(this.inFlight.indexOf(entry), 1);
+      }),
+    };
+    this.inFlight.push(entry);
+  }
+
+  /** Wait for every readback; throw the first failure. */
+  async drain(): Promise<void> {
+    while (this.inFlight.length) await this.inFlight[0].settled;
+    if (this.failure) throw this.failure.error;
+  }
+}
+
+const MiB = 2 ** 20;
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(bytes < 10 * MiB ? 2 : 0)} MiB`;
+
 let captureCounter = 0;
 
 export class CaptureIntervention implements Intervention {
   readonly label: string;
+  readonly budgetBytes: number;
 
-  constructor(readonly requests: CaptureRequest[]) {
+  constructor(readonly requests: CaptureRequest[], readonly options: CaptureOptions = {}) {
     this.label = `capture ${requests.map((r) => r.tap + (r.group ? `[${r.group}]` : "")).join(", ")}`;
+    const mb = options.budgetMB ?? DEFAULT_CAPTURE_BUDGET_MB;
+    if (!(typeof mb === "number" && Number.isFinite(mb) && mb > 0)) {
+      throw new Error(`${this.label}: the capture budget must be a number of MiB above 0, got ${mb}`);
+    }
+    this.budgetBytes = Math.floor(mb * MiB);
   }
 
   /** The captures this intervention made in `run` (an error if it was not part of that run). */
@@ -92,21 +232,86 @@ export class CaptureIntervention implements Intervention {
       const positions = r.group ? resolveGroups(ctx.layout, r.group) : null;
       const rows = positions ? tapRows(tap, positions, `${where}[${r.group}]`) : null;
       if (rows && !rows.length) ctx.warn(`${where}: group ${r.group} is empty in this run; nothing is captured`);
-      return { request: r, tap, forward, steps, positions, rows };
+      return { request: r, tap, forward, steps, positions, rows, rowCount: rows ? rows.length : tap.rows };
     });
     const keys = wanted.map((w) => `${w.tap.name}[${w.request.group ?? "all"}]${w.forward}`);
     const twice = keys.find((k, i) => keys.indexOf(k) !== i);
     if (twice) throw new Error(`capture of ${twice.replace(/(cond|uncond)$/, "")} is requested twice`);
-    const tensors: CapturedTensor[] = wanted.map((w) => ({
+    const shapes = wanted.map((w) => ({
       tap: w.tap.name,
       group: w.request.group ?? "all",
       forward: w.forward,
       positions: w.positions,
+      rows: w.rowCount,
       cols: w.tap.cols,
-      steps: new Map(),
+      steps: [...w.steps].sort((a, b) => a - b),
     }));
+    // What each step reads back, and the budget's checks: all before any GPU work.
+    const bytesAt = (step: number) => shapes.reduce((a, c) => a + (c.steps.includes(step) ? c.rows * c.cols * 4 : 0), 0);
+    const perStep = Array.from({ length: ctx.steps }, (_, s) => bytesAt(s));
+    const total = perStep.reduce((a, b) => a + b, 0);
+    const budget = this.budgetBytes;
+    const option = "the capture budget (captureBudget in a spec, --capture-budget on the command line)";
+    const file = total > 0 ? this.options.file : undefined;
+    if (!file && total > budget) {
+      throw new Error(
+        `${this.label}: the captured rows take ${mib(total)} (${shapes.filter((c) => c.rows).length} capture(s) over ` +
+          `${perStep.filter((b) => b).length} step(s)), more than ${option} of ${mib(budget)}; raise it to at least ` +
+          `${Math.ceil(total / MiB)} MiB, or write the run to an output folder, which streams captures to disk`,
+      );
+    }
+    const largest = perStep.indexOf(Math.max(...perStep));
+    if (file && perStep[largest] > budget) {
+      throw new Error(
+        `${this.label}: step ${largest}'s captured rows alone take ${mib(perStep[largest])}, more than ${option} of ` +
+          `${mib(budget)}; raise it to at least ${Math.ceil(perStep[largest] / MiB)} MiB`,
+      );
+    }
+    const layout = file ? captureLayout(shapes) : null;
+    const writer = file && layout ? new CaptureFileWriter(file, layout) : null;
+    const tensors: CapturedTensor[] = shapes.map((c, i) => ({
+      tap: c.tap,
+      group: c.group,
+      forward: c.forward,
+      positions: c.positions,
+      cols: c.cols,
+      steps: layout && file ? new FileSteps(file, layout.entries.filter((e) => e.capture === i)) : new Map(),
+    }));
+    const queue = new BoundedReadbacks(budget);
+    // Host work on a step's rows waits until the next step is submitted (or the run's last step is done).
+    let gates: (() => void)[] = [];
+    const openGates = () => {
+      for (const open of gates) open();
+      gates = [];
+    };
     const stateNames: string[] = [];
     const id = captureCounter++;
+    const stats = () => ({
+      bytes: total,
+      budgetBytes: budget,
+      peakHostBytes: queue.peakHostBytes,
+      waits: queue.waits,
+      file: file,
+    });
+
+    /** Copy or write one step's readback once the next step has been submitted. */
+    const consume = async (step: number, indices: number[], readback: AsyncReadback, gate: Promise<void>) => {
+      try {
+        const views = await readback.done;
+        await gate;
+        if (writer) {
+          await writer.write(indices.map((i, k) => ({
+            entry: layout!.entries.findIndex((e) => e.capture === i && e.step === step),
+            data: views[k],
+          })));
+        } else {
+          indices.forEach((i, k) => tensors[i].steps.set(step, views[k].slice()));
+        }
+      } finally {
+        readback.release();
+      }
+    };
+
     return {
       rewrite(g, forwards) {
         wanted.forEach((w, i) => {
@@ -117,11 +322,29 @@ export class CaptureIntervention implements Intervention {
         });
       },
       async afterStep(plan: Plan, step: number) {
-        for (const [i, w] of wanted.entries()) {
-          if (stateNames[i] && w.steps.has(step)) tensors[i].steps.set(step, await plan.read(stateNames[i]));
+        try {
+          // This step is submitted: earlier steps' rows may now be copied or written without delaying it.
+          openGates();
+          const indices = wanted.flatMap((w, i) => (stateNames[i] && w.steps.has(step) ? [i] : []));
+          if (indices.length) {
+            await queue.reserve(perStep[step]);
+            const readback = plan.readAsync(indices.map((i) => stateNames[i]));
+            const gate = new Promise<void>((open) => gates.push(open));
+            queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
+          }
+          if (step === ctx.steps - 1) {
+            openGates();
+            await queue.drain();
+            await writer?.finish();
+          }
+        } catch (e) {
+          openGates();
+          await queue.drain().catch(() => {});
+          await writer?.abort();
+          throw e;
         }
       },
-      output: () => new CaptureSet(tensors),
+      output: () => new CaptureSet(tensors, stats(), layout && file ? layout.entries : []),
     };
   }
 }

@@ -1,5 +1,6 @@
 // Compiles a graph into a plan — buffers, pipelines, bind groups and one uniform arena, built once — and replays
-// it: every run encodes the same dispatches, in chunks per submit, without reading anything back.
+// it: every run encodes the same dispatches, in chunks per submit, without reading anything back. Tensors are read
+// back either at once (read, readRows: the caller waits for the GPU) or behind later work (readAsync).
 
 import type { GpuContext } from "./device.ts";
 import type { Graph, GraphNode } from "./graph.ts";
@@ -84,6 +85,20 @@ function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeli
   return p;
 }
 
+/** Tensors being copied back behind later GPU work (Plan.readAsync): one host-mappable staging buffer of its own. */
+export interface AsyncReadback {
+  /** Bytes staged: the tensors' sizes, in the order asked for. */
+  readonly bytes: number;
+  /** Resolves once the GPU has copied the tensors and the staging buffer is mapped: one f32 view per tensor, into
+   * the mapped memory, valid until release(). Rejects when the mapping fails or the plan is destroyed first. */
+  readonly done: Promise<Float32Array[]>;
+  /** Unmap and free the staging buffer (the views become unusable). Idempotent. */
+  release(): void;
+}
+
+/** Each tensor's slot in a staging buffer starts at a multiple of this (copy and map offsets need 4 and 8). */
+const STAGING_ALIGN = 256;
+
 export interface NodeTiming {
   name: string;
   kernel: string;
@@ -93,6 +108,8 @@ export interface NodeTiming {
 
 export class Plan {
   private destroyed = false;
+  /** Staging buffers of readAsync calls not yet released: freed with the plan. */
+  private readonly staging = new Set<GPUBuffer>();
   private constructor(
     readonly gpu: GpuContext,
     readonly graph: Graph,
@@ -281,6 +298,51 @@ export class Plan {
     return new Float32Array(await readBuffer(this.gpu, b.buffer, b.offset + rowStart * rowElems * 4, rowCount * rowElems * 4));
   }
 
+  /** Copy tensors (states or inputs; activations only while still live) into one fresh staging buffer after all the
+   * work submitted so far, and start mapping it, without waiting: the GPU copies them in queue order, so work
+   * submitted later (the next step, writing the same tensors again) never reaches this readback, and each call has
+   * its own staging buffer. The copy is its own submit, right behind the caller's last one. */
+  readAsync(names: readonly string[]): AsyncReadback {
+    if (this.destroyed) throw new Error(`plan ${this.options.label ?? ""}: readAsync after destroy`);
+    const parts = names.map((n) => ({ name: n, ...this.binding(n) }));
+    const slots: number[] = [];
+    let size = 0;
+    for (const p of parts) {
+      if (p.offset % 4 !== 0) throw new Error(`tensor ${p.name} starts at byte ${p.offset}, which a buffer copy cannot read from`);
+      slots.push(size);
+      size += Math.ceil(p.size / STAGING_ALIGN) * STAGING_ALIGN;
+    }
+    const bytes = parts.reduce((a, p) => a + p.size, 0);
+    const dev = this.gpu.device;
+    const label = `${this.options.label ?? "plan"}:readback`;
+    const staging = dev.createBuffer({
+      label,
+      size: Math.max(size, STAGING_ALIGN),
+      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+    });
+    this.staging.add(staging);
+    const enc = dev.createCommandEncoder({ label });
+    // Sizes rounded up to 4 bytes stay inside the source buffer: storage buffers are allocated in 16-byte units.
+    parts.forEach((p, i) => enc.copyBufferToBuffer(p.buffer, p.offset, staging, slots[i], Math.ceil(p.size / 4) * 4));
+    dev.queue.submit([enc.finish()]);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.staging.delete(staging);
+      staging.destroy();
+    };
+    const done = staging.mapAsync(GPUMapMode.READ).then(() => {
+      if (released) throw new Error(`readback of ${names.join(", ")} was released before it arrived`);
+      const mapped = staging.getMappedRange();
+      return parts.map((p, i) => new Float32Array(mapped, slots[i], p.size / 4));
+    });
+    // A readback dropped unread (its run failed) must not end the process as an unhandled rejection; whoever awaits
+    // `done` still sees the error.
+    done.catch(() => {});
+    return { bytes, done, release };
+  }
+
   bufferOf(name: string): { buffer: GPUBuffer; offset: number; size: number } {
     return this.binding(name);
   }
@@ -363,6 +425,8 @@ export class Plan {
     // Idempotent: a pipeline frees a plan early and again in its cleanup.
     if (this.destroyed) return;
     this.destroyed = true;
+    for (const b of this.staging) b.destroy();
+    this.staging.clear();
     for (const b of this.ownedBuffers) b.destroy();
     this.uniforms?.destroy();
   }

@@ -5,7 +5,7 @@
 import type { Flux2KleinPipeline, GenerateRequest, GenerateResult, PreparedRun } from "../model/pipeline.ts";
 import type { Intervention } from "../model/run.ts";
 import { readInitialLatents } from "../model/latents_file.ts";
-import { CaptureIntervention, type CaptureSet } from "../interventions/capture_run.ts";
+import { CaptureIntervention, type CaptureOptions, type CaptureSet } from "../interventions/capture_run.ts";
 import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { PatchIntervention } from "../interventions/patch.ts";
 import { AttentionFlowIntervention, type AttentionFlowResult } from "../interventions/attention_flow.ts";
@@ -252,7 +252,7 @@ async function planLens(
     rows: source,
     label: `lens ${lens.mode} from ${lens.block}${lens.group ? ` (${lens.group})` : ""}`,
   });
-  const capture = spec.captures?.length ? new CaptureIntervention(spec.captures) : undefined;
+  const capture = spec.captures?.length ? new CaptureIntervention(spec.captures, captureOptions(spec, options)) : undefined;
   const fx = effectsProbe(spec, options);
   const run = await pipe.prepare({ ...target, interventions: [patch, ...(fx ? [fx.probe] : []), ...(capture ? [capture] : [])] });
   const effects = fx ? await planEffects(pipe, spec, target, run, fx, "the lens's target run without the lens patch") : undefined;
@@ -263,8 +263,16 @@ async function planLens(
 export interface PlanOptions {
   /** Keep the output run's latents after every step (result.stepLatents). */
   keepStepLatents?: boolean;
+  /** Stream the output run's captures into this safetensors file as they arrive (writeSpecOutputs keeps it when it
+   * is the folder's captures.safetensors); without it they are kept in memory. */
+  captureFile?: string;
   /** Folder of the temporary file that holds the baseline's rows with `effects` (default: $TMPDIR). */
   tempDir?: string;
+}
+
+/** The spec's captures: its budget, and streamed into options.captureFile when given. */
+function captureOptions(spec: RunSpec, options: PlanOptions): CaptureOptions {
+  return { budgetMB: spec.captureBudget, file: options.captureFile };
 }
 
 /** Prepare every run of a spec and bind every intervention: all checks, no GPU work. */
@@ -285,7 +293,7 @@ export async function planSpec(pipe: Flux2KleinPipeline, spec: RunSpec, options:
   // The probe comes after the patches, so it reads patched rows.
   const fx = effectsProbe(spec, options);
   if (fx) interventions.push(fx.probe);
-  const capture = spec.captures?.length ? new CaptureIntervention(spec.captures) : undefined;
+  const capture = spec.captures?.length ? new CaptureIntervention(spec.captures, captureOptions(spec, options)) : undefined;
   if (capture) interventions.push(capture);
   const attentionFlow = spec.attentionFlow ? new AttentionFlowIntervention(spec.attentionFlow) : undefined;
   if (attentionFlow) interventions.push(attentionFlow);

@@ -1,12 +1,13 @@
 // Writing a spec's outputs next to each other so that the run can be regenerated: the image, the source run's image,
 // captures with their index, the spec as it ran and what happened (sizes, times, token groups, warnings).
 
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { savePng } from "../model/images.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
 import { type RunSpec, SPEC_VERSION } from "./spec.ts";
 import { KLEINSCOPE_VERSION, type SpecRunResult } from "./execute.ts";
+import { type CaptureFileEntry, captureIndex, CAPTURES_FORMAT, captureTensorName } from "../interventions/capture_file.ts";
 import { ATTENTION_FLOW_FORMAT, attentionFlowJson, attentionFlowTensors } from "../interventions/attention_flow.ts";
 import { effectsJson } from "./effects.ts";
 
@@ -37,21 +38,26 @@ export async function writeSpecOutputs(dir: string, run: SpecRunResult): Promise
     await savePng(src, run.source.image, run.source.width, run.source.height);
     written.push(src);
   }
-  const captured = run.captures?.tensors.filter((c) => c.steps.size) ?? [];
-  if (captured.length) {
+  const captures = run.captures;
+  if (captures?.file) {
+    // Streamed during the run: the file is whole already (and, run through an output folder, already here).
+    const dest = join(dir, "captures.safetensors");
+    if (resolve(captures.file) !== resolve(dest)) await Deno.copyFile(captures.file, dest);
+    await Deno.writeTextFile(join(dir, "captures.json"), JSON.stringify(captureIndex(captures.fileEntries), null, 1));
+    written.push(dest, join(dir, "captures.json"));
+  } else if (captures?.tensors.some((c) => c.steps.size)) {
     const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
-    const index: Record<string, unknown>[] = [];
-    for (const c of captured) {
-      const key = `${c.tap}[${c.group}]${c.forward === "uncond" ? "(uncond)" : ""}`;
+    const entries: CaptureFileEntry[] = [];
+    for (const c of captures.tensors) {
       for (const [step, data] of [...c.steps].sort((a, b) => a[0] - b[0])) {
-        const name = `${key}@step${step}`;
-        const shape = [data.length / c.cols, c.cols];
+        const name = captureTensorName(c.tap, c.group, c.forward, step);
+        const shape: [number, number] = [data.length / c.cols, c.cols];
         tensors[name] = { dtype: "F32", shape, data };
-        index.push({ name, tap: c.tap, group: c.group, forward: c.forward, step, positions: c.positions, shape });
+        entries.push({ name, tap: c.tap, group: c.group, forward: c.forward, step, positions: c.positions, shape });
       }
     }
-    await writeSafetensors(join(dir, "captures.safetensors"), tensors, { format: "kleinscope-captures" });
-    await Deno.writeTextFile(join(dir, "captures.json"), JSON.stringify({ tensors: index }, null, 1));
+    await writeSafetensors(join(dir, "captures.safetensors"), tensors, { format: CAPTURES_FORMAT });
+    await Deno.writeTextFile(join(dir, "captures.json"), JSON.stringify(captureIndex(entries), null, 1));
     written.push(join(dir, "captures.safetensors"), join(dir, "captures.json"));
   }
   if (run.attentionFlow) {

@@ -141,6 +141,9 @@ export interface RunSpec {
   /** Initial latents: a safetensors file, or `file.safetensors#tensor` for one tensor of it. */
   latents?: string;
   captures?: CaptureSpec[];
+  /** Host memory the captured rows may hold, in MiB (default 4096): in memory the whole capture must fit; written to an
+   * output folder, captures stream to disk and the rows read back but not yet written must. */
+  captureBudget?: number;
   interventions?: InterventionSpec[];
   attentionFlow?: AttentionFlowSpec;
   /** `true` or the blocks and steps to compare with the baseline run. */
@@ -314,6 +317,7 @@ export function parseSpec(raw: unknown): RunSpec {
     "noise",
     "latents",
     "captures",
+    "captureBudget",
     "interventions",
     "attentionFlow",
     "effects",
@@ -334,6 +338,11 @@ export function parseSpec(raw: unknown): RunSpec {
     latents: F.str(o, "latents", ""),
     output: F.str(o, "output", ""),
   };
+  const budget = F.num(o, "captureBudget", "");
+  if (budget !== undefined) {
+    if (budget <= 0) F.fail("captureBudget", `expected a number of MiB above 0, got ${budget}`);
+    spec.captureBudget = budget;
+  }
   if (spec.seed !== undefined && spec.latents !== undefined) F.fail("latents", `give either "seed" or "latents", not both`);
   if (spec.noise !== undefined && spec.latents !== undefined) F.fail("noise", `"noise" draws from the seed; it does not go with "latents"`);
   for (const k of ["width", "height"] as const) if (spec[k] !== undefined && spec[k]! % 16) F.fail(k, `${spec[k]} is not a multiple of 16`);

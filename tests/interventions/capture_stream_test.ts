@@ -1,0 +1,316 @@
+// Captures that stream: each step's rows are read back behind the next step and, with a captures file, written as
+// they arrive, under a host-memory budget. Checked on the tiny checkpoint against captures kept in memory.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Flux2KleinPipeline } from "../../model/pipeline.ts";
+import { BoundedReadbacks, CaptureIntervention } from "../../interventions/capture_run.ts";
+import { captureLayout } from "../../interventions/capture_file.ts";
+import { executeSpec } from "../../studies/execute.ts";
+import { writeSpecOutputs } from "../../studies/outputs.ts";
+import { parseSpec, type RunSpec } from "../../studies/spec.ts";
+import { encodeSafetensors } from "../../weights/safetensors_writer.ts";
+import { SafetensorsFile } from "../../weights/safetensors.ts";
+import { Graph } from "../../runtime/graph.ts";
+import { Plan } from "../../runtime/executor.ts";
+import { getGpu } from "../../runtime/device.ts";
+import { Rng } from "../../runtime/random.ts";
+
+const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
+const MODEL = FIX + "model";
+const REF0 = FIX + "images/ref0_80x64.png";
+const CLI = fileURLToPath(new URL("../../cli.ts", import.meta.url));
+const MiB = 2 ** 20;
+
+let shared: Flux2KleinPipeline | null = null;
+async function pipeline(): Promise<Flux2KleinPipeline> {
+  shared ??= await Flux2KleinPipeline.load(MODEL, { keepTextEncoder: true, log: () => {} });
+  return shared;
+}
+
+const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+
+/** Captures of several kinds: whole taps, token groups of a stream, a view of a single block, some steps only. */
+const CAPTURES: RunSpec["captures"] = [
+  { tap: "double.1.txt" },
+  { tap: "double.0.txt", group: "text[content]" },
+  { tap: "double.1.img", group: "ref", steps: [0, 2] },
+  { tap: "single.0.img", group: "image", steps: "1" },
+  { tap: "single.0" },
+];
+const SPEC: RunSpec = { model: MODEL, prompt: "draw a couch in this color", refs: [REF0], width: 32, height: 48, steps: 3, seed: 9 };
+
+Deno.test({
+  name: "streamed captures equal the ones kept in memory bit for bit, and so does their file",
+  sanitizeResources: false,
+  async fn() {
+    const pipe = await pipeline();
+    const dirA = await Deno.makeTempDir(), dirB = await Deno.makeTempDir();
+    try {
+      const spec = parseSpec({ ...SPEC, captures: CAPTURES });
+      const kept = await executeSpec(pipe, spec);
+      const streamedFile = join(dirB, "captures.safetensors");
+      const streamed = await executeSpec(pipe, spec, undefined, { captureFile: streamedFile });
+      assert.deepEqual(bits(streamed.result.latents), bits(kept.result.latents), "streaming changes nothing in the run");
+      assert.equal(kept.captures!.file, undefined);
+      assert.equal(streamed.captures!.file, streamedFile);
+      let compared = 0;
+      for (const t of kept.captures!.tensors) {
+        const s = streamed.captures!.get(t.tap, t.group, t.forward);
+        assert.deepEqual([...s.steps.keys()], [...t.steps.keys()], `${t.tap}[${t.group}]: the same steps`);
+        for (const [step, data] of t.steps) {
+          assert.ok(data.some((v) => v !== 0), "captured rows are not all zero");
+          assert.deepEqual(bits(streamed.captures!.at(t.tap, t.group, step).data), bits(data), `${t.tap}[${t.group}] step ${step}`);
+          compared++;
+        }
+      }
+      assert.equal(compared, 3 + 3 + 2 + 1 + 3);
+      assert.throws(() => streamed.captures!.get("double.1.txt").steps.set(0, new Float32Array()), /read-only/);
+      // writeSpecOutputs keeps the streamed file (already in the folder) and writes the same index.
+      await writeSpecOutputs(dirA, kept);
+      await writeSpecOutputs(dirB, streamed);
+      const [a, b] = [await Deno.readFile(join(dirA, "captures.safetensors")), await Deno.readFile(streamedFile)];
+      assert.equal(b.byteLength, a.byteLength);
+      assert.ok(a.every((x, i) => x === b[i]), "the streamed file is byte for byte the one written from memory");
+      assert.equal(await Deno.readTextFile(join(dirB, "captures.json")), await Deno.readTextFile(join(dirA, "captures.json")));
+      // It passes the strict safetensors reader, and every tensor reads back as captured.
+      const f = await SafetensorsFile.open(streamedFile);
+      try {
+        assert.equal(f.tensors.size, compared);
+        assert.deepEqual(bits(await f.readF32("double.1.txt[all]@step2")), bits(kept.captures!.at("double.1.txt", undefined, 2).data));
+      } finally {
+        f.close();
+      }
+      assert.deepEqual((await Array.fromAsync(Deno.readDir(dirB))).map((e) => e.name).filter((n) => n.endsWith(".tmp")), []);
+    } finally {
+      await Deno.remove(dirA, { recursive: true });
+      await Deno.remove(dirB, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a budget of one step's rows: the step loop waits for each readback, the host never holds more, the run completes",
+  sanitizeResources: false,
+  async fn() {
+    const pipe = await pipeline();
+    const dir = await Deno.makeTempDir();
+    try {
+      const requests = [{ tap: "double.1.txt" }, { tap: "single.0" }];
+      const kept = new CaptureIntervention(requests);
+      const plain = await pipe.generate({ ...SPEC, interventions: [kept] });
+      const perStep = kept.results(plain).stats.bytes / 3;
+      const tight = new CaptureIntervention(requests, { budgetMB: (perStep + 16) / MiB, file: join(dir, "c.safetensors") });
+      const run = await pipe.generate({ ...SPEC, interventions: [tight] });
+      const stats = tight.results(run).stats;
+      assert.equal(stats.bytes, 3 * perStep);
+      assert.ok(stats.peakHostBytes <= stats.budgetBytes, `peak ${stats.peakHostBytes} ≤ budget ${stats.budgetBytes}`);
+      assert.equal(stats.peakHostBytes, perStep, "one step in flight at a time");
+      // Step s's rows are still pending when step s + 1 asks to read back: it waits, at every step after the first.
+      assert.equal(stats.waits, 2);
+      for (const r of requests) {
+        for (const s of [0, 1, 2]) {
+          assert.deepEqual(bits(tight.results(run).at(r.tap, undefined, s).data), bits(kept.results(plain).at(r.tap, undefined, s).data));
+        }
+      }
+      // With the default budget nothing waits.
+      const roomy = new CaptureIntervention(requests, { file: join(dir, "d.safetensors") });
+      const st = roomy.results(await pipe.generate({ ...SPEC, interventions: [roomy] })).stats;
+      assert.equal(st.waits, 0);
+      assert.ok(st.peakHostBytes >= 2 * perStep, "readbacks overlapped");
+      assert.ok(st.peakHostBytes <= st.budgetBytes);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a budget too small is refused before any GPU work, naming the sizes and the option",
+  sanitizeResources: false,
+  async fn() {
+    const pipe = await pipeline();
+    const original = pipe.execute.bind(pipe);
+    pipe.execute = () => Promise.reject(new Error("GPU work started"));
+    const dir = await Deno.makeTempDir();
+    try {
+      // double.1.txt at one step: 512 rows × the tiny model's width, 4 bytes each.
+      const stepMiB = (512 * pipe.transformer.config.hidden * 4) / MiB;
+      const file = join(dir, "captures.safetensors");
+      // Streamed: one step's rows alone exceed the budget.
+      await assert.rejects(
+        () =>
+          pipe.prepare({ ...SPEC, interventions: [new CaptureIntervention([{ tap: "double.1.txt" }], { budgetMB: stepMiB / 2, file })] }),
+        /step 0's captured rows alone take 0\.\d\d MiB, more than the capture budget \(captureBudget in a spec, --capture-budget on the command line\) of 0\.\d\d MiB/,
+      );
+      // In memory: the whole capture (3 steps) must fit; streamed, the same budget is enough.
+      const budgetMB = stepMiB * 2;
+      await assert.rejects(
+        () => pipe.prepare({ ...SPEC, interventions: [new CaptureIntervention([{ tap: "double.1.txt" }], { budgetMB })] }),
+        /the captured rows take .* MiB \(1 capture\(s\) over 3 step\(s\)\), more than the capture budget .* write the run to an output folder/,
+      );
+      await pipe.prepare({ ...SPEC, interventions: [new CaptureIntervention([{ tap: "double.1.txt" }], { budgetMB, file })] });
+      // Through a spec, with its captureBudget.
+      const spec = parseSpec({ ...SPEC, captures: [{ tap: "double.1.txt" }], captureBudget: stepMiB / 2 });
+      await assert.rejects(() => executeSpec(pipe, spec, undefined, { captureFile: file }), /step 0's captured rows alone/);
+      await assert.rejects(() => executeSpec(pipe, spec), /the captured rows take/);
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), [], "nothing was written");
+      assert.throws(() => parseSpec({ ...SPEC, captureBudget: 0 }), /spec\.captureBudget: expected a number of MiB above 0, got 0/);
+      assert.throws(() => parseSpec({ ...SPEC, captureBudget: "64" }), /spec\.captureBudget: expected a number/);
+      assert.throws(() => new CaptureIntervention([{ tap: "double.1.txt" }], { budgetMB: -1 }), /budget must be a number of MiB above 0/);
+    } finally {
+      pipe.execute = original;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "deno task capture --out streams into the output folder; --capture-budget reaches the spec",
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const args = ["capture", "--prompt", SPEC.prompt, "--ref", REF0, "--width", "32", "--height", "48", "--steps", "2"];
+      const cli = (...more: string[]) => new Deno.Command(Deno.execPath(), { args: ["run", "-A", CLI, ...args, ...more] }).output();
+      const printed = await cli("--capture", "double.1.txt", "--capture-budget", "0.5", "--print-spec");
+      assert.equal(printed.code, 0, new TextDecoder().decode(printed.stderr));
+      assert.equal(JSON.parse(new TextDecoder().decode(printed.stdout)).captureBudget, 0.5);
+      const bad = await cli("--capture", "double.1.txt", "--capture-budget", "lots", "--print-spec");
+      assert.equal(bad.code, 2);
+      assert.match(new TextDecoder().decode(bad.stderr), /--capture-budget "lots" is not a number/);
+      const out = join(dir, "run");
+      const r = await cli("--capture", "double.1.txt", "--capture", "single.0@text[content]", "--capture-budget", "1", "--out", out);
+      assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+      const pipe = await pipeline();
+      const cap = new CaptureIntervention([{ tap: "double.1.txt" }, { tap: "single.0", group: "text[content]" }]);
+      const run = await pipe.generate({
+        prompt: SPEC.prompt,
+        refs: [REF0],
+        width: 32,
+        height: 48,
+        steps: 2,
+        seed: 0,
+        interventions: [cap],
+      });
+      const f = await SafetensorsFile.open(join(out, "captures.safetensors"));
+      try {
+        for (const step of [0, 1]) {
+          assert.deepEqual(
+            bits(await f.readF32(`double.1.txt[all]@step${step}`)),
+            bits(cap.results(run).at("double.1.txt", undefined, step).data),
+          );
+          assert.deepEqual(
+            bits(await f.readF32(`single.0[text[content]]@step${step}`)),
+            bits(cap.results(run).at("single.0", "text[content]", step).data),
+          );
+        }
+      } finally {
+        f.close();
+      }
+      const index = JSON.parse(await Deno.readTextFile(join(out, "captures.json")));
+      assert.deepEqual(index.tensors.map((t: { name: string }) => t.name), [
+        "double.1.txt[all]@step0",
+        "double.1.txt[all]@step1",
+        "single.0[text[content]]@step0",
+        "single.0[text[content]]@step1",
+      ]);
+      assert.equal(JSON.parse(await Deno.readTextFile(join(out, "spec.json"))).captureBudget, 1);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("the captures file's header is the one the safetensors writer writes, for awkward shapes", () => {
+  const rng = new Rng(3);
+  for (let trial = 0; trial < 20; trial++) {
+    const shapes = Array.from({ length: 1 + Math.floor(rng.uniform() * 4) }, (_, i) => ({
+      tap: `double.${i}.txt`,
+      group: i % 2 ? "text[content]" : "all",
+      forward: (i % 3 === 2 ? "uncond" : "cond") as "cond" | "uncond",
+      positions: null,
+      rows: Math.floor(rng.uniform() * 7),
+      cols: 1 + Math.floor(rng.uniform() * 9),
+      steps: [2, 0, 5].slice(0, 1 + Math.floor(rng.uniform() * 3)),
+    }));
+    const layout = captureLayout(shapes);
+    const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
+    const file = new Uint8Array(layout.fileBytes);
+    file.set(layout.header);
+    for (const e of layout.entries) {
+      const data = Float32Array.from({ length: e.bytes / 4 }, () => rng.uniform() - 0.5);
+      tensors[e.name] = { dtype: "F32", shape: e.shape, data };
+      file.set(new Uint8Array(data.buffer), e.fileOffset);
+    }
+    const want = encodeSafetensors(tensors, { format: "kleinscope-captures" });
+    assert.deepEqual(file, want, `trial ${trial}`);
+    assert.equal(
+      layout.entries.length,
+      shapes.reduce((a, c) => a + (c.rows ? c.steps.length : 0), 0),
+      "captures without rows are left out",
+    );
+  }
+});
+
+Deno.test("back-pressure: a readback that does not fit waits for the oldest ones; a failure is thrown by the next wait", async () => {
+  const q = new BoundedReadbacks(100);
+  let finishFirst!: () => void;
+  q.track(60, new Promise<void>((r) => (finishFirst = r)));
+  let reserved = false;
+  const waiting = q.reserve(60).then(() => (reserved = true));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(reserved, false, "60 + 60 > 100: it waits");
+  finishFirst();
+  await waiting;
+  assert.equal(q.waits, 1);
+  assert.equal(q.hostBytes, 0);
+  q.track(60, Promise.resolve());
+  await q.reserve(40); // fits next to it
+  q.track(40, Promise.resolve(), true); // kept in memory: stays accounted
+  await q.drain();
+  assert.equal(q.hostBytes, 40);
+  assert.equal(q.peakHostBytes, 100);
+  q.track(10, Promise.reject(new Error("disk full")));
+  await assert.rejects(() => q.reserve(60), /disk full/);
+  await assert.rejects(() => q.drain(), /disk full/);
+});
+
+Deno.test("readAsync: each call has its own staging buffer, so a later write never reaches an earlier readback", async () => {
+  const gpu = await getGpu();
+  const g = new Graph();
+  g.state("s", [37, 3]);
+  const plan = await Plan.compile(gpu, g, null, { label: "test" });
+  try {
+    const rng = new Rng(8);
+    const values = [0, 1, 2].map(() => Float32Array.from({ length: 111 }, () => rng.uniform() * 2 - 1));
+    const readbacks = values.map((v) => {
+      plan.write("s", v);
+      return plan.readAsync(["s", "s"]);
+    });
+    for (const [i, rb] of readbacks.entries()) {
+      const views = await rb.done;
+      assert.equal(rb.bytes, 2 * 111 * 4);
+      assert.deepEqual(bits(views[0]), bits(values[i]));
+      assert.deepEqual(bits(views[1]), bits(values[i]));
+      rb.release();
+      rb.release();
+    }
+    const dropped = plan.readAsync(["s"]);
+    assert.throws(() => plan.readAsync(["nope"]), /no tensor named nope/);
+    plan.destroy();
+    await assert.rejects(() => dropped.done);
+  } finally {
+    plan.destroy();
+  }
+});
+
+Deno.test({
+  name: "release the shared pipeline",
+  sanitizeResources: false,
+  fn() {
+    shared?.release();
+    shared = null;
+  },
+});
