@@ -324,3 +324,61 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "deno task attention-flow --effects records the flow change; --effects without a --setting is a usage mistake",
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "kleinscope-effects-flow-" });
+    try {
+      const common = [
+        "attention-flow",
+        "--model",
+        MODEL,
+        "--prompt",
+        PROMPT,
+        "--ref",
+        REF0,
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "1",
+      ];
+      const misuse = await cli([...common, "--effects", "--out", join(dir, "bad")], {});
+      assert.equal(misuse.code, 2, misuse.stderr);
+      assert.match(misuse.stderr.trim(), /^error: --effects measures a knockout against its baseline; give a --setting "A->B"/);
+      const out = join(dir, "flow");
+      const args = [
+        ...common,
+        "--blocks",
+        "double.1",
+        "--setting",
+        "ref->text[pad]",
+        "--knockout-blocks",
+        "double.1",
+        "--effects",
+        "--out",
+        out,
+      ];
+      const r = await cli(args, {});
+      assert.equal(r.code, 0, r.stderr);
+      const json = parseEffectsJson(await Deno.readTextFile(join(out, "effects.json")));
+      assert.equal(json.control, null);
+      const flow = json.intervention.attentionFlow!;
+      assert.deepEqual(flow.tables.map((t) => t.block), ["double.1"]);
+      const t = flow.tables[0];
+      const pad = flow.queryGroups.findIndex((g) => g.name === "text[pad]"), ref = flow.keyGroups.findIndex((g) => g.name === "ref[0]");
+      assert.equal(t.run[pad][ref], 0);
+      assert.ok(t.delta[pad][ref] < -1e-3, "the cut mass is gone against the baseline");
+      // The written flow is the intervention run's.
+      const written = JSON.parse(await Deno.readTextFile(join(out, "attention_flow.json")));
+      assert.deepEqual(t.run.flat().map(Math.fround), written.tables[0].mass[2].flat().map(Math.fround));
+      const svg = effectsFigures(json).flow[0].svg;
+      assert.match(svg, /data-query="text\[pad\]" data-key="ref\[0\]" data-delta="-/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
