@@ -2,9 +2,13 @@
 // [text ; noise (image) ; reference 0 ; reference 1 ; …]; text positions are those of the templated prompt.
 //
 // Grammar (one group):  text | text[content] | text[scaffold] | text[pad] | text[padding] | text[i..j] |
-//                       text[i,j,k] | image | ref | ref[k]
+//                       text[i,j,k] | text[chars:i..j] | image | ref | ref[k]
 // `text[padding]` = scaffold ∪ pad (the chat template's tokens and the pad tokens), the paper's "padding".
 // `text[i..j]` is half-open (i, i+1, …, j−1). Several groups are joined with `+`.
+// `text[chars:i..j]`: the content tokens whose characters lie inside characters [i, j) of the user's prompt (UTF-16
+// code units, half-open; i = j selects nothing). A token with characters on both sides of i or j belongs to neither
+// side, so it is refused with its span rather than dropped: split points between words fall between tokens (the
+// padding dose-response's filler starts with a space, which Qwen3's tokenizer keeps with the next word).
 
 import type { RunLayout } from "../model/run.ts";
 
@@ -33,6 +37,8 @@ export function resolveGroup(layout: RunLayout, group: string): number[] {
   if (m) {
     const inner = m[1].trim();
     if (inner === "content" || inner === "scaffold" || inner === "pad" || inner === "padding") return [...layout.prompt[inner]];
+    const chars = /^chars:\s*(\d+)\s*\.\.\s*(\d+)$/.exec(inner);
+    if (chars) return tokensOfCharacters(layout, group, Number(chars[1]), Number(chars[2]));
     const r = /^(\d+)\s*\.\.\s*(\d+)$/.exec(inner);
     let positions: number[];
     if (r) {
@@ -42,7 +48,7 @@ export function resolveGroup(layout: RunLayout, group: string): number[] {
     } else if (/^\d+(\s*,\s*\d+)*$/.test(inner)) {
       positions = [...new Set(inner.split(",").map((s) => Number(s.trim())))].sort((a, b) => a - b);
     } else {
-      throw new Error(`group "${group}": expected text[content|scaffold|pad|padding], text[i..j] or text[i,j,…]`);
+      throw new Error(`group "${group}": expected text[content|scaffold|pad|padding], text[i..j], text[i,j,…] or text[chars:i..j]`);
     }
     const bad = positions.find((p) => p >= layout.textRows);
     if (bad !== undefined) throw new Error(`group "${group}": text position ${bad} is outside 0..${layout.textRows - 1}`);
@@ -50,8 +56,31 @@ export function resolveGroup(layout: RunLayout, group: string): number[] {
   }
   throw new Error(
     `unknown token group "${group}" (known: text, text[content], text[scaffold], text[pad], text[padding], ` +
-      `text[i..j], text[i,j,…], image, ref, ref[k])`,
+      `text[i..j], text[i,j,…], text[chars:i..j], image, ref, ref[k])`,
   );
+}
+
+/** Content tokens inside characters [i, j) of the user's prompt (see the header). */
+function tokensOfCharacters(layout: RunLayout, group: string, i: number, j: number): number[] {
+  if (j < i) throw new Error(`group "${group}": character range ${i}..${j} ends before it starts`);
+  const { content, contentSpans, promptLength } = layout.prompt;
+  if (!content.length) return [];
+  if (!contentSpans || promptLength === undefined) {
+    throw new Error(`group "${group}": this run's prompt groups carry no character offsets`);
+  }
+  if (j > promptLength) throw new Error(`group "${group}": character ${j} is beyond the prompt's ${promptLength} characters`);
+  const out: number[] = [];
+  content.forEach((position, k) => {
+    const [start, end] = contentSpans[k];
+    if (start >= i && end <= j && end > start) out.push(position);
+    else if (start < j && end > i) {
+      throw new Error(
+        `group "${group}": text position ${position} holds prompt characters ${start}..${end}, across the edge of ${i}..${j}; ` +
+          `choose edges between tokens`,
+      );
+    }
+  });
+  return out;
 }
 
 /** Union of groups joined by `+`. */

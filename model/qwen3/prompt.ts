@@ -12,6 +12,9 @@
 // - scaffold: every other real token (the chat template's own tokens).
 // - pad: positions with mask 0.
 // - padding: scaffold ∪ pad, every text position that is not content.
+// Each content token also keeps its character span in the user's prompt (contentSpans), so that a part of the prompt
+// given by characters — the instruction and the filler of a lengthened prompt — can be told apart by tokens
+// (interventions/groups.ts, text[chars:i..j]).
 
 import type { ChatTemplate } from "./template.ts";
 import { type CharSpan, findLoneSurrogate, type Qwen3Tokenizer } from "./tokenizer.ts";
@@ -24,6 +27,11 @@ export interface PromptGroups {
   scaffold: number[];
   pad: number[];
   padding: number[];
+  /** Per content token (aligned with `content`): its characters in the user's prompt, [start, end) in UTF-16 code
+   * units, clipped to the prompt (a token straddling the template's edge keeps only its prompt part). */
+  contentSpans?: CharSpan[];
+  /** Length of the user's prompt in UTF-16 code units. */
+  promptLength?: number;
 }
 
 export interface EncodedPrompt {
@@ -71,14 +79,15 @@ export function encodePrompt(
 
   const inputIds = new Int32Array(maxLength).fill(tokenizer.padTokenId);
   const attentionMask = new Int32Array(maxLength);
-  const groups: PromptGroups = { content: [], scaffold: [], pad: [], padding: [] };
+  const groups: PromptGroups = { content: [], scaffold: [], pad: [], padding: [], contentSpans: [], promptLength: promptEnd - promptStart };
   for (let i = 0; i < realTokens; i++) {
     inputIds[i] = encoding.ids[i];
     attentionMask[i] = 1;
     const [start, end] = encoding.offsets[i];
     const overlapsPrompt = start < promptEnd && end > promptStart;
     (overlapsPrompt ? groups.content : groups.scaffold).push(i);
-    if (!overlapsPrompt) groups.padding.push(i);
+    if (overlapsPrompt) groups.contentSpans!.push([Math.max(start, promptStart) - promptStart, Math.min(end, promptEnd) - promptStart]);
+    else groups.padding.push(i);
   }
   for (let i = realTokens; i < maxLength; i++) {
     groups.pad.push(i);
