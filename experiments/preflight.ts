@@ -11,13 +11,11 @@
 //    same task's plain run (no interventions, no captures) also gives belongs to the task and is left for that task
 //    to fail on its own; the next task is tried instead.
 
-import { join } from "node:path";
 import { printable } from "../runtime/printable.ts";
 import type { RunSpec } from "../studies/spec.ts";
-import { blockNames, parseFlux2Config } from "../model/flux2/config.ts";
 import { resolveBlocks, resolveSteps } from "../interventions/intervention.ts";
 import { parseSetting } from "../interventions/knockout.ts";
-import { conditionToSpec, type LoadedExperiment, type SpecContext, UnpairedTaskError } from "./experiment.ts";
+import { conditionToSpec, type LoadedExperiment, modelBlockNames, type SpecContext, UnpairedTaskError } from "./experiment.ts";
 import { folderNameProblem } from "./run_folder.ts";
 import type { Task } from "./tasks.ts";
 
@@ -70,22 +68,6 @@ export async function checkNames(loaded: LoadedExperiment, tasks: Task[]): Promi
   }
 }
 
-/** The checkpoint's block names from its transformer config.json, when it has one (no weights are read). */
-async function configuredBlocks(model: string): Promise<string[] | undefined> {
-  const path = join(model, "transformer", "config.json");
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await Deno.readTextFile(path));
-  } catch {
-    return undefined; // a single-file checkpoint, or none: the block names are checked once it is loaded
-  }
-  try {
-    return blockNames(parseFlux2Config(raw, path));
-  } catch {
-    return undefined; // the loader reports a bad config with its own message
-  }
-}
-
 /** Block selections, steps and knockout settings of a spec, read with the checkpoint's block names. */
 function checkSelections(spec: RunSpec, blocks: string[] | undefined): void {
   const steps = spec.steps;
@@ -116,7 +98,7 @@ export async function checkSpecs(
   ctx: SpecContext,
 ): Promise<Map<string, Map<string, RunSpec | null>>> {
   const exp = loaded.experiment;
-  const blocks = await configuredBlocks(exp.model);
+  const blocks = await modelBlockNames(exp.model);
   const specs = new Map<string, Map<string, RunSpec | null>>();
   const problems: string[] = [];
   for (const [i, c] of exp.conditions.entries()) {

@@ -92,7 +92,8 @@ const RESERVED_NAMES = new Set([
 
 /** Why `name` cannot name a task or condition folder, or undefined when it can. */
 export function folderNameProblem(name: string): string | undefined {
-  if (!/^[A-Za-z0-9_][A-Za-z0-9._+-]*$/.test(name)) return "use letters, digits and . _ + -, not starting with a dot";
+  // "@" for the points of a block sweep (<condition>@<kind>-<L>): safe on every common file system, unlike ":".
+  if (!/^[A-Za-z0-9_][A-Za-z0-9._+@-]*$/.test(name)) return "use letters, digits and . _ + - @, not starting with a dot";
   const lower = name.toLowerCase();
   if (RESERVED_NAMES.has(lower)) return `"${lower}" is a name the run folder uses itself`;
   if (/^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$/.test(lower)) return "some file systems reserve that name";

@@ -113,10 +113,11 @@ export function judgeAgreement(first: VerdictLike[], second: VerdictLike[]): Agr
 // ---- block sweeps ------------------------------------------------------------------------------------------------
 
 /** A condition's place in a block sweep, read from its `sweep` field in the experiment definition that the run's
- * manifest holds (`manifest.experiment.definition.conditions[i].sweep`). The sweep condition family writes it; its
- * conditions are named `<family>@<kind>:<L>` (e.g. `ko_ref_text@suffix:12`), but only this metadata is read.
+ * manifest holds (`manifest.experiment.definition.conditions[i].sweep`). The sweep condition family writes it
+ * (experiment.ts); its conditions are named `<family>@<kind>-<L>` (e.g. `ko_ref_text@suffix-12`), but only this
+ * metadata is read.
  *   family  the setting swept (e.g. "ko_ref_text"),
- *   kind    how blocks are chosen from L ("suffix", "prefix", "individual", "window:3", …),
+ *   kind    how blocks are chosen from L ("suffix", "prefix", "single", "window3", …),
  *   L       the block index, 0 … blocks − 1 (0 … 31 on klein 9B). */
 export interface SweepPoint {
   family: string;

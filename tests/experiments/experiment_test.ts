@@ -57,7 +57,7 @@ Deno.test("experiment: parsed with paths resolved against its folder; bad fields
       /experiment\.judge\.questions\[0\]\.template: unknown question template "nope"/,
     ],
     [
-      { ...base, conditions: [{ name: "a" }], judge: { questions: [{ template: "style.lost_style", conditions: ["b"] }] } },
+      { ...base, conditions: [{ name: "a" }], judge: { questions: [{ template: "style.knockout_lost", conditions: ["b"] }] } },
       /no condition is named "b"/,
     ],
   ];
