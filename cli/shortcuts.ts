@@ -16,6 +16,7 @@ const COMMON = `common options:
   --steps N            denoising steps (default 4 for distilled checkpoints)
   --seed N             noise seed (default 0)      --latents FILE   initial latents (safetensors)
   --capture TAP[@GROUP]  capture a tap point's rows, e.g. double.1.txt@text[content] (repeatable)
+  --capture-budget MIB  host memory for captured rows not yet written to --out (default 4096)
   --out DIR            output folder (default out/<command>-<time>)   --overwrite
   --print-spec         print the spec as JSON and stop`;
 

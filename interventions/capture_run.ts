@@ -12,6 +12,8 @@ import type { GenerateResult } from "../model/pipeline.ts";
 import type { Intervention, RunBinding, RunContext } from "../model/run.ts";
 import { insertCapture, type RowSelection } from "./capture.ts";
 import { CaptureFileWriter, captureLayout, type PlacedEntry, readCaptureEntry } from "./capture_file.ts";
+import { dirname, resolve } from "node:path";
+import { printable } from "../runtime/printable.ts";
 import { resolveSteps } from "./intervention.ts";
 import { resolveGroups } from "./groups.ts";
 import { findTap, tapRows } from "./patch.ts";
@@ -197,6 +199,20 @@ export class BoundedReadbacks {
   }
 }
 
+/** The folder a captures file goes into must exist (checked when bound, before any GPU work). */
+function checkFolder(file: string, label: string): void {
+  const folder = dirname(resolve(file));
+  let isDirectory = false;
+  try {
+    isDirectory = Deno.statSync(folder).isDirectory;
+  } catch {
+    // reported below
+  }
+  if (!isDirectory) {
+    throw new Error(`${label}: the captures file ${printable(file)} needs the folder ${printable(folder)}, which does not exist`);
+  }
+}
+
 const MiB = 2 ** 20;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(bytes < 10 * MiB ? 2 : 0)} MiB`;
 
@@ -267,6 +283,7 @@ export class CaptureIntervention implements Intervention {
           `${mib(budget)}; raise it to at least ${Math.ceil(perStep[largest] / MiB)} MiB`,
       );
     }
+    if (file) checkFolder(file, this.label);
     const layout = file ? captureLayout(shapes) : null;
     const writer = file && layout ? new CaptureFileWriter(file, layout) : null;
     const tensors: CapturedTensor[] = shapes.map((c, i) => ({
@@ -297,8 +314,9 @@ export class CaptureIntervention implements Intervention {
     /** Copy or write one step's readback once the next step has been submitted. */
     const consume = async (step: number, indices: number[], readback: AsyncReadback, gate: Promise<void>) => {
       try {
-        const views = await readback.done;
+        await readback.mapped;
         await gate;
+        const views = readback.views();
         if (writer) {
           await writer.write(indices.map((i, k) => ({
             entry: layout!.entries.findIndex((e) => e.capture === i && e.step === step),

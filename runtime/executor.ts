@@ -89,9 +89,13 @@ function pipelineFor(gpu: GpuContext, node: GraphNode): Promise<GPUComputePipeli
 export interface AsyncReadback {
   /** Bytes staged: the tensors' sizes, in the order asked for. */
   readonly bytes: number;
-  /** Resolves once the GPU has copied the tensors and the staging buffer is mapped: one f32 view per tensor, into
-   * the mapped memory, valid until release(). Rejects when the mapping fails or the plan is destroyed first. */
-  readonly done: Promise<Float32Array[]>;
+  /** Resolves once the GPU has copied the tensors and the staging buffer is mapped; rejects when the mapping fails
+   * or the plan is destroyed first. */
+  readonly mapped: Promise<void>;
+  /** One f32 view per tensor into the mapped memory (once `mapped` resolved), valid until release(). Taking them may
+   * copy the whole mapped range on the calling thread (some WebGPU implementations do), so a caller that must not
+   * delay other work takes them later. */
+  views(): Float32Array[];
   /** Unmap and free the staging buffer (the views become unusable). Idempotent. */
   release(): void;
 }
@@ -308,6 +312,8 @@ export class Plan {
     const slots: number[] = [];
     let size = 0;
     for (const p of parts) {
+      const dtype = this.graph.get(this.graph.find(p.name)!).dtype;
+      if (dtype !== "f32") throw new Error(`readAsync reads f32 tensors; ${p.name} is ${dtype}`);
       if (p.offset % 4 !== 0) throw new Error(`tensor ${p.name} starts at byte ${p.offset}, which a buffer copy cannot read from`);
       slots.push(size);
       size += Math.ceil(p.size / STAGING_ALIGN) * STAGING_ALIGN;
@@ -332,15 +338,25 @@ export class Plan {
       this.staging.delete(staging);
       staging.destroy();
     };
-    const done = staging.mapAsync(GPUMapMode.READ).then(() => {
-      if (released) throw new Error(`readback of ${names.join(", ")} was released before it arrived`);
-      const mapped = staging.getMappedRange();
-      return parts.map((p, i) => new Float32Array(mapped, slots[i], p.size / 4));
+    let isMapped = false;
+    const mapped = staging.mapAsync(GPUMapMode.READ).then(() => {
+      // Not every implementation rejects a mapping whose buffer was destroyed meanwhile.
+      if (released || this.destroyed) {
+        throw new Error(`readback of ${names.join(", ")} was ${released ? "released" : "freed with its plan"} before it arrived`);
+      }
+      isMapped = true;
     });
     // A readback dropped unread (its run failed) must not end the process as an unhandled rejection; whoever awaits
-    // `done` still sees the error.
-    done.catch(() => {});
-    return { bytes, done, release };
+    // `mapped` still sees the error.
+    mapped.catch(() => {});
+    const views = () => {
+      if (released || this.destroyed || !isMapped) {
+        throw new Error(`readback of ${names.join(", ")} is ${released || this.destroyed ? "released" : "not mapped yet"}`);
+      }
+      const range = staging.getMappedRange();
+      return parts.map((p, i) => new Float32Array(range, slots[i], p.size / 4));
+    };
+    return { bytes, mapped, views, release };
   }
 
   bufferOf(name: string): { buffer: GPUBuffer; offset: number; size: number } {

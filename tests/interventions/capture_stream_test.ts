@@ -156,11 +156,40 @@ Deno.test({
       await assert.rejects(() => executeSpec(pipe, spec, undefined, { captureFile: file }), /step 0's captured rows alone/);
       await assert.rejects(() => executeSpec(pipe, spec), /the captured rows take/);
       assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), [], "nothing was written");
+      await assert.rejects(
+        () =>
+          pipe.prepare({ ...SPEC, interventions: [new CaptureIntervention([{ tap: "double.1.txt" }], { file: join(dir, "no", "c.st") })] }),
+        /the captures file .*c\.st needs the folder .*no, which does not exist/,
+      );
       assert.throws(() => parseSpec({ ...SPEC, captureBudget: 0 }), /spec\.captureBudget: expected a number of MiB above 0, got 0/);
       assert.throws(() => parseSpec({ ...SPEC, captureBudget: "64" }), /spec\.captureBudget: expected a number/);
       assert.throws(() => new CaptureIntervention([{ tap: "double.1.txt" }], { budgetMB: -1 }), /budget must be a number of MiB above 0/);
     } finally {
       pipe.execute = original;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a captures file that cannot be written fails the run, naming the file, and leaves nothing behind",
+  sanitizeResources: false,
+  async fn() {
+    const pipe = await pipeline();
+    const dir = await Deno.makeTempDir();
+    const folder = join(dir, "gone");
+    await Deno.mkdir(folder);
+    try {
+      const cap = new CaptureIntervention([{ tap: "double.1.txt" }], { file: join(folder, "captures.safetensors") });
+      const run = await pipe.prepare({ ...SPEC, interventions: [cap] });
+      await Deno.remove(folder);
+      await assert.rejects(() => pipe.execute(run), /cannot write captures file .*gone\/captures\.safetensors: /);
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+      // The pipeline is fine afterwards.
+      const again = new CaptureIntervention([{ tap: "double.1.txt" }], { file: join(dir, "captures.safetensors") });
+      const ok = await pipe.generate({ ...SPEC, interventions: [again] });
+      assert.equal(again.results(ok).get("double.1.txt").steps.size, 3);
+    } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },
@@ -281,6 +310,7 @@ Deno.test("readAsync: each call has its own staging buffer, so a later write nev
   const gpu = await getGpu();
   const g = new Graph();
   g.state("s", [37, 3]);
+  g.state("u", [5], "u32");
   const plan = await Plan.compile(gpu, g, null, { label: "test" });
   try {
     const rng = new Rng(8);
@@ -290,17 +320,22 @@ Deno.test("readAsync: each call has its own staging buffer, so a later write nev
       return plan.readAsync(["s", "s"]);
     });
     for (const [i, rb] of readbacks.entries()) {
-      const views = await rb.done;
+      await rb.mapped;
+      const views = rb.views();
       assert.equal(rb.bytes, 2 * 111 * 4);
       assert.deepEqual(bits(views[0]), bits(values[i]));
       assert.deepEqual(bits(views[1]), bits(values[i]));
       rb.release();
       rb.release();
+      assert.throws(() => rb.views(), /released/);
     }
     const dropped = plan.readAsync(["s"]);
+    assert.throws(() => dropped.views(), /not mapped yet/);
     assert.throws(() => plan.readAsync(["nope"]), /no tensor named nope/);
+    assert.throws(() => plan.readAsync(["u"]), /reads f32 tensors; u is u32/);
     plan.destroy();
-    await assert.rejects(() => dropped.done);
+    await assert.rejects(() => dropped.mapped, /freed with its plan before it arrived/);
+    assert.throws(() => dropped.views(), /released/);
   } finally {
     plan.destroy();
   }
