@@ -99,80 +99,100 @@ export function captureIndex(entries: readonly CaptureFileEntry[]): { tensors: C
 
 /** Writes a captures file whose layout is known in advance: the header when it starts, then each tensor into its
  * slot with positional writes, in any order. It is written under a temporary name beside `path` and renamed into
- * place once every tensor is there, so `path` holds a whole file or none. */
+ * place once every tensor is there, so `path` holds a whole file or none.
+ *
+ * The writes are synchronous on purpose. A run calls them right after it submits the next step, while the GPU works;
+ * Deno's WebGPU waits (onSubmittedWorkDone, mapAsync) block the event loop until the queue is idle, so each await of
+ * an asynchronous write would only resume after the next step — the rows would pile up in memory instead of going
+ * to disk while the GPU computes. */
 export class CaptureFileWriter {
   private readonly tmp: string;
   private readonly written = new Set<number>();
-  private started: Promise<void> | null = null;
+  private started = false;
   private finished = false;
 
   constructor(readonly path: string, readonly layout: CaptureLayout) {
     this.tmp = join(dirname(path), `.${basename(path)}.${Deno.pid}-${crypto.randomUUID().slice(0, 8)}.tmp`);
   }
 
-  private start(): Promise<void> {
-    this.started ??= (async () => {
-      const f = await Deno.open(this.tmp, { write: true, createNew: true, mode: 0o644 }).catch((e) => {
-        throw new Error(`cannot write captures file ${this.path}: ${(e as Error).message}`);
-      });
-      try {
-        await writeAll(f, this.layout.header);
-        // Unwritten slots read as zeros until their rows arrive; the file has its final size from the start.
-        await f.truncate(this.layout.fileBytes);
-      } finally {
-        f.close();
-      }
-    })();
-    return this.started;
+  private fail(e: unknown): never {
+    throw new Error(`cannot write captures file ${this.path}: ${(e as Error).message}`);
+  }
+
+  private start(): void {
+    if (this.started) return;
+    let f: Deno.FsFile;
+    try {
+      f = Deno.openSync(this.tmp, { write: true, createNew: true, mode: 0o644 });
+    } catch (e) {
+      this.fail(e);
+    }
+    this.started = true;
+    try {
+      writeAllSync(f, this.layout.header);
+      // Unwritten slots read as zeros until their rows arrive; the file has its final size from the start.
+      f.truncateSync(this.layout.fileBytes);
+    } catch (e) {
+      this.fail(e);
+    } finally {
+      f.close();
+    }
   }
 
   /** Write tensors (entry index → f32 data) into their slots. */
-  async write(parts: readonly { entry: number; data: Float32Array }[]): Promise<void> {
-    await this.start();
-    const f = await Deno.open(this.tmp, { write: true });
+  write(parts: readonly { entry: number; data: Float32Array }[]): void {
+    this.start();
+    let f: Deno.FsFile;
+    try {
+      f = Deno.openSync(this.tmp, { write: true });
+    } catch (e) {
+      this.fail(e);
+    }
     try {
       for (const { entry, data } of parts) {
         const e = this.layout.entries[entry];
-        if (data.byteLength !== e.bytes) throw new Error(`captures file: ${e.name} needs ${e.bytes} bytes, got ${data.byteLength}`);
-        await f.seek(e.fileOffset, Deno.SeekMode.Start);
-        await writeAll(f, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+        if (data.byteLength !== e.bytes) throw new Error(`${e.name} needs ${e.bytes} bytes, got ${data.byteLength}`);
+        f.seekSync(e.fileOffset, Deno.SeekMode.Start);
+        writeAllSync(f, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
         this.written.add(entry);
       }
     } catch (e) {
-      throw new Error(`cannot write captures file ${this.path}: ${(e as Error).message}`);
+      this.fail(e);
     } finally {
       f.close();
     }
   }
 
   /** Put the file in place; every tensor must have been written. */
-  async finish(): Promise<void> {
+  finish(): void {
     if (this.finished) return;
-    await this.start();
+    this.start();
     const missing = this.layout.entries.filter((_, i) => !this.written.has(i));
     if (missing.length) {
       throw new Error(`captures file ${this.path}: ${missing.length} tensor(s) never arrived (first: ${missing[0].name})`);
     }
-    const f = await Deno.open(this.tmp, { write: true });
+    // No fsync here: it would hold up the run's last step, and an output folder syncs every file before it is swapped in.
     try {
-      await f.sync();
-    } finally {
-      f.close();
+      Deno.renameSync(this.tmp, this.path);
+    } catch (e) {
+      this.fail(e);
     }
-    await Deno.rename(this.tmp, this.path);
     this.finished = true;
   }
 
   /** Remove the partial file (a failed run). */
-  async abort(): Promise<void> {
+  abort(): void {
     if (this.finished || !this.started) return;
-    await this.started.catch(() => {});
-    await Deno.remove(this.tmp).catch(() => {});
+    try {
+      Deno.removeSync(this.tmp);
+    } catch {
+      // already gone
+    }
   }
 }
 
-async function writeAll(f: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.byteLength;) off += await f.write(bytes.subarray(off));
+function writeAllSync(f: Deno.FsFile, bytes: Uint8Array): void {
+  for (let off = 0; off < bytes.byteLength;) off += f.writeSync(bytes.subarray(off));
 }
 
 /** Read one tensor of a captures file (synchronously: the typed capture API hands out rows on demand). */

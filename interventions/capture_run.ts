@@ -167,6 +167,16 @@ export class BoundedReadbacks {
 
   constructor(readonly budgetBytes: number) {}
 
+  /** Whether `bytes` more fit the budget now. */
+  fits(bytes: number): boolean {
+    return this.hostBytes + bytes <= this.budgetBytes;
+  }
+
+  /** Throw the first failure of a tracked readback, if any. */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure.error;
+  }
+
   /** Wait until `bytes` more fit the budget (or nothing is left to wait for). */
   async reserve(bytes: number): Promise<void> {
     while (!this.failure && this.hostBytes + bytes > this.budgetBytes && this.inFlight.length) {
@@ -311,14 +321,16 @@ export class CaptureIntervention implements Intervention {
       file: file,
     });
 
-    /** Copy or write one step's readback once the next step has been submitted. */
+    /** Copy or write one step's readback once the next step has been submitted. Everything after the gate is
+     * synchronous: it runs right after the step loop submits the next step, while the GPU computes it (see
+     * CaptureFileWriter on why not asynchronous). */
     const consume = async (step: number, indices: number[], readback: AsyncReadback, gate: Promise<void>) => {
       try {
         await readback.mapped;
         await gate;
         const views = readback.views();
         if (writer) {
-          await writer.write(indices.map((i, k) => ({
+          writer.write(indices.map((i, k) => ({
             entry: layout!.entries.findIndex((e) => e.capture === i && e.step === step),
             data: views[k],
           })));
@@ -340,25 +352,34 @@ export class CaptureIntervention implements Intervention {
         });
       },
       async afterStep(plan: Plan, step: number) {
+        // This step is submitted: earlier steps' rows may now be copied or written without delaying it. Their gates
+        // open after this step's readback is queued, unless the budget needs them to finish first.
+        const earlier = gates;
+        gates = [];
+        const openEarlier = () => earlier.forEach((open) => open());
         try {
-          // This step is submitted: earlier steps' rows may now be copied or written without delaying it.
-          openGates();
           const indices = wanted.flatMap((w, i) => (stateNames[i] && w.steps.has(step) ? [i] : []));
           if (indices.length) {
-            await queue.reserve(perStep[step]);
+            if (!queue.fits(perStep[step])) {
+              openEarlier();
+              await queue.reserve(perStep[step]);
+            }
+            queue.throwIfFailed();
             const readback = plan.readAsync(indices.map((i) => stateNames[i]));
             const gate = new Promise<void>((open) => gates.push(open));
             queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
           }
+          openEarlier();
           if (step === ctx.steps - 1) {
             openGates();
             await queue.drain();
-            await writer?.finish();
+            writer?.finish();
           }
         } catch (e) {
+          openEarlier();
           openGates();
           await queue.drain().catch(() => {});
-          await writer?.abort();
+          writer?.abort();
           throw e;
         }
       },

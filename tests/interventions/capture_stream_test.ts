@@ -118,8 +118,8 @@ Deno.test({
       const roomy = new CaptureIntervention(requests, { file: join(dir, "d.safetensors") });
       const st = roomy.results(await pipe.generate({ ...SPEC, interventions: [roomy] })).stats;
       assert.equal(st.waits, 0);
-      assert.ok(st.peakHostBytes >= 2 * perStep, "readbacks overlapped");
-      assert.ok(st.peakHostBytes <= st.budgetBytes);
+      // Step s's rows are written while step s + 1 computes: never more than two steps on the host, whatever the budget.
+      assert.equal(st.peakHostBytes, 2 * perStep, "one step written while the next is read back");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
