@@ -15,7 +15,7 @@
 // bookend of the lens is textOnly at seedOffset 1, the lens target's seed), steps, interventions (knockout / lens /
 // patch with an explicit source, as in a RunSpec), patch (a patch whose source run is chosen by the pairing rule:
 // "shift", see generators.ts, or "task", the source a pair task file names on each line, see pairings.ts), captures,
-// attentionFlow (as in a RunSpec), sweep (see below).
+// attentionFlow, effects and control (as in a RunSpec), sweep (see below).
 //
 // Block sweeps. A condition with `"sweep": {"kind": K, "L": "all" | [L, …], "window": k}` stands for one condition
 // per L (0 … blocks − 1, the blocks of the checkpoint's transformer/config.json), named `<name>@<kind>-<L>` and
@@ -38,6 +38,8 @@ import { join } from "node:path";
 import {
   type AttentionFlowSpec,
   type CaptureSpec,
+  type ControlSpec,
+  type EffectsSpec,
   type InterventionSpec,
   parseSpec,
   type PatchSpecJson,
@@ -90,6 +92,9 @@ export interface Condition {
   patch?: PatchCondition;
   captures?: CaptureSpec[];
   attentionFlow?: AttentionFlowSpec;
+  /** As in a RunSpec (checked with the whole spec of each task, before anything runs). */
+  effects?: true | EffectsSpec;
+  control?: ControlSpec;
   /** Set on the conditions a sweep stands for. */
   sweep?: ConditionSweep;
 }
@@ -202,7 +207,19 @@ function parsePatch(v: unknown, path: string): PatchCondition {
   return JSON.parse(JSON.stringify({ ...fields, sourceSteps, pairing, seedOffset }));
 }
 
-const CONDITION_FIELDS = ["name", "prompt", "textOnly", "seedOffset", "steps", "interventions", "patch", "captures", "attentionFlow"];
+const CONDITION_FIELDS = [
+  "name",
+  "prompt",
+  "textOnly",
+  "seedOffset",
+  "steps",
+  "interventions",
+  "patch",
+  "captures",
+  "attentionFlow",
+  "effects",
+  "control",
+];
 
 /** One condition as written (a sweep's points come here with their block filled in and `sweep` taken off). */
 function parseCondition(v: unknown, path: string): Condition {
@@ -235,6 +252,15 @@ function parseCondition(v: unknown, path: string): Condition {
     cond.captures = spec.captures;
     cond.attentionFlow = spec.attentionFlow;
   }
+  // Effects and their control need the condition's interventions, a patch condition's included: they are checked with
+  // each task's whole spec (conditionToSpec), which the runner builds for every task before anything runs.
+  if (o.effects !== undefined && o.effects !== false) {
+    if (o.effects !== true && (!o.effects || typeof o.effects !== "object" || Array.isArray(o.effects))) {
+      F.fail(`${path}.effects`, `expected true or {"blocks": …, "steps": …}, got ${JSON.stringify(o.effects)}`);
+    }
+    cond.effects = o.effects as true | EffectsSpec;
+  }
+  if (o.control !== undefined) cond.control = F.obj(o.control, `${path}.control`) as unknown as ControlSpec;
   if (o.patch !== undefined) {
     cond.patch = parsePatch(o.patch, `${path}.patch`);
     if (cond.interventions?.some((iv) => iv.type === "lens")) F.fail(`${path}.patch`, "a lens run takes no patch");
@@ -650,6 +676,8 @@ export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ct
     captures: cond.captures,
     interventions,
     attentionFlow: cond.attentionFlow,
+    effects: cond.effects,
+    control: cond.control,
   };
   try {
     resolveTextSpans(interventions, (mode) => textSpanGroup(task, prompt, mode));

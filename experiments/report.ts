@@ -4,6 +4,13 @@
 // L, every cell in detail, judge agreement, the local metrics per cell, and an image grid per task (references, then
 // every condition that is not a sweep point) with each image's metrics and verdicts (and the judge's reasons) beside
 // it, filterable by family and condition. Verdicts of the stub judge are marked as such wherever they appear.
+// Condition folders holding attention_flow.json or effects.json (conditions with "attentionFlow" or "effects") get
+// their figures (flow_plots.ts, effects_plots.ts) in a section per task and condition.
+//
+// A study table over several runs (writeStudyTable, `deno task report --table`): the published study runs each
+// intervention × family as its own experiment; a table definition names the rows (conditions) and the columns (task
+// families pooled into one column: the style patching targets are style_real tasks, the people's are human_shared),
+// and the verdicts of every run given go into one table per judge.
 //
 // Images: every picture is an inline PNG thumbnail (data URL, longest side `thumb` px, default 160; smaller images are
 // kept as they are and enlarged by the browser), so the page needs no other file and can be mailed or archived
@@ -12,7 +19,10 @@
 
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { encodePng, loadImage, resizeLanczos, type RgbImage } from "../model/images.ts";
-import { pathExists, writeTextAtomic } from "./files.ts";
+import { pathExists, readJsonFile, writeTextAtomic } from "./files.ts";
+import { attentionFlowSection, parseAttentionFlowJson } from "./flow_plots.ts";
+import { effectsSection, parseEffectsJson } from "./effects_plots.ts";
+import { printable } from "../runtime/printable.ts";
 import { judgeFileName, type Judgment, readJudgments } from "./judge.ts";
 import { BUILTIN_TEMPLATES, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
 import { computeRunMetrics, type FolderMetrics } from "./run_metrics.ts";
@@ -76,7 +86,8 @@ figcaption{font-size:12px}figcaption b{display:block}.m{color:#444}.pass{color:#
 table.paper td.cell{text-align:center;font-variant-numeric:tabular-nums;white-space:nowrap}table.paper td.cell small{color:#777;display:block}
 .stub{background:#fff3cd;border:1px solid #e0b800;padding:.4em .7em;margin:.5em 0}.plots{display:flex;flex-wrap:wrap;gap:12px}
 .strip{background:#fff;border:1px solid #ddd;margin:.5em 0;padding:.4em}.strip .row{gap:4px}.strip figure{width:auto}
-.strip figure img{width:auto;max-width:none}.strip figcaption{text-align:center}`;
+.strip figure img{width:auto;max-width:none}.strip figcaption{text-align:center}
+.figures{background:#fff;border:1px solid #ddd;margin:.8em 0;padding:.5em}.figures h2{font-size:15px;border:0}`;
 
 // Filters: a family and a condition select; "#family=…&condition=…" in the address preselects them (for links).
 const SCRIPT = `
@@ -373,6 +384,37 @@ async function assembleReport(
         ` · ${esc(task.edit_type)} · seed ${task.noise_seed}</span></h3><div class="row">${figures.join("")}</div></div>`,
     );
   }
+  // Attention flow and effects figures of the folders that have them.
+  const figures: string[] = [];
+  for (const task of run.tasks) {
+    for (const condition of run.conditions) {
+      if (!run.complete.get(task.task_id)?.has(condition)) continue;
+      const dir = conditionDir(run.dir, task.task_id, condition);
+      const where = `${task.task_id} · ${condition}`;
+      for (
+        const [file, section] of [
+          [
+            "attention_flow.json",
+            (text: string, path: string) => attentionFlowSection(parseAttentionFlowJson(text, path), `Attention flow: ${where}`),
+          ],
+          [
+            "effects.json",
+            (text: string, path: string) => effectsSection(parseEffectsJson(text, path), `Effects against the baseline: ${where}`),
+          ],
+        ] as const
+      ) {
+        const path = join(dir, file);
+        if (!(await pathExists(path))) continue;
+        let html: string;
+        try {
+          html = section(await Deno.readTextFile(path), path);
+        } catch (e) {
+          html = `<p class="meta">${esc(printable((e as Error).message))}</p>`;
+        }
+        figures.push(`<div class="figures" data-family="${esc(task.family)}" data-condition="${esc(condition)}">${html}</div>`);
+      }
+    }
+  }
   const options_ = (values: string[]) => values.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kleinscope report — ${esc(run.dir.split("/").pop())}</title>
@@ -391,6 +433,7 @@ p +Δ/−Δ. High means the intervention worked: questions that ask whether the 
 Unparseable and failed verdicts are excluded from n and counted under each table.</p>
 ${paper.length ? paper.join("\n") : `<p class="meta">No judgments yet: run <code>deno task experiment judge &lt;run-dir&gt;</code>.</p>`}
 ${sweeps.size ? `<h2>Block sweeps</h2>\n${plots.join("\n")}\n<h3>Images over L</h3>\n${strips.join("\n")}` : ""}
+${figures.length ? `<h2>Attention flow and effects</h2>\n${figures.join("\n")}` : ""}
 <h2>Every cell</h2>
 ${resultsTables(judgments, catalogue)}
 <h2>Local metrics (means per cell)</h2>
@@ -416,4 +459,133 @@ export async function writeReport(runDir: string, options: ReportOptions = {}): 
   await writeTables(tablesDir(out), tables);
   await writeTextAtomic(out, html);
   return out;
+}
+
+// ---- a study table over several runs -------------------------------------------------------------------------------
+
+/** Rows and columns of a study table (a JSON file; see experiments/paper/table.json). */
+export interface StudyTableDefinition {
+  title?: string;
+  /** Each column pools task families, e.g. {"label": "style", "families": ["style", "style_real"]}. */
+  columns: { label: string; families: string[] }[];
+  /** Each row is one or more condition names (the same name in several runs is one row). */
+  rows: { label: string; conditions: string[] }[];
+}
+
+function parseStudyTable(raw: unknown, where: string): StudyTableDefinition {
+  const fail = (field: string, message: string): never => {
+    throw new Error(`${where}: ${field}: ${message}`);
+  };
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail("(root)", "expected an object");
+  const o = raw as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!["title", "columns", "rows"].includes(k)) fail(k, "unknown field (title, columns, rows)");
+  if (o.title !== undefined && typeof o.title !== "string") fail("title", "expected text");
+  const list = (field: "columns" | "rows", key: "families" | "conditions") => {
+    const v = o[field];
+    if (!Array.isArray(v) || !v.length) fail(field, `expected a non-empty list of {label, ${key}}`);
+    const labels = new Set<string>();
+    return (v as unknown[]).map((e, i) => {
+      const x = e as Record<string, unknown>;
+      const names = x?.[key];
+      if (!x || typeof x !== "object" || typeof x.label !== "string" || !x.label) {
+        fail(`${field}[${i}].label`, "expected a non-empty label");
+      }
+      if (!Array.isArray(names) || !names.length || names.some((n) => typeof n !== "string" || !n)) {
+        fail(`${field}[${i}].${key}`, "expected a non-empty list of names");
+      }
+      for (const k of Object.keys(x)) if (k !== "label" && k !== key) fail(`${field}[${i}].${k}`, `unknown field (label, ${key})`);
+      if (labels.has(x.label as string)) fail(`${field}[${i}].label`, `"${printable(x.label as string)}" is used twice`);
+      labels.add(x.label as string);
+      return { label: x.label as string, names: names as string[] };
+    });
+  };
+  const columns = list("columns", "families").map((c) => ({ label: c.label, families: c.names }));
+  const rows = list("rows", "conditions").map((r) => ({ label: r.label, conditions: r.names }));
+  for (const [field, entries] of [["columns", columns.flatMap((c) => c.families)], ["rows", rows.flatMap((r) => r.conditions)]] as const) {
+    const dup = entries.find((n, i) => entries.indexOf(n) !== i);
+    if (dup !== undefined) fail(field, `"${printable(dup)}" is in two ${field}`);
+  }
+  return { title: o.title as string | undefined, columns, rows };
+}
+
+export async function readStudyTable(path: string): Promise<StudyTableDefinition> {
+  return parseStudyTable(await readJsonFile<unknown>(path), path);
+}
+
+export interface StudyTableResult {
+  /** One per judge, rows and columns labelled as the definition says. */
+  tables: { base: string; table: PaperTable }[];
+  /** Per run: verdicts that fall in no row or no column (left out). */
+  leftOut: { run: string; verdicts: number }[];
+  html: string;
+}
+
+/** The study table of several runs' verdicts (see the header). The same verdict (judge, task, condition, question)
+ * in two runs is refused: a run given twice, or two runs of one cell, would count twice. */
+export async function studyTable(definition: StudyTableDefinition, runDirs: string[]): Promise<StudyTableResult> {
+  if (!runDirs.length) throw new Error("a study table needs at least one run folder");
+  const rowOf = new Map(definition.rows.flatMap((r) => r.conditions.map((c) => [c, r.label] as const)));
+  const columnOf = new Map(definition.columns.flatMap((c) => c.families.map((f) => [f, c.label] as const)));
+  const byJudge = new Map<string, Judgment[]>();
+  const seen = new Map<string, string>();
+  const leftOut: { run: string; verdicts: number }[] = [];
+  for (const dir of runDirs) {
+    const run = await readRunFolder(resolve(dir));
+    let skipped = 0;
+    for (const [name, verdicts] of await readJudgments(run.dir)) {
+      for (const v of verdicts) {
+        const row = rowOf.get(v.condition), column = columnOf.get(v.family);
+        if (row === undefined || column === undefined) {
+          skipped++;
+          continue;
+        }
+        const key = JSON.stringify([name, v.task_id, v.condition, v.template]);
+        const other = seen.get(key);
+        if (other !== undefined) {
+          throw new Error(
+            `judge ${printable(name)} answered ${printable(v.task_id)} / ${printable(v.condition)} / ${printable(v.template)} in both ` +
+              `${printable(other)} and ${printable(run.dir)}; give each run once`,
+          );
+        }
+        seen.set(key, run.dir);
+        if (!byJudge.has(name)) byJudge.set(name, []);
+        byJudge.get(name)!.push({ ...v, condition: row, family: column });
+      }
+    }
+    leftOut.push({ run: run.dir, verdicts: skipped });
+  }
+  const tables: { base: string; table: PaperTable }[] = [];
+  const parts: string[] = [];
+  const catalogue = new Map(Object.entries(BUILTIN_TEMPLATES));
+  for (const [name, verdicts] of byJudge) {
+    const table = paperTable(name, verdicts, {
+      conditions: definition.rows.map((r) => r.label),
+      families: definition.columns.map((c) => c.label),
+    });
+    const base = judgeFileName(name).replace(/\.jsonl$/, "");
+    tables.push({ base, table });
+    parts.push(
+      `<h2>Judge ${esc(name)}</h2>${isStub(verdicts) ? STUB_NOTE : ""}${paperTableHtml(table, `tables/${base}`, (p) => p, catalogue)}`,
+    );
+  }
+  const title = definition.title ?? "Study table";
+  const html = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${esc(title)}</title><style>${STYLE}</style></head><body>
+<h1>${esc(title)}</h1>
+<p class="meta">Rows are interventions, columns task families; each cell is the pass rate p with its 95% Wilson interval as
+p +Δ/−Δ (high: the intervention worked). From ${runDirs.length} run(s): ${
+    leftOut.map((l) => `<code>${esc(l.run)}</code>${l.verdicts ? ` (${l.verdicts} verdict(s) in no row or column)` : ""}`).join(", ")
+  } · written ${esc(new Date().toISOString())}</p>
+${parts.length ? parts.join("\n") : `<p class="meta">No verdicts in the table's rows and columns: judge the runs first.</p>`}
+</body></html>
+`;
+  return { tables, leftOut, html };
+}
+
+/** Write a study table's page (`out`, an .html file) and its CSV and LaTeX files in tables/ beside it. */
+export async function writeStudyTable(definitionFile: string, runDirs: string[], out: string): Promise<StudyTableResult> {
+  const result = await studyTable(await readStudyTable(definitionFile), runDirs);
+  await writeTables(tablesDir(resolve(out)), result.tables);
+  await writeTextAtomic(resolve(out), result.html);
+  return result;
 }
