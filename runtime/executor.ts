@@ -305,41 +305,44 @@ export class Plan {
   /** Copy tensors (states or inputs; activations only while still live) into one fresh staging buffer after all the
    * work submitted so far, and start mapping it, without waiting: the GPU copies them in queue order, so work
    * submitted later (the next step, writing the same tensors again) never reaches this readback, and each call has
-   * its own staging buffer. The copy is its own submit, right behind the caller's last one. */
+   * its own staging buffer(s). The copy is its own submit, right behind the caller's last one. */
   readAsync(names: readonly string[]): AsyncReadback {
     if (this.destroyed) throw new Error(`plan ${this.options.label ?? ""}: readAsync after destroy`);
-    const parts = names.map((n) => ({ name: n, ...this.binding(n) }));
-    const slots: number[] = [];
-    let size = 0;
+    const parts = names.map((n) => ({ name: n, ...this.binding(n), staging: 0, slot: 0 }));
+    // Slots packed into staging buffers of at most the device's largest buffer (one tensor always fits: it is bound).
+    const sizes: number[] = [0];
     for (const p of parts) {
       const dtype = this.graph.get(this.graph.find(p.name)!).dtype;
       if (dtype !== "f32") throw new Error(`readAsync reads f32 tensors; ${p.name} is ${dtype}`);
       if (p.offset % 4 !== 0) throw new Error(`tensor ${p.name} starts at byte ${p.offset}, which a buffer copy cannot read from`);
-      slots.push(size);
-      size += Math.ceil(p.size / STAGING_ALIGN) * STAGING_ALIGN;
+      const slotBytes = Math.ceil(p.size / STAGING_ALIGN) * STAGING_ALIGN;
+      if (sizes[sizes.length - 1] && sizes[sizes.length - 1] + slotBytes > this.gpu.device.limits.maxBufferSize) sizes.push(0);
+      p.staging = sizes.length - 1;
+      p.slot = sizes[p.staging];
+      sizes[p.staging] += slotBytes;
     }
     const bytes = parts.reduce((a, p) => a + p.size, 0);
     const dev = this.gpu.device;
     const label = `${this.options.label ?? "plan"}:readback`;
-    const staging = dev.createBuffer({
-      label,
-      size: Math.max(size, STAGING_ALIGN),
-      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
-    });
-    this.staging.add(staging);
+    const staging = sizes.map((size) =>
+      dev.createBuffer({ label, size: Math.max(size, STAGING_ALIGN), usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ })
+    );
+    for (const b of staging) this.staging.add(b);
     const enc = dev.createCommandEncoder({ label });
     // Sizes rounded up to 4 bytes stay inside the source buffer: storage buffers are allocated in 16-byte units.
-    parts.forEach((p, i) => enc.copyBufferToBuffer(p.buffer, p.offset, staging, slots[i], Math.ceil(p.size / 4) * 4));
+    for (const p of parts) enc.copyBufferToBuffer(p.buffer, p.offset, staging[p.staging], p.slot, Math.ceil(p.size / 4) * 4);
     dev.queue.submit([enc.finish()]);
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
-      this.staging.delete(staging);
-      staging.destroy();
+      for (const b of staging) {
+        this.staging.delete(b);
+        b.destroy();
+      }
     };
     let isMapped = false;
-    const mapped = staging.mapAsync(GPUMapMode.READ).then(() => {
+    const mapped = Promise.all(staging.map((b) => b.mapAsync(GPUMapMode.READ))).then(() => {
       // Not every implementation rejects a mapping whose buffer was destroyed meanwhile.
       if (released || this.destroyed) {
         throw new Error(`readback of ${names.join(", ")} was ${released ? "released" : "freed with its plan"} before it arrived`);
@@ -353,8 +356,8 @@ export class Plan {
       if (released || this.destroyed || !isMapped) {
         throw new Error(`readback of ${names.join(", ")} is ${released || this.destroyed ? "released" : "not mapped yet"}`);
       }
-      const range = staging.getMappedRange();
-      return parts.map((p, i) => new Float32Array(range, slots[i], p.size / 4));
+      const ranges = staging.map((b) => b.getMappedRange());
+      return parts.map((p) => new Float32Array(ranges[p.staging], p.slot, p.size / 4));
     };
     return { bytes, mapped, views, release };
   }

@@ -14,7 +14,7 @@ import { encodeSafetensors } from "../../weights/safetensors_writer.ts";
 import { SafetensorsFile } from "../../weights/safetensors.ts";
 import { Graph } from "../../runtime/graph.ts";
 import { Plan } from "../../runtime/executor.ts";
-import { getGpu } from "../../runtime/device.ts";
+import { getGpu, openGpu } from "../../runtime/device.ts";
 import { Rng } from "../../runtime/random.ts";
 
 const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
@@ -338,6 +338,42 @@ Deno.test("readAsync: each call has its own staging buffer, so a later write nev
     assert.throws(() => dropped.views(), /released/);
   } finally {
     plan.destroy();
+  }
+});
+
+Deno.test("readAsync: a readback larger than the device's largest buffer is split over several staging buffers", async () => {
+  const gpu = await openGpu({ maxBufferSize: 1 });
+  try {
+    const limit = gpu.device.limits.maxBufferSize;
+    if (limit > 512 << 20) {
+      console.log(`skipped: this adapter's device keeps a largest buffer of ${limit} bytes`);
+      return;
+    }
+    // Three copies of a tensor of 40% of the limit: two staging buffers (80% and 40%).
+    const rows = Math.floor((limit * 0.4) / 4 / 1024);
+    const g = new Graph();
+    g.state("big", [rows, 1024]);
+    const plan = await Plan.compile(gpu, g, null, { label: "split" });
+    try {
+      const rng = new Rng(12);
+      const data = new Float32Array(rows * 1024);
+      for (let i = 0; i < data.length; i += 4099) data[i] = rng.uniform() - 0.5;
+      data[data.length - 1] = 0.25;
+      plan.write("big", data);
+      const rb = plan.readAsync(["big", "big", "big"]);
+      assert.ok(rb.bytes > limit, `${rb.bytes} bytes read back, more than one buffer of ${limit}`);
+      await rb.mapped;
+      for (const v of rb.views()) {
+        assert.equal(v.length, data.length);
+        for (let i = 0; i < data.length; i += 4099) assert.equal(v[i], data[i]);
+        assert.equal(v[v.length - 1], 0.25);
+      }
+      rb.release();
+    } finally {
+      plan.destroy();
+    }
+  } finally {
+    gpu.device.destroy();
   }
 });
 
