@@ -169,3 +169,25 @@ Deno.test("token modes: instruction_only / filler_only become text[chars:…] pe
     /conditions\[0\]\.patch\.group: does not go with mode "filler_only"/,
   );
 });
+
+Deno.test("experiments/paper: every committed file parses with klein 9B's 32 blocks; the padding files' token modes resolve", async () => {
+  const dir = join(import.meta.dirname!, "../../experiments/paper");
+  const klein9b = [...Array.from({ length: 8 }, (_, i) => `double.${i}`), ...Array.from({ length: 24 }, (_, i) => `single.${i}`)];
+  const paired: Task = { ...task, patch_source: { task_id: "blue", instruction: task.instruction, refs: ["/s/blue.png"], noise_seed: 5 } };
+  let files = 0;
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.name.endsWith(".json") || e.name === "table.json") continue;
+    const exp = parseExperiment(JSON.parse(await Deno.readTextFile(join(dir, e.name))), dir, { blocks: klein9b });
+    files++;
+    for (const c of exp.conditions) {
+      const spec = conditionToSpec(exp, c, paired, {
+        pairs: new Map([[task.task_id, { source: task, target: task, sourceSeed: 1 }]]),
+        refsOf: (t) => t.refs,
+      });
+      assert.equal(spec.seed, task.noise_seed + (c.seedOffset ?? 0), `${e.name} ${c.name}`);
+      if (c.patch?.mode === "filler_only") assert.equal((spec.interventions![0] as PatchSpecJson).group, "text[chars:26..52]");
+    }
+    if (e.name === "knockout_sweeps_colour.json") assert.equal(exp.conditions.length, 1 + 32 * 3 + 30);
+  }
+  assert.equal(files, 20);
+});
