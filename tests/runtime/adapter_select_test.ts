@@ -343,10 +343,10 @@ Deno.test("the command line: --gpu 0 runs the command in a pinned process, with 
 const HOLDER = `
 import { openGpu } from ${JSON.stringify(new URL("../../runtime/device.ts", import.meta.url).href)};
 const mib = Number(Deno.args[0] ?? 0);
-const gpu = await openGpu({ maxBufferSize: Math.max(mib, 1) << 20 });
+const gpu = await openGpu({ maxBufferSize: Math.max(mib, 1) * 2 ** 20 });
 if (mib) {
-  const buf = gpu.device.createBuffer({ size: mib << 20, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-  gpu.device.queue.writeBuffer(buf, (mib << 20) - 4096, new Uint8Array(4096).fill(7));
+  const buf = gpu.device.createBuffer({ size: mib * 2 ** 20, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  gpu.device.queue.writeBuffer(buf, (mib * 2 ** 20) - 4096, new Uint8Array(4096).fill(7));
   await gpu.device.queue.onSubmittedWorkDone();
 }
 console.log("ready " + gpu.adapterDescription);
@@ -435,7 +435,7 @@ Deno.test({
       const how = pin.set.DRI_PRIME ? `DRI_PRIME=${pin.set.DRI_PRIME}` : "no selection (the device-select layer switched off or absent)";
       console.log(`GPU ${a.index}: ${how}`);
       const held = await holdOn(pin, HOLD_MIB);
-      assert.deepEqual(held.line, `ready ${a.name}`);
+      if (held.line !== `ready ${a.name}`) assert.fail(`GPU ${a.index}: the holder said "${held.line}"; stderr: ${(await held.end()).stderr}`);
       await new Promise((r) => setTimeout(r, 1000));
       const during = nvidiaMemory()!;
       assert.deepEqual((await held.end()).code, 0);
