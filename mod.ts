@@ -9,7 +9,8 @@
 //   const rows = cap.results(run).at("double.2.txt", "text[content]", 0); // { rows, cols, data }
 
 // Pipeline and components
-export { checkSize, Flux2KleinPipeline } from "./model/pipeline.ts";
+export { checkSize, Flux2KleinPipeline, MAX_OUTPUT_SIDE, NOISE_SOURCES, type NoiseSource } from "./model/pipeline.ts";
+export { torchCpuNoise } from "./model/torch_random.ts";
 export type { GenerateRequest, GenerateResult, PipelineOptions, PreparedRun, ReferenceImage, StepInfo } from "./model/pipeline.ts";
 export { Flux2Transformer } from "./model/flux2/transformer.ts";
 export { blockNames, type Flux2Config, parseFlux2Config } from "./model/flux2/config.ts";
@@ -40,18 +41,38 @@ export {
   type CapturedRows,
   type CapturedTensor,
   CaptureIntervention,
+  type CaptureOptions,
   type CaptureRequest,
   CaptureSet,
+  type CaptureStats,
+  DEFAULT_CAPTURE_BUDGET_MB,
 } from "./interventions/capture_run.ts";
+export {
+  AttentionFlowIntervention,
+  type AttentionFlowRequest,
+  AttentionFlowResult,
+  type AttentionFlowTable,
+  defaultFlowGroups,
+} from "./interventions/attention_flow.ts";
 
 // Studies: specs, several runs tied together, outputs
 export { parseSpec, readSpec, type RunSpec, SPEC_VERSION } from "./studies/spec.ts";
-export { checkSpec, executePlan, executeSpec, KLEINSCOPE_VERSION, planSpec, type SpecPlan, type SpecRunResult } from "./studies/execute.ts";
+export {
+  checkSpec,
+  executePlan,
+  executeSpec,
+  KLEINSCOPE_VERSION,
+  type PlanOptions,
+  planSpec,
+  type SpecPlan,
+  type SpecRunResult,
+} from "./studies/execute.ts";
 export { SourceRows, type SourceRowsRequest } from "./studies/source_rows.ts";
+export { CONTROL_RULE, controlKnockouts, type EffectsResult, type RunEffects } from "./studies/effects.ts";
 export { resolvedSpec, writeSpecOutputs } from "./studies/outputs.ts";
 
 // Runtime, kernels and weights (for auditing and for building your own graphs)
-export { getGpu, type GpuContext, openGpu } from "./runtime/device.ts";
+export { describeAdapter, type DeviceCapabilities, getGpu, type GpuContext, openGpu } from "./runtime/device.ts";
 export { Graph, type GraphNode } from "./runtime/graph.ts";
 export { Plan, type WeightSource } from "./runtime/executor.ts";
 export type { KernelSpec } from "./runtime/kernel.ts";
