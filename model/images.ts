@@ -26,6 +26,7 @@
 //   3. centre-crop to the largest multiples of 16 (no resize);
 //   4. map 8-bit values v to 2·(v/255) − 1 in float32, planes in R, G, B order.
 
+import { crc32 } from "../runtime/crc32.ts";
 import jpegJs from "npm:jpeg-js@0.4.4";
 import { dirname, join } from "node:path";
 import { deflateSync, inflateSync } from "node:zlib";
@@ -188,22 +189,6 @@ interface PngHeader {
   bitDepth: number;
   colourType: number;
   interlaced: boolean;
-}
-
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-function crc32(bytes: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
 }
 
 function u32(b: Uint8Array, at: number): number {
