@@ -214,3 +214,35 @@ export class WeightStore implements WeightSource {
     if (this.released) throw new Error("this weight store was released; its buffers are gone (create a new store)");
   }
 }
+
+/** Weights checked and laid out but still on disk: the first `upload()` puts them on the GPU from the open checkpoint
+ * and closes it (releasing the store if the upload fails); `discard()` closes it without uploading. Both are
+ * idempotent, so a model can be opened, its runs checked, and its weights uploaded only when a run executes. */
+export class PendingUpload {
+  private settled = false;
+
+  constructor(
+    private readonly store: WeightStore,
+    private readonly checkpoint: { close(): void },
+    private readonly options: UploadOptions = {},
+  ) {}
+
+  async upload(): Promise<void> {
+    if (this.settled) return;
+    this.settled = true;
+    try {
+      await this.store.upload(this.options);
+    } catch (e) {
+      this.store.release();
+      throw e;
+    } finally {
+      this.checkpoint.close();
+    }
+  }
+
+  discard(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.checkpoint.close();
+  }
+}

@@ -7,7 +7,7 @@ import type { Graph } from "../../runtime/graph.ts";
 import type { Plan } from "../../runtime/executor.ts";
 import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
 import { checkpointProblems } from "../../weights/expected.ts";
-import { type UploadProgress, WeightStore } from "../../weights/store.ts";
+import { PendingUpload, type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { fluxRopeTables } from "../../kernels/rope_tables.ts";
 import { blockNames, checkFlux2BlockCounts, type Flux2Config, parseFlux2Config } from "./config.ts";
 import { detectLayout, flux2GraphWeights, type Flux2Layout, inferBflConfig } from "./weights.ts";
@@ -35,11 +35,13 @@ export class Flux2Transformer {
     readonly layout: Flux2Layout,
     readonly store: WeightStore,
     readonly source: string,
+    private readonly weightsOnDisk: PendingUpload,
   ) {}
 
   /** Open, validate and upload. `path` is a transformer folder (config.json + weights) or a safetensors file. */
   static async load(gpu: GpuContext, path: string, options: Flux2LoadOptions = {}): Promise<Flux2Transformer> {
     const ckpt = await Checkpoint.open(path);
+    let pending: PendingUpload | null = null;
     try {
       const layout = detectLayout(ckpt.names(), path);
       let rawConfig: unknown;
@@ -67,34 +69,20 @@ export class Flux2Transformer {
       for (const w of weights) {
         store.add(w.name, { shape: w.shape, dtype: "bf16", pieces: w.pieces.map((p) => ({ checkpoint: ckpt, ...p })) });
       }
-      const transformer = new Flux2Transformer(config, layout, store, path);
-      transformer.pendingUpload = async () => {
-        try {
-          await store.upload({ onProgress: options.onProgress });
-        } finally {
-          ckpt.close();
-        }
-      };
-      transformer.pendingCheckpoint = ckpt;
+      pending = new PendingUpload(store, ckpt, { onProgress: options.onProgress });
+      const transformer = new Flux2Transformer(config, layout, store, path, pending);
       if (!options.deferUpload) await transformer.upload();
       return transformer;
     } catch (e) {
-      ckpt.close();
+      if (pending) pending.discard();
+      else ckpt.close();
       throw e;
     }
   }
 
-  /** Set while the weights are validated but not yet on the GPU (load with deferUpload). */
-  private pendingUpload: (() => Promise<void>) | null = null;
-  /** The open checkpoint a deferred upload reads from (closed by the upload, or by release). */
-  private pendingCheckpoint: { close(): void } | null = null;
-
-  /** Put the weights on the GPU if they are not there yet. */
+  /** Put the weights on the GPU if they are not there yet (load with deferUpload leaves them on disk). */
   async upload(): Promise<void> {
-    const pending = this.pendingUpload;
-    this.pendingUpload = null;
-    this.pendingCheckpoint = null;
-    await pending?.();
+    await this.weightsOnDisk.upload();
   }
 
   blockNames(): string[] {
@@ -147,8 +135,7 @@ export class Flux2Transformer {
   }
 
   release(): void {
-    this.pendingCheckpoint?.close();
-    this.pendingCheckpoint = this.pendingUpload = null;
+    this.weightsOnDisk.discard();
     this.store.release();
   }
 }

@@ -10,7 +10,7 @@ import type { GpuContext } from "../../runtime/device.ts";
 import { Graph } from "../../runtime/graph.ts";
 import { Plan } from "../../runtime/executor.ts";
 import { Checkpoint, readJson } from "../../weights/checkpoint.ts";
-import { type UploadProgress, WeightStore } from "../../weights/store.ts";
+import { PendingUpload, type UploadProgress, WeightStore } from "../../weights/store.ts";
 import { patchifyLatents, unpatchifyTokens } from "../../kernels/latent.ts";
 import { checkImageSize, parseVaeConfig, type VaeConfig } from "./config.ts";
 import { addVaeWeights, vaeCheckpointProblems, type VaePart, vaeTensorShapes, vaeWeightDType } from "./weights.ts";
@@ -47,6 +47,7 @@ export class Vae {
     private readonly store: WeightStore,
     private readonly weights: VaeWeightTable,
     readonly source: string,
+    private readonly weightsOnDisk: PendingUpload,
   ) {}
 
   /** Open `vaeDir` (config.json + diffusion_pytorch_model.safetensors), validate it against its config, upload. */
@@ -56,6 +57,7 @@ export class Vae {
     const parts = options.parts ?? ["encoder", "decoder"];
     if (!parts.length) throw new Error(`VAE ${vaeDir}: no part to load (parts is empty)`);
     const ckpt = await Checkpoint.open(vaeDir);
+    let pending: PendingUpload | null = null;
     try {
       const problems = vaeCheckpointProblems(ckpt, config);
       if (problems.length) {
@@ -67,37 +69,20 @@ export class Vae {
       }
       const store = new WeightStore(gpu);
       addVaeWeights(store, ckpt, config, parts);
-      const vae = new Vae(gpu, config, [...parts], store, weights, vaeDir);
-      vae.pendingUpload = async () => {
-        try {
-          await store.upload({ onProgress: options.onProgress });
-        } catch (e) {
-          store.release();
-          throw e;
-        } finally {
-          ckpt.close();
-        }
-      };
-      vae.pendingCheckpoint = ckpt;
+      pending = new PendingUpload(store, ckpt, { onProgress: options.onProgress });
+      const vae = new Vae(gpu, config, [...parts], store, weights, vaeDir, pending);
       if (!options.deferUpload) await vae.upload();
       return vae;
     } catch (e) {
-      ckpt.close();
+      if (pending) pending.discard();
+      else ckpt.close();
       throw e;
     }
   }
 
-  /** Set while the weights are validated but not yet on the GPU (load with deferUpload). */
-  private pendingUpload: (() => Promise<void>) | null = null;
-  /** The open checkpoint a deferred upload reads from (closed by the upload, or by release). */
-  private pendingCheckpoint: { close(): void } | null = null;
-
-  /** Put the weights on the GPU if they are not there yet. */
+  /** Put the weights on the GPU if they are not there yet (load with deferUpload leaves them on disk). */
   async upload(): Promise<void> {
-    const pending = this.pendingUpload;
-    this.pendingUpload = null;
-    this.pendingCheckpoint = null;
-    await pending?.();
+    await this.weightsOnDisk.upload();
   }
 
   /** Latent grid (before patchify) of a width × height image. */
@@ -189,8 +174,7 @@ export class Vae {
   release(): void {
     if (this.released) return;
     this.released = true;
-    this.pendingCheckpoint?.close();
-    this.pendingCheckpoint = this.pendingUpload = null;
+    this.weightsOnDisk.discard();
     for (const p of this.plans.values()) p.then((plan) => plan.destroy(), () => {});
     this.plans.clear();
     this.store.release();

@@ -3,7 +3,7 @@ import { getGpu } from "../../runtime/device.ts";
 import { readBuffer } from "../../runtime/buffers.ts";
 import type { TensorSpec } from "../../runtime/tensor.ts";
 import { Checkpoint } from "../../weights/checkpoint.ts";
-import { WeightStore } from "../../weights/store.ts";
+import { PendingUpload, WeightStore } from "../../weights/store.ts";
 import { writeSafetensors } from "../../weights/safetensors_writer.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16 } from "../../weights/dtypes.ts";
 import { BFL, bytesEqual, TRANSFORMER, VAE } from "./util.ts";
@@ -226,4 +226,27 @@ Deno.test("weight store: trailing dims may be flattened (a conv kernel [O, I, 3,
     store.release();
     vae.close();
   }
+});
+
+Deno.test("PendingUpload uploads once and closes its checkpoint once; discard closes without uploading; a failed upload releases the store", async () => {
+  const log: string[] = [];
+  const checkpoint = { close: () => log.push("close") };
+  const store = (fail: boolean) =>
+    ({
+      upload: () => (log.push("upload"), fail ? Promise.reject(new Error("disk gone")) : Promise.resolve()),
+      release: () => log.push("release"),
+    }) as unknown as WeightStore;
+  const ok = new PendingUpload(store(false), checkpoint);
+  await ok.upload();
+  await ok.upload();
+  ok.discard();
+  assert.deepEqual(log.splice(0), ["upload", "close"]);
+  const dropped = new PendingUpload(store(false), checkpoint);
+  dropped.discard();
+  await dropped.upload();
+  assert.deepEqual(log.splice(0), ["close"]);
+  const failing = new PendingUpload(store(true), checkpoint);
+  await assert.rejects(() => failing.upload(), /disk gone/);
+  failing.discard();
+  assert.deepEqual(log.splice(0), ["upload", "release", "close"]);
 });
