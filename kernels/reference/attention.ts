@@ -17,37 +17,56 @@ export interface AttentionProblem {
   bits?: GroupMaskBits;
 }
 
-/** softmax(q·kᵀ·scale + mask)·v per head in float64; rows with no visible key are zeros. */
-export function attentionReference(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, p: AttentionProblem): Float64Array {
-  const { sq, sk, heads, kvHeads, headDim: d } = p;
+/** Softmax probabilities in float64 of query row `i`, head `h` over every key, written into `probs` [sk]: masked
+ * q·kᵀ·scale (key length, causal, group-mask bits), then exp and normalise. False (and `probs` untouched beyond the
+ * scores) when the row sees no key. Shared by the attention and attention-flow references. */
+export function attentionRowProbabilities(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  p: AttentionProblem,
+  h: number,
+  i: number,
+  probs: Float64Array,
+): boolean {
+  const { sk, heads, kvHeads, headDim: d } = p;
   const scale = p.scale ?? 1 / Math.sqrt(d);
   const keyEnd = Math.min(sk, p.keyLength ?? sk);
   const qCols = heads * d, kCols = kvHeads * d;
+  const kvh = Math.floor(h / (heads / kvHeads));
+  let max = -Infinity;
+  for (let j = 0; j < sk; j++) {
+    const visible = j < keyEnd && (!p.causal || j <= i) && (!p.bits || (p.bits.queryBits[i] & p.bits.keyBits[j]) === 0);
+    if (!visible) {
+      probs[j] = -Infinity;
+      continue;
+    }
+    let s = 0;
+    for (let c = 0; c < d; c++) s += q[i * qCols + h * d + c] * k[j * kCols + kvh * d + c];
+    probs[j] = s * scale;
+    if (probs[j] > max) max = probs[j];
+  }
+  if (max === -Infinity) return false;
+  let sum = 0;
+  for (let j = 0; j < sk; j++) {
+    probs[j] = probs[j] === -Infinity ? 0 : Math.exp(probs[j] - max);
+    sum += probs[j];
+  }
+  for (let j = 0; j < sk; j++) probs[j] /= sum;
+  return true;
+}
+
+/** softmax(q·kᵀ·scale + mask)·v per head in float64; rows with no visible key are zeros. */
+export function attentionReference(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, p: AttentionProblem): Float64Array {
+  const { sq, sk, heads, kvHeads, headDim: d } = p;
+  const qCols = heads * d, kCols = kvHeads * d;
   const out = new Float64Array(sq * qCols);
-  const scores = new Float64Array(sk);
+  const probs = new Float64Array(sk);
   for (let h = 0; h < heads; h++) {
     const kvh = Math.floor(h / (heads / kvHeads));
     for (let i = 0; i < sq; i++) {
-      let max = -Infinity;
+      if (!attentionRowProbabilities(q, k, p, h, i, probs)) continue;
       for (let j = 0; j < sk; j++) {
-        const visible = j < keyEnd && (!p.causal || j <= i) && (!p.bits || (p.bits.queryBits[i] & p.bits.keyBits[j]) === 0);
-        if (!visible) {
-          scores[j] = -Infinity;
-          continue;
-        }
-        let s = 0;
-        for (let c = 0; c < d; c++) s += q[i * qCols + h * d + c] * k[j * kCols + kvh * d + c];
-        scores[j] = s * scale;
-        if (scores[j] > max) max = scores[j];
-      }
-      if (max === -Infinity) continue;
-      let sum = 0;
-      for (let j = 0; j < sk; j++) {
-        scores[j] = scores[j] === -Infinity ? 0 : Math.exp(scores[j] - max);
-        sum += scores[j];
-      }
-      for (let j = 0; j < sk; j++) {
-        const w = scores[j] / sum;
+        const w = probs[j];
         if (w === 0) continue;
         for (let c = 0; c < d; c++) out[i * qCols + h * d + c] += w * v[j * kCols + kvh * d + c];
       }

@@ -5,7 +5,7 @@ import type { Graph } from "../../runtime/graph.ts";
 import type { Rng } from "../../runtime/random.ts";
 import { fullyMaskedQueries, type GroupMaskBits, groupMaskBits, type GroupRule } from "../attention.ts";
 import { attentionFlow } from "../attention_flow.ts";
-import type { AttentionProblem } from "./attention.ts";
+import { type AttentionProblem, attentionRowProbabilities } from "./attention.ts";
 
 export interface AttentionFlowProblem extends AttentionProblem {
   /** Group id per query [sq] and per key [sk]; ids ≥ the count are in no group. */
@@ -29,40 +29,19 @@ export interface AttentionFlowExpected {
 
 /** The flow from explicit scores: masked q·kᵀ·scale, softmax per row in float64, summed by key group. */
 export function attentionFlowReference(q: ArrayLike<number>, k: ArrayLike<number>, p: AttentionFlowProblem): AttentionFlowExpected {
-  const { sq, sk, heads, kvHeads, headDim: d, queryGroups, keyGroups, queryGroupCount: gq, keyGroupCount: gk } = p;
-  const scale = p.scale ?? 1 / Math.sqrt(d);
-  const keyEnd = Math.min(sk, p.keyLength ?? sk);
-  const qCols = heads * d, kCols = kvHeads * d;
+  const { sq, sk, heads, queryGroups, keyGroups, queryGroupCount: gq, keyGroupCount: gk } = p;
   const rows = new Float64Array(heads * sq * gk);
   const mass = new Float64Array((heads + 1) * gq * gk);
   const counts = new Float64Array(gq);
   for (let i = 0; i < sq; i++) if (queryGroups[i] < gq) counts[queryGroups[i]]++;
   const tokens = p.tokenGroup !== undefined ? new Float64Array((heads + 1) * sk) : undefined;
-  const scores = new Float64Array(sk);
+  const probs = new Float64Array(sk);
   for (let h = 0; h < heads; h++) {
-    const kvh = Math.floor(h / (heads / kvHeads));
     for (let i = 0; i < sq; i++) {
-      let max = -Infinity;
-      for (let j = 0; j < sk; j++) {
-        const visible = j < keyEnd && (!p.causal || j <= i) && (!p.bits || (p.bits.queryBits[i] & p.bits.keyBits[j]) === 0);
-        if (!visible) {
-          scores[j] = -Infinity;
-          continue;
-        }
-        let s = 0;
-        for (let c = 0; c < d; c++) s += q[i * qCols + h * d + c] * k[j * kCols + kvh * d + c];
-        scores[j] = s * scale;
-        if (scores[j] > max) max = scores[j];
-      }
-      if (max === -Infinity) continue; // no visible key: no mass
-      let sum = 0;
-      for (let j = 0; j < sk; j++) {
-        scores[j] = scores[j] === -Infinity ? 0 : Math.exp(scores[j] - max);
-        sum += scores[j];
-      }
+      if (!attentionRowProbabilities(q, k, p, h, i, probs)) continue; // no visible key: no mass
       const qg = queryGroups[i];
       for (let j = 0; j < sk; j++) {
-        const w = scores[j] / sum;
+        const w = probs[j];
         if (keyGroups[j] < gk) rows[(h * sq + i) * gk + keyGroups[j]] += w;
         if (tokens && qg === p.tokenGroup) tokens[h * sk + j] += w / counts[qg];
       }
