@@ -164,3 +164,130 @@ export function sweepSeries(cells: CellStats[], sweeps: Map<string, SweepPoint>)
   for (const s of series.values()) s.points.sort((a, b) => a.L - b.L);
   return [...series.values()];
 }
+
+// ---- means over tasks --------------------------------------------------------------------------------------------
+
+/** How a mean's 95% interval was made: Student t with n − 1 degrees of freedom (n < 30), the normal approximation
+ * (n ≥ 30), or none (n ≤ 1: one value has no spread). */
+export type MeanIntervalMethod = "student-t" | "normal" | "none";
+
+/** Below this many values the interval uses Student t; from it on, the normal quantile z = 1.959964. */
+export const STUDENT_T_BELOW = 30;
+
+export const MEAN_INTERVAL_RULE = `95% interval for the mean over tasks: mean ± q·s/√n with s the sample standard deviation; ` +
+  `q the 0.975 quantile of Student t with n − 1 degrees of freedom for n < ${STUDENT_T_BELOW}, of the normal (${Z_95}) for ` +
+  `n ≥ ${STUDENT_T_BELOW}; no interval for n = 1`;
+
+export interface MeanInterval {
+  /** Values averaged (NaN and null values are not counted). */
+  n: number;
+  /** NaN when n = 0. */
+  mean: number;
+  /** Sample standard deviation (n − 1 in the denominator); NaN when n < 2. */
+  sd: number;
+  /** NaN when n < 2. */
+  low: number;
+  high: number;
+  method: MeanIntervalMethod;
+}
+
+/** ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; relative error below 1e-14). */
+function lnGamma(x: number): number {
+  const c = [
+    0.99999999999980993,
+    676.5203681218851,
+    -1259.1392167224028,
+    771.32342877765313,
+    -176.61502916214059,
+    12.507343278686905,
+    -0.13857109526572012,
+    9.9843695780195716e-6,
+    1.5056327351493116e-7,
+  ];
+  if (x < 0.5) return Math.log(Math.PI / Math.abs(Math.sin(Math.PI * x))) - lnGamma(1 - x);
+  x -= 1;
+  let a = c[0];
+  const t = x + 7.5;
+  for (let i = 1; i < 9; i++) a += c[i] / (x + i);
+  return 0.5 * Math.log(2 * Math.PI) + (x + 0.5) * Math.log(t) - t + Math.log(a);
+}
+
+/** Continued fraction of the regularized incomplete beta function (modified Lentz). */
+function betaFraction(a: number, b: number, x: number): number {
+  const tiny = 1e-300;
+  let c = 1, d = 1 - ((a + b) * x) / (a + 1);
+  if (Math.abs(d) < tiny) d = tiny;
+  d = 1 / d;
+  let h = d;
+  for (let m = 1; m <= 500; m++) {
+    const m2 = 2 * m;
+    let aa = (m * (b - m) * x) / ((a + m2 - 1) * (a + m2));
+    d = 1 + aa * d;
+    if (Math.abs(d) < tiny) d = tiny;
+    c = 1 + aa / c;
+    if (Math.abs(c) < tiny) c = tiny;
+    d = 1 / d;
+    h *= d * c;
+    aa = (-(a + m) * (a + b + m) * x) / ((a + m2) * (a + m2 + 1));
+    d = 1 + aa * d;
+    if (Math.abs(d) < tiny) d = tiny;
+    c = 1 + aa / c;
+    if (Math.abs(c) < tiny) c = tiny;
+    d = 1 / d;
+    const del = d * c;
+    h *= del;
+    if (Math.abs(del - 1) < 1e-15) break;
+  }
+  return h;
+}
+
+/** The regularized incomplete beta function I_x(a, b). */
+function incompleteBeta(x: number, a: number, b: number): number {
+  if (x <= 0) return 0;
+  if (x >= 1) return 1;
+  const front = Math.exp(lnGamma(a + b) - lnGamma(a) - lnGamma(b) + a * Math.log(x) + b * Math.log(1 - x));
+  // The fraction converges fast for x < (a + 1)/(a + b + 2); otherwise use the symmetry I_x(a, b) = 1 − I_{1−x}(b, a).
+  return x < (a + 1) / (a + b + 2) ? (front * betaFraction(a, b, x)) / a : 1 - (front * betaFraction(b, a, 1 - x)) / b;
+}
+
+/** P(T ≤ t) for Student's t with `df` degrees of freedom. */
+export function studentTCdf(t: number, df: number): number {
+  const tail = 0.5 * incompleteBeta(df / (df + t * t), df / 2, 0.5);
+  return t >= 0 ? 1 - tail : tail;
+}
+
+const tQuantiles = new Map<string, number>();
+
+/** The p quantile (0.5 < p < 1) of Student's t with `df` ≥ 1 degrees of freedom, by bisection on the CDF. */
+export function studentTQuantile(p: number, df: number): number {
+  if (!(p > 0.5 && p < 1) || !Number.isInteger(df) || df < 1) {
+    throw new Error(`Student t quantile: need 0.5 < p < 1 and whole df ≥ 1, got p = ${p}, df = ${df}`);
+  }
+  const key = `${p}/${df}`;
+  const known = tQuantiles.get(key);
+  if (known !== undefined) return known;
+  let lo = 0, hi = 1;
+  while (studentTCdf(hi, df) < p) lo = hi, hi *= 2;
+  for (let i = 0; i < 200 && hi - lo > 1e-13 * hi; i++) {
+    const mid = (lo + hi) / 2;
+    if (studentTCdf(mid, df) < p) lo = mid;
+    else hi = mid;
+  }
+  const q = (lo + hi) / 2;
+  tQuantiles.set(key, q);
+  return q;
+}
+
+/** The mean of `values` with its 95% interval (MEAN_INTERVAL_RULE); null and non-finite values are left out. */
+export function meanInterval(values: readonly (number | null)[]): MeanInterval {
+  const v = values.filter((x): x is number => x !== null && Number.isFinite(x));
+  const n = v.length;
+  if (n === 0) return { n, mean: NaN, sd: NaN, low: NaN, high: NaN, method: "none" };
+  const mean = v.reduce((a, b) => a + b, 0) / n;
+  if (n === 1) return { n, mean, sd: NaN, low: NaN, high: NaN, method: "none" };
+  const sd = Math.sqrt(v.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1));
+  const method: MeanIntervalMethod = n < STUDENT_T_BELOW ? "student-t" : "normal";
+  const q = method === "student-t" ? studentTQuantile(0.975, n - 1) : Z_95;
+  const half = (q * sd) / Math.sqrt(n);
+  return { n, mean, sd, low: mean - half, high: mean + half, method };
+}
