@@ -2,8 +2,11 @@
 // change of each row group over the blocks at one step (the intervention solid, the control dashed), a block × step
 // map of one group's change, and the attention-flow change as a diverging heatmap per block and step. No library and
 // no script; every point and cell carries a <title> (hover text) and data- attributes, so a page and its tests can
-// read the numbers back.
+// read the numbers back. A cell's mean over tasks (aggregate.ts) gets the same line plot with 95% bands.
 
+import type { EffectsAggregate, EffectsAggregatePoint } from "./aggregate.ts";
+import { bandPaths } from "./flow_plots.ts";
+import type { MeanInterval } from "./stats.ts";
 import type { EffectRecord, EffectsJson, FlowChange, RowStats, RunEffectsJson } from "../studies/effects.ts";
 import { EFFECTS_FORMAT } from "../studies/effects.ts";
 import { printable } from "../runtime/printable.ts";
@@ -310,5 +313,107 @@ export function effectsSection(json: EffectsJson, heading = "Intervention effect
     ...f.maps.map((x) => `<div class="effects-map">${x.svg}</div>`),
     ...f.flow.map((x) => `<div class="effects-flow">${x.svg}</div>`),
     `</div></section>`,
+  ].join("\n");
+}
+
+// ---- a cell's mean over tasks (aggregate.ts) --------------------------------------------------------------------------
+
+export type AggregateEffectStat = "relL2" | "cosine";
+
+/** A cell's mean of one statistic of each row group over the blocks at one step, with its 95% band: the intervention
+ * solid, the control (when the cell's tasks have one) dashed with a lighter band. x = the cell's blocks in order. */
+export function aggregateEffectsVsBlockSvg(agg: EffectsAggregate, step: number, stat: AggregateEffectStat = "relL2"): string {
+  const here = agg.points.filter((p) => p.step === step);
+  if (!here.length) throw new Error(`effects aggregate ${printable(agg.condition)} · ${printable(agg.family)}: no points at step ${step}`);
+  const blocks = [...new Map(agg.points.map((p) => [p.blockIndex, p.block])).entries()].sort((a, b) => a[0] - b[0]);
+  const xOf = new Map(blocks.map(([index], x) => [index, x]));
+  const runs = (["intervention", "control"] as const).filter((run) => here.some((p) => p.run === run));
+  const series = runs.flatMap((run) =>
+    agg.groups.map((group, gi) => ({
+      run,
+      group,
+      colour: PALETTE[gi % PALETTE.length],
+      points: here.filter((p) => p.run === run && p.group === group && p[stat].n > 0)
+        .map((p) => ({ x: xOf.get(p.blockIndex)!, p, m: p[stat] as MeanInterval }))
+        .sort((a, b) => a.x - b.x),
+    }))
+  );
+  const values = series.flatMap((s) => s.points.flatMap((p) => [p.m.mean, p.m.low, p.m.high])).filter(Number.isFinite);
+  let lo = 0, hi = 1;
+  if (stat === "relL2") hi = niceCeiling(Math.max(1e-6, ...values));
+  else lo = Math.max(-1, Math.min(0.9, Math.floor(Math.min(1, ...values) * 20) / 20));
+  const W = 620, H = 300, left = 56, right = 190, top = 30, bottom = 56;
+  const pw = W - left - right, ph = H - top - bottom;
+  const xMax = Math.max(1, blocks.length - 1);
+  const px = (x: number) => left + (x / xMax) * pw;
+  const py = (v: number) => top + (1 - (Math.min(hi, Math.max(lo, v)) - lo) / (hi - lo)) * ph;
+  const n = Math.max(0, ...here.map((p) => p[stat].n));
+  const title = `${STAT_LABEL[stat]} against the baseline · step ${step} · mean over ${n} task${n === 1 ? "" : "s"}, 95% band`;
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" class="agg-effects-line" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+    `font-family="sans-serif" font-size="11" role="img" aria-label="${esc(title)}" data-step="${step}" data-stat="${stat}">`,
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="#fff"/>`,
+    `<text class="plot-title" x="4" y="16" font-size="13" font-weight="bold">${esc(title)}</text>`,
+  ];
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    parts.push(`<line x1="${left}" x2="${left + pw}" y1="${num(py(v))}" y2="${num(py(v))}" stroke="${i ? "#e3e3e3" : "#333"}"/>`);
+    parts.push(`<text x="${left - 6}" y="${num(py(v) + 4)}" text-anchor="end">${Number(v.toPrecision(3))}</text>`);
+  }
+  const every = Math.ceil(blocks.length / 16);
+  blocks.forEach(([, b], x) => {
+    if (x % every) return;
+    parts.push(`<text transform="translate(${num(px(x))},${H - bottom + 12}) rotate(40)" text-anchor="start">${esc(b)}</text>`);
+  });
+  series.forEach((s, si) => {
+    if (!s.points.length) return;
+    const control = s.run === "control";
+    const dash = control ? ` stroke-dasharray="5,3"` : "";
+    parts.push(`<g class="series" data-run="${s.run}" data-group="${esc(s.group)}">`);
+    for (const d of bandPaths(s.points, px, py)) {
+      parts.push(`<path class="band" d="${d}" fill="${s.colour}" fill-opacity="${control ? 0.09 : 0.18}" stroke="none"/>`);
+    }
+    const line = s.points.map((p, i) => `${i ? "L" : "M"}${num(px(p.x))},${num(py(p.m.mean))}`).join(" ");
+    parts.push(`<path class="line" d="${line}" fill="none" stroke="${s.colour}" stroke-width="1.8"${dash}/>`);
+    for (const { x, p, m } of s.points) parts.push(pointSvg(px(x), py(m.mean), s.colour, p, m, stat));
+    parts.push("</g>");
+    const ly = top + 10 + si * 16;
+    parts.push(`<line x1="${left + pw + 12}" x2="${left + pw + 32}" y1="${ly}" y2="${ly}" stroke="${s.colour}" stroke-width="2"${dash}/>`);
+    parts.push(`<text x="${left + pw + 36}" y="${ly + 4}">${esc(`${s.group} (${s.run})`)}</text>`);
+  });
+  parts.push("</svg>");
+  return parts.join("\n");
+}
+
+function pointSvg(x: number, y: number, colour: string, p: EffectsAggregatePoint, m: MeanInterval, stat: AggregateEffectStat): string {
+  const interval = Number.isFinite(m.low) ? `95% ${m.low.toPrecision(4)} – ${m.high.toPrecision(4)}` : "no interval: n = 1";
+  const undefinedNote = stat === "relL2" && p.relL2Undefined ? `; ${p.relL2Undefined} undefined left out` : "";
+  return `<circle cx="${num(x)}" cy="${num(y)}" r="2.6" fill="${colour}" data-block="${esc(p.block)}" data-mean="${m.mean}" ` +
+    `data-low="${m.low}" data-high="${m.high}" data-n="${m.n}"><title>${
+      esc(`${p.run}, ${p.group} at ${p.block}: ${STAT_LABEL[stat]} ${m.mean.toPrecision(4)} (${interval}), n = ${m.n}${undefinedNote}`)
+    }</title></circle>`;
+}
+
+/** A cell's effects figures as HTML: relL2 over the blocks at the first compared step (the cosine and the other steps
+ * collapsed). */
+export function effectsAggregateSection(agg: EffectsAggregate): string {
+  const steps = [...new Set(agg.points.map((p) => p.step))].sort((a, b) => a - b);
+  if (!steps.length) return `<p class="meta">No effects records in this cell.</p>`;
+  const undefinedRelL2 = agg.points.reduce((a, p) => a + p.relL2Undefined, 0);
+  const more = [
+    ...steps.slice(1).map((s) => ({ label: `relL2, step ${s}`, svg: aggregateEffectsVsBlockSvg(agg, s, "relL2") })),
+    ...steps.map((s) => ({ label: `cosine, step ${s}`, svg: aggregateEffectsVsBlockSvg(agg, s, "cosine") })),
+  ];
+  return [
+    `<div class="aggregate-effects"><h4>Effects against the baseline, mean over ${agg.tasks.length} task(s)` +
+    `${agg.controlTasks ? ` (${agg.controlTasks} with a control)` : ""}</h4>`,
+    `<p class="meta">Intervention solid, control dashed; bands: the 95% interval of the mean. Step ${steps[0]} (the first compared).` +
+    (undefinedRelL2 ? ` ${undefinedRelL2} undefined relL2 value(s) (all-zero baseline rows) left out of their points' n.` : "") + `</p>`,
+    `<div class="effects-line">${aggregateEffectsVsBlockSvg(agg, steps[0], "relL2")}</div>`,
+    `<details class="other-step"><summary>${more.map((m) => m.label).join(" · ")}</summary>` +
+    `<div style="display:flex;flex-wrap:wrap;gap:8px">${
+      more.map((m) => `<div class="effects-line">${m.svg}</div>`).join("\n")
+    }</div></details>`,
+    `</div>`,
   ].join("\n");
 }

@@ -4,8 +4,11 @@
 // L, every cell in detail, judge agreement, the local metrics per cell, and an image grid per task (references, then
 // every condition that is not a sweep point) with each image's metrics and verdicts (and the judge's reasons) beside
 // it, filterable by family and condition. Verdicts of the stub judge are marked as such wherever they appear.
-// Condition folders holding attention_flow.json or effects.json (conditions with "attentionFlow" or "effects") get
-// their figures (flow_plots.ts, effects_plots.ts) in a section per task and condition.
+// Condition folders holding attention_flow.json or effects.json (conditions with "attentionFlow" or "effects") are
+// aggregated per cell (condition × task family, aggregate.ts: means over tasks with 95% intervals, also written as JSON
+// and CSV under tables/): per cell the mean heatmaps (one per block), the mass to the reference over the blocks and
+// the effects' relL2 over the blocks, each with its band (flow_plots.ts, effects_plots.ts); each task's own figures
+// follow, collapsed.
 //
 // A study table over several runs (writeStudyTable, `deno task report --table`): the published study runs each
 // intervention × family as its own experiment; a table definition names the rows (conditions) and the columns (task
@@ -20,14 +23,24 @@
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { encodePng, loadImage, resizeLanczos, type RgbImage } from "../model/images.ts";
 import { pathExists, readJsonFile, writeTextAtomic } from "./files.ts";
-import { attentionFlowSection, parseAttentionFlowJson } from "./flow_plots.ts";
-import { effectsSection, parseEffectsJson } from "./effects_plots.ts";
+import { attentionFlowSection, flowAggregateSection } from "./flow_plots.ts";
+import { effectsAggregateSection, effectsSection } from "./effects_plots.ts";
+import {
+  AGGREGATE_FILES,
+  aggregateAttentionFlow,
+  aggregateEffects,
+  type EffectsAggregate,
+  type FlowAggregate,
+  readRunOutputs,
+  type RunOutputs,
+  writeAggregates,
+} from "./aggregate.ts";
 import { printable } from "../runtime/printable.ts";
 import { judgeFileName, type Judgment, readJudgments } from "./judge.ts";
 import { BUILTIN_TEMPLATES, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
 import { computeRunMetrics, type FolderMetrics } from "./run_metrics.ts";
 import { conditionDir, readRunFolder, type RunFolder, taskReferences } from "./run_folder.ts";
-import { cellStats, judgeAgreement, sweepOf, type SweepPoint, sweepSeries } from "./stats.ts";
+import { cellStats, judgeAgreement, MEAN_INTERVAL_RULE, sweepOf, type SweepPoint, sweepSeries } from "./stats.ts";
 import { formatCell, type PaperTable, paperTable, tableFiles, writeTables } from "./tables.ts";
 import { rateVsBlockSvg } from "./svg_plot.ts";
 
@@ -87,7 +100,8 @@ table.paper td.cell{text-align:center;font-variant-numeric:tabular-nums;white-sp
 .stub{background:#fff3cd;border:1px solid #e0b800;padding:.4em .7em;margin:.5em 0}.plots{display:flex;flex-wrap:wrap;gap:12px}
 .strip{background:#fff;border:1px solid #ddd;margin:.5em 0;padding:.4em}.strip .row{gap:4px}.strip figure{width:auto}
 .strip figure img{width:auto;max-width:none}.strip figcaption{text-align:center}
-.figures{background:#fff;border:1px solid #ddd;margin:.8em 0;padding:.5em}.figures h2{font-size:15px;border:0}`;
+.figures{background:#fff;border:1px solid #ddd;margin:.8em 0;padding:.5em}.figures h2{font-size:15px;border:0}
+.figures h3{margin:.2em 0 .4em}.figures h4{margin:.8em 0 .3em}details{margin:.4em 0}summary{cursor:pointer;color:#124}`;
 
 // Filters: a family and a condition select; "#family=…&condition=…" in the address preselects them (for links).
 const SCRIPT = `
@@ -242,11 +256,65 @@ function isStub(verdicts: Judgment[]): boolean {
 const STUB_NOTE = `<p class="stub"><b>Stub judge.</b> These verdicts come from image statistics (the output's colour change against ` +
   `the bundle's anchor image), not from a vision-language model: for dry runs and tests only, never for results.</p>`;
 
+/** The "Attention flow and effects" section: per cell the aggregated figures, then each task's own (collapsed). */
+function aggregateFigures(
+  run: RunFolder,
+  outputs: RunOutputs,
+  flowCells: FlowAggregate[],
+  effectsCells: EffectsAggregate[],
+  tablesLink: string,
+): string {
+  if (!flowCells.length && !effectsCells.length && !outputs.unreadable.length) return "";
+  const key = (c: { condition: string; family: string }) => JSON.stringify([c.condition, c.family]);
+  const order = [...new Set([...flowCells, ...effectsCells].map(key))].map((k) => JSON.parse(k) as [string, string])
+    .sort((a, b) => run.conditions.indexOf(a[0]) - run.conditions.indexOf(b[0]) || a[1].localeCompare(b[1]));
+  const leftOutNote = (what: string, left: { task_id: string; reason: string }[]) =>
+    left.length
+      ? `<p class="meta left-out" data-left-out="${left.length}">${what}: ${left.length} task(s) left out — ` +
+        left.map((l) => `${esc(l.task_id)} (${esc(l.reason)})`).join("; ") + `</p>`
+      : "";
+  const parts: string[] = [];
+  for (const [condition, family] of order) {
+    const flow = flowCells.find((c) => c.condition === condition && c.family === family);
+    const effects = effectsCells.find((c) => c.condition === condition && c.family === family);
+    const perTask: string[] = [];
+    for (const task of run.tasks.filter((t) => t.family === family)) {
+      const where = `${task.task_id} · ${condition}`;
+      const f = outputs.attentionFlow.find((o) => o.task_id === task.task_id && o.condition === condition);
+      const e = outputs.effects.find((o) => o.task_id === task.task_id && o.condition === condition);
+      if (f) perTask.push(attentionFlowSection(f.json, `Attention flow: ${where}`));
+      if (e) perTask.push(effectsSection(e.json, `Effects against the baseline: ${where}`));
+    }
+    parts.push(
+      `<div class="figures aggregate-cell" data-family="${esc(family)}" data-condition="${esc(condition)}">` +
+        `<h3>${esc(condition)} · ${esc(family)}</h3>\n` +
+        (flow ? leftOutNote("Attention flow", flow.leftOut) + flowAggregateSection(flow) : "") +
+        (effects ? leftOutNote("Effects", effects.leftOut) + effectsAggregateSection(effects) : "") +
+        `\n<details class="per-task"><summary>Each task's figures (${perTask.length})</summary>\n${perTask.join("\n")}</details></div>`,
+    );
+  }
+  const files = [
+    ...(flowCells.length ? [AGGREGATE_FILES.flowJson, AGGREGATE_FILES.flowCsv] : []),
+    ...(effectsCells.length ? [AGGREGATE_FILES.effectsJson, AGGREGATE_FILES.effectsCsv] : []),
+  ];
+  const unreadable = outputs.unreadable.length
+    ? `<p class="meta unreadable">${outputs.unreadable.length} file(s) could not be read and are in no cell: ` +
+      outputs.unreadable.map((u) => esc(u.message)).join("; ") + `</p>`
+    : "";
+  return `<h2>Attention flow and effects</h2>
+<p class="meta">One block per cell (condition × task family). Means over the cell's tasks; the ${esc(MEAN_INTERVAL_RULE)}. Tasks
+whose group lists differ from those most of the cell's tasks have are left out and named. Files: ${
+    files.map((n) => `<a href="${esc(`${tablesLink}/${n}`)}">${esc(n)}</a>`).join(" · ")
+  }</p>
+${unreadable}
+${parts.join("\n")}`;
+}
+
 /** The report page of a run folder, and its tables. */
 async function assembleReport(
   runDir: string,
   options: ReportOptions,
-): Promise<{ html: string; tables: { base: string; table: PaperTable }[] }> {
+): Promise<{ html: string; tables: { base: string; table: PaperTable }[]; flowCells: FlowAggregate[]; effectsCells: EffectsAggregate[] }> {
   const run: RunFolder = await readRunFolder(resolve(runDir));
   const out = resolve(options.out ?? join(run.dir, "report.html"));
   const thumb = options.thumb ?? 160;
@@ -384,37 +452,11 @@ async function assembleReport(
         ` · ${esc(task.edit_type)} · seed ${task.noise_seed}</span></h3><div class="row">${figures.join("")}</div></div>`,
     );
   }
-  // Attention flow and effects figures of the folders that have them.
-  const figures: string[] = [];
-  for (const task of run.tasks) {
-    for (const condition of run.conditions) {
-      if (!run.complete.get(task.task_id)?.has(condition)) continue;
-      const dir = conditionDir(run.dir, task.task_id, condition);
-      const where = `${task.task_id} · ${condition}`;
-      for (
-        const [file, section] of [
-          [
-            "attention_flow.json",
-            (text: string, path: string) => attentionFlowSection(parseAttentionFlowJson(text, path), `Attention flow: ${where}`),
-          ],
-          [
-            "effects.json",
-            (text: string, path: string) => effectsSection(parseEffectsJson(text, path), `Effects against the baseline: ${where}`),
-          ],
-        ] as const
-      ) {
-        const path = join(dir, file);
-        if (!(await pathExists(path))) continue;
-        let html: string;
-        try {
-          html = section(await Deno.readTextFile(path), path);
-        } catch (e) {
-          html = `<p class="meta">${esc(printable((e as Error).message))}</p>`;
-        }
-        figures.push(`<div class="figures" data-family="${esc(task.family)}" data-condition="${esc(condition)}">${html}</div>`);
-      }
-    }
-  }
+  // Attention flow and effects: per cell (condition × task family) the mean over tasks, then each task's own figures.
+  const outputs = await readRunOutputs(run);
+  const flowCells = aggregateAttentionFlow(outputs.attentionFlow, run.conditions);
+  const effectsCells = aggregateEffects(outputs.effects, run.conditions);
+  const figures = aggregateFigures(run, outputs, flowCells, effectsCells, link(tablesDir(out)));
   const options_ = (values: string[]) => values.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kleinscope report — ${esc(run.dir.split("/").pop())}</title>
@@ -433,7 +475,7 @@ p +Δ/−Δ. High means the intervention worked: questions that ask whether the 
 Unparseable and failed verdicts are excluded from n and counted under each table.</p>
 ${paper.length ? paper.join("\n") : `<p class="meta">No judgments yet: run <code>deno task experiment judge &lt;run-dir&gt;</code>.</p>`}
 ${sweeps.size ? `<h2>Block sweeps</h2>\n${plots.join("\n")}\n<h3>Images over L</h3>\n${strips.join("\n")}` : ""}
-${figures.length ? `<h2>Attention flow and effects</h2>\n${figures.join("\n")}` : ""}
+${figures}
 <h2>Every cell</h2>
 ${resultsTables(judgments, catalogue)}
 <h2>Local metrics (means per cell)</h2>
@@ -443,7 +485,7 @@ ${grids.join("\n")}
 <script>${SCRIPT}</script>
 </body></html>
 `;
-  return { html, tables };
+  return { html, tables, flowCells, effectsCells };
 }
 
 /** The report page of a run folder, as HTML text (its tables' files are written by writeReport). */
@@ -451,12 +493,13 @@ export async function buildReport(runDir: string, options: ReportOptions = {}): 
   return (await assembleReport(runDir, options)).html;
 }
 
-/** Build the report and write it (default <run>/report.html), with each judge's table as CSV and LaTeX in tables/
- * beside it. Returns the page's path. */
+/** Build the report and write it (default <run>/report.html), with each judge's table as CSV and LaTeX, and the
+ * attention-flow and effects aggregates as JSON and CSV, in tables/ beside it. Returns the page's path. */
 export async function writeReport(runDir: string, options: ReportOptions = {}): Promise<string> {
   const out = resolve(options.out ?? join(runDir, "report.html"));
-  const { html, tables } = await assembleReport(runDir, { ...options, out });
+  const { html, tables, flowCells, effectsCells } = await assembleReport(runDir, { ...options, out });
   await writeTables(tablesDir(out), tables);
+  await writeAggregates(tablesDir(out), flowCells, effectsCells);
   await writeTextAtomic(out, html);
   return out;
 }

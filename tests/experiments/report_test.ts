@@ -1,7 +1,8 @@
 // The HTML report: the study's table per judge (p +Δ/−Δ, also written as CSV and LaTeX), block sweeps (an SVG line
 // per setting with its Wilson band, image strips over L), every cell with Wilson intervals, agreement, metrics, image
-// grids with inline thumbnails and filters — one self-contained page (no external assets), rendered by headless
-// Chromium.
+// grids with inline thumbnails and filters, attention flow and effects aggregated per cell (heatmaps per block, lines
+// with interval bands, the files beside the page) — one self-contained page (no external assets), rendered by
+// headless Chromium.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -15,6 +16,12 @@ import type { Task } from "../../experiments/tasks.ts";
 import type { Condition } from "../../experiments/experiment.ts";
 import { writeTextAtomic } from "../../experiments/files.ts";
 import { makeFakeRun } from "./fake_run.ts";
+import { conditionDir } from "../../experiments/run_folder.ts";
+import { AGGREGATE_FILES } from "../../experiments/aggregate.ts";
+import { parseAttentionFlowJson } from "../../experiments/flow_plots.ts";
+import { meanInterval } from "../../experiments/stats.ts";
+import { type AttentionFlowJson, attentionFlowJson, AttentionFlowResult } from "../../interventions/attention_flow.ts";
+import { type EffectRecord, effectsJson, type RunEffects } from "../../studies/effects.ts";
 import { dumpDom, findChromium, screenshot } from "./chromium.ts";
 
 function verdict(t: Task, condition: string, judge: string, answer: "yes" | "no" | null, polarity: "change" | "keep"): Judgment {
@@ -277,6 +284,241 @@ Deno.test("report: block sweeps as a rate-vs-L plot with Wilson bands and image 
     if (keep) await Deno.copyFile(png, keep);
     assert.ok(line > 300, `${line} pixels of the line colour`);
     assert.ok(band > 1000, `${band} pixels of the band`);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+// ---- attention flow and effects aggregated per cell ------------------------------------------------------------------
+
+const FLOW_BLOCKS = [["double.0", 0], ["double.1", 1], ["single.0", 2], ["single.1", 3]] as const;
+const FLOW_STEPS = [0, 2];
+const FLOW_GROUPS = ["text[content]", "text[pad]", "image", "ref[0]"];
+
+/** A flow result as a run would hold it (one kept head and the mean over 2 heads; rows sum to 1), turned into
+ * attention_flow.json by the writer the runs use. `seed` varies the numbers between tasks. */
+function flowJsonOf(seed: number, queryGroups = FLOW_GROUPS): AttentionFlowJson {
+  const gq = queryGroups.length, gk = FLOW_GROUPS.length;
+  const tables = FLOW_BLOCKS.flatMap(([block, blockIndex]) =>
+    FLOW_STEPS.map((step) => {
+      const mass = new Float32Array(2 * gq * gk);
+      for (let h = 0; h < 2; h++) {
+        for (let a = 0; a < gq; a++) {
+          const raw = FLOW_GROUPS.map((_, b) =>
+            1 + ((seed * 5 + h * 3 + a * 7 + b * (blockIndex + 2) + step) % 9) + (b === 3 ? blockIndex : 0)
+          );
+          const sum = raw.reduce((x, y) => x + y, 0);
+          raw.forEach((v, b) => mass[(h * gq + a) * gk + b] = v / sum);
+        }
+      }
+      return { block, blockIndex, step, mass };
+    })
+  );
+  const result = new AttentionFlowResult(
+    "cond",
+    queryGroups.map((name, i) => ({ name, tokens: 8 + i + seed })),
+    FLOW_GROUPS.map((name, i) => ({ name, tokens: 8 + i + seed })),
+    [1],
+    2,
+    64,
+    0,
+    null,
+    tables,
+  );
+  return attentionFlowJson(result);
+}
+
+/** Effects of a knockout with its control, as effects.json's writer turns them into text. */
+function effectsJsonOf(seed: number) {
+  const records = (run: number): EffectRecord[] =>
+    FLOW_BLOCKS.flatMap(([block, blockIndex]) =>
+      FLOW_STEPS.map((step) => {
+        const stats = (g: number) => ({
+          relL2: 0.04 * (g + 1) + 0.05 * blockIndex * (run ? 0.3 : 1) + 0.01 * ((seed + g + step) % 3),
+          cosine: 1 - 0.02 * (g + 1 + blockIndex) * (run ? 0.3 : 1),
+          rowCosine: 0.95,
+        });
+        return { block, blockIndex, step, text: stats(0), image: stats(1), ref: stats(2) };
+      })
+    );
+  const run = (r: number): RunEffects => ({
+    interventions: [{ type: "knockout", setting: r ? "ref->text[3,4]" : "ref->text" }],
+    records: records(r),
+    final: { latents: { relL2: 0.2, cosine: 0.97, rowCosine: 0.96 }, imageMeanAbsDiff255: 9.5 },
+    attentionFlow: null,
+    warnings: [],
+  });
+  return effectsJson({
+    blocks: FLOW_BLOCKS.map(([b]) => b),
+    steps: FLOW_STEPS,
+    groups: [{ name: "text", tap: "txt", rows: 16 }, { name: "image", tap: "img", rows: 64 }, { name: "ref", tap: "img", rows: 64 }],
+    baselineBytes: 0,
+    baselineDescription: "the same spec without its interventions",
+    baselineWarnings: [],
+    intervention: run(0),
+    control: {
+      ...run(1),
+      seed: 3,
+      settings: [{ intervention: 0, original: "ref->text", setting: "ref->text[3,4]", queries: 2, pool: 12 }],
+    },
+  });
+}
+
+/** A run of 4 colour tasks and 2 style tasks; its ko_ref_text folders hold attention_flow.json and effects.json. The
+ * last colour task's flow measured other query groups (left out of its cell). */
+async function fakeFlowRun(root: string): Promise<{ run: string; tasks: Task[] }> {
+  const colour = await writeColourTasks({
+    out: join(root, "colours"),
+    colours: ["red", "blue"],
+    objects: ["couch", "vase"],
+    seeds: [0],
+    width: 32,
+    height: 32,
+    swatchSize: 64,
+  });
+  const style = await writeColourTasks({
+    out: join(root, "styles"),
+    colours: ["green"],
+    objects: ["couch", "vase"],
+    seeds: [0],
+    width: 32,
+    height: 32,
+    swatchSize: 64,
+    family: "style",
+    idPrefix: "style",
+  });
+  const tasks = [...colour.tasks, ...style.tasks];
+  const run = join(root, "run");
+  await makeFakeRun({
+    dir: run,
+    tasks,
+    conditions: [{ name: "baseline" }, {
+      name: "ko_ref_text",
+      interventions: [{ type: "knockout", setting: "ref->text" }],
+      attentionFlow: { steps: FLOW_STEPS },
+      effects: true,
+      control: { seed: 3 },
+    } as Condition],
+    size: 32,
+  });
+  for (const [i, t] of tasks.entries()) {
+    const dir = conditionDir(run, t.task_id, "ko_ref_text");
+    const flow = i === 3 ? flowJsonOf(i, ["text[content]", "image", "ref[0]"]) : flowJsonOf(i);
+    await writeTextAtomic(join(dir, "attention_flow.json"), JSON.stringify(flow) + "\n");
+    await writeTextAtomic(join(dir, "effects.json"), JSON.stringify(effectsJsonOf(i)) + "\n");
+  }
+  return { run, tasks };
+}
+
+const svgsOf = (html: string, cls: string) =>
+  [...html.matchAll(new RegExp(`<svg [^>]*class="${cls}"[\\s\\S]*?</svg>`, "g"))].map((m) => m[0]);
+const titleOf = (svg: string) => svg.match(/<text class="plot-title"[^>]*>([^<]*)<\/text>/)![1];
+
+Deno.test("report: attention flow and effects aggregated per cell, rendered in headless Chromium; files beside the page", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ks-report-flow-" });
+  try {
+    const { run, tasks } = await fakeFlowRun(root);
+    const page = await writeReport(run);
+    const html = await Deno.readTextFile(page);
+
+    // The aggregate files in tables/, the color cell's mean as the page shows it.
+    for (const name of Object.values(AGGREGATE_FILES)) await Deno.stat(join(run, "tables", name));
+    const flows = await Promise.all(
+      tasks.map(async (t) =>
+        parseAttentionFlowJson(await Deno.readTextFile(join(conditionDir(run, t.task_id, "ko_ref_text"), "attention_flow.json")))
+      ),
+    );
+    const kept = flows.slice(0, 3).map((f) => f.tables.find((t) => t.block === "double.1" && t.step === 0)!.mass[1][0][3]);
+    const want = meanInterval(kept);
+    const csv = (await Deno.readTextFile(join(run, "tables", AGGREGATE_FILES.flowCsv))).split("\n");
+    assert.ok(
+      csv.includes(`ko_ref_text,color,mass,double.1,1,0,text[content],ref[0],3,${want.mean},${want.sd},${want.low},${want.high},student-t`),
+      "the CSV row of one mean",
+    );
+    assert.match(html, /Student t with n − 1 degrees of freedom for n &lt; 30/);
+    assert.ok(
+      html.includes(`data-left-out="1">Attention flow: 1 task(s) left out — ${tasks[3].task_id} (its groups differ`),
+      "left-out task named",
+    );
+
+    const chromium = await findChromium();
+    if (!chromium) {
+      console.warn("SKIPPED rendering: chromium is not installed (apt-get install -y chromium)");
+      return;
+    }
+    const dom = await dumpDom(chromium, page);
+    const cells = [
+      ...dom.matchAll(
+        /<div class="figures aggregate-cell" data-family="([^"]+)" data-condition="([^"]+)"[^>]*>([\s\S]*?)<\/details><\/div>/g,
+      ),
+    ];
+    assert.deepEqual(cells.map((c) => `${c[2]}/${c[1]}`), ["ko_ref_text/color", "ko_ref_text/style"]);
+    for (const [, family, , body] of cells) {
+      const n = family === "color" ? 3 : 2, nEffects = family === "color" ? 4 : 2;
+      // Heatmaps: one per block at each recorded step (the first shown, the second collapsed), in block order.
+      const maps = svgsOf(body, "agg-heatmap");
+      assert.deepEqual(maps.map(titleOf), FLOW_STEPS.flatMap((s) => FLOW_BLOCKS.map(([b]) => `${b} · step ${s} · mean of ${n} tasks`)));
+      for (const m of maps) assert.equal((m.match(/<g data-query=/g) ?? []).length, FLOW_GROUPS.length ** 2);
+      // Mass to the reference, with a band per query group (n ≥ 2 everywhere: one unbroken band each).
+      const lines = svgsOf(body, "agg-flow-line");
+      assert.deepEqual(lines.map(titleOf), FLOW_STEPS.map((s) => `mass to ref[0] · step ${s} · mean over ${n} tasks, 95% band`));
+      assert.equal((lines[0].match(/<path class="band" d="M[^"]+Z"/g) ?? []).length, FLOW_GROUPS.length);
+      // Effects: relL2 at the first step shown; the other step and the cosines collapsed. Intervention solid, control dashed.
+      const effects = svgsOf(body, "agg-effects-line");
+      const stat = (name: string, s: number) => `${name} against the baseline · step ${s} · mean over ${nEffects} tasks, 95% band`;
+      assert.deepEqual(effects.map(titleOf), [
+        stat("relative L2 change", 0),
+        stat("relative L2 change", 2),
+        stat("cosine (flattened)", 0),
+        stat("cosine (flattened)", 2),
+      ]);
+      const series = [...effects[0].matchAll(/<g class="series" data-run="(\w+)" data-group="(\w+)">([\s\S]*?)<\/g>/g)];
+      assert.deepEqual(series.map((s) => `${s[1]}/${s[2]}`), [
+        "intervention/text",
+        "intervention/image",
+        "intervention/ref",
+        "control/text",
+        "control/image",
+        "control/ref",
+      ]);
+      for (const [, runName, , g] of series) {
+        assert.equal((g.match(/<path class="band"/g) ?? []).length, 1);
+        assert.equal(/<path class="line"[^>]*stroke-dasharray/.test(g), runName === "control");
+      }
+      // Each task's own figures, collapsed under the aggregates: 10 flow and 10 effects figures a task.
+      const perTask = body.slice(body.indexOf('<details class="per-task">'));
+      assert.equal((perTask.match(/<svg /g) ?? []).length, 20 * tasks.filter((t) => t.family === family).length);
+    }
+    // The mean in the DOM is the CSV's.
+    const cell = dom.match(/<svg [^>]*class="agg-heatmap"[^>]*data-block="double.1" data-step="0"[\s\S]*?<\/svg>/)![0];
+    const g = cell.match(
+      /<g data-query="text\[content\]" data-key="ref\[0\]" data-mean="([^"]+)" data-low="([^"]+)" data-high="([^"]+)" data-n="3">/,
+    )!;
+    assert.deepEqual(g.slice(1).map(Number), [want.mean, want.low, want.high]);
+    // The condition filter hides the cells of other conditions.
+    const filtered = await dumpDom(chromium, page, "#condition=baseline");
+    assert.equal((filtered.match(/<div class="figures aggregate-cell"[^>]*style="display: none;"/g) ?? []).length, 2);
+
+    // The screenshot is not blank: the heatmaps' blues and the first series' band are on screen.
+    const png = join(root, "flow.png");
+    await screenshot(chromium, page, png, "1280,2400");
+    const img = decodeImage(await Deno.readFile(png), png);
+    const keep = Deno.env.get("KLEINSCOPE_KEEP_FLOW_SCREENSHOT");
+    if (keep) await Deno.copyFile(png, keep);
+    const raw = img.data;
+    const colours = new Set<number>();
+    let band = 0, dark = 0;
+    for (let i = 0; i < raw.length; i += 3) {
+      const [r, gr, b] = [raw[i], raw[i + 1], raw[i + 2]];
+      colours.add((r << 16) | (gr << 8) | b);
+      // #0072b2 at 18% over white ≈ (209, 229, 241).
+      if (Math.abs(r - 209) < 10 && Math.abs(gr - 229) < 10 && Math.abs(b - 241) < 10) band++;
+      // The heatmap's darker cells: blue well above red.
+      if (b > 120 && b - r > 70 && r < 120) dark++;
+    }
+    assert.ok(colours.size > 200, `${colours.size} colours`);
+    assert.ok(band > 2000, `${band} pixels of the band`);
+    assert.ok(dark > 5000, `${dark} pixels of heatmap blue`);
   } finally {
     await Deno.remove(root, { recursive: true });
   }
