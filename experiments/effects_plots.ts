@@ -6,7 +6,7 @@
 
 import type { EffectsAggregate, EffectsAggregatePoint } from "./aggregate.ts";
 import { bandPaths } from "./flow_plots.ts";
-import type { MeanInterval } from "./stats.ts";
+import { type MeanInterval, meanIntervalMethodText } from "./stats.ts";
 import type { EffectRecord, EffectsJson, FlowChange, RowStats, RunEffectsJson } from "../studies/effects.ts";
 import { EFFECTS_FORMAT } from "../studies/effects.ts";
 import { printable } from "../runtime/printable.ts";
@@ -407,7 +407,9 @@ export function effectsAggregateSection(agg: EffectsAggregate): string {
   return [
     `<div class="aggregate-effects"><h4>Effects against the baseline, mean over ${agg.tasks.length} task(s)` +
     `${agg.controlTasks ? ` (${agg.controlTasks} with a control)` : ""}</h4>`,
-    `<p class="meta">Intervention solid, control dashed; bands: the 95% interval of the mean. Step ${steps[0]} (the first compared).` +
+    `<p class="meta">Intervention solid, control dashed; bands: the 95% interval of the mean (${
+      esc(meanIntervalMethodText(agg.tasks.length))
+    }). Step ${steps[0]} (the first compared).` +
     (undefinedRelL2 ? ` ${undefinedRelL2} undefined relL2 value(s) (all-zero baseline rows) left out of their points' n.` : "") + `</p>`,
     `<div class="effects-line">${aggregateEffectsVsBlockSvg(agg, steps[0], "relL2")}</div>`,
     `<details class="other-step"><summary>${more.map((m) => m.label).join(" · ")}</summary>` +

@@ -6,7 +6,7 @@
 
 import type { AttentionFlowJson } from "../interventions/attention_flow.ts";
 import type { FlowAggregate, FlowAggregateTable } from "./aggregate.ts";
-import type { MeanInterval } from "./stats.ts";
+import { type MeanInterval, meanIntervalMethodText } from "./stats.ts";
 import { ATTENTION_FLOW_FORMAT } from "../interventions/attention_flow.ts";
 import { printable } from "../runtime/printable.ts";
 
@@ -352,9 +352,9 @@ export function flowAggregateSection(agg: FlowAggregate): string {
   return [
     `<div class="aggregate-flow"><h4>Attention flow (${esc(agg.forward)} forward), mean over ${agg.tasks.length} task(s)</h4>`,
     `<p class="meta">Cells: the mean over tasks of each task's mean-over-heads mass (rows: query groups, columns: key groups); ` +
-    `hover a cell or point for its 95% interval and n. Step ${steps[0]} (the first recorded)${
-      rest.length ? `; steps ${rest.join(", ")} below` : ""
-    }.</p>`,
+    `hover a cell or point for its 95% interval (${esc(meanIntervalMethodText(agg.tasks.length))}) and n. Step ${
+      steps[0]
+    } (the first recorded)${rest.length ? `; steps ${rest.join(", ")} below` : ""}.</p>`,
     figuresAt(steps[0]),
     ...rest.map((s) => `<details class="other-step"><summary>step ${s}</summary>${figuresAt(s)}</details>`),
     `</div>`,

@@ -291,3 +291,9 @@ export function meanInterval(values: readonly (number | null)[]): MeanInterval {
   const half = (q * sd) / Math.sqrt(n);
   return { n, mean, sd, low: mean - half, high: mean + half, method };
 }
+
+/** Which interval a mean of n values gets, in words (for figure captions). */
+export function meanIntervalMethodText(n: number): string {
+  if (n <= 1) return "no interval (one task)";
+  return n < STUDENT_T_BELOW ? `Student t with ${n - 1} degree${n === 2 ? "" : "s"} of freedom` : `normal (z = ${Z_95})`;
+}

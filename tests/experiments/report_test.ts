@@ -437,6 +437,11 @@ Deno.test("report: attention flow and effects aggregated per cell, rendered in h
     );
     assert.match(html, /Student t with n − 1 degrees of freedom for n &lt; 30/);
     assert.ok(
+      html.includes("hover a cell or point for its 95% interval (Student t with 2 degrees of freedom) and n"),
+      "the color cell's rule",
+    );
+    assert.ok(html.includes("95% interval of the mean (Student t with 3 degrees of freedom)"), "the color cell's effects rule");
+    assert.ok(
       html.includes(`data-left-out="1">Attention flow: 1 task(s) left out — ${tasks[3].task_id} (its groups differ`),
       "left-out task named",
     );
