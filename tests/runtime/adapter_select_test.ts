@@ -435,7 +435,9 @@ Deno.test({
       const how = pin.set.DRI_PRIME ? `DRI_PRIME=${pin.set.DRI_PRIME}` : "no selection (the device-select layer switched off or absent)";
       console.log(`GPU ${a.index}: ${how}`);
       const held = await holdOn(pin, HOLD_MIB);
-      if (held.line !== `ready ${a.name}`) assert.fail(`GPU ${a.index}: the holder said "${held.line}"; stderr: ${(await held.end()).stderr}`);
+      if (held.line !== `ready ${a.name}`) {
+        assert.fail(`GPU ${a.index}: the holder said "${held.line}"; stderr: ${(await held.end()).stderr}`);
+      }
       await new Promise((r) => setTimeout(r, 1000));
       const during = nvidiaMemory()!;
       assert.deepEqual((await held.end()).code, 0);
