@@ -5,7 +5,8 @@
 //
 // Prints each stage's time (text encoding includes loading the text encoder, which is released afterwards), the
 // per-step times, and the GPU memory held: transformer and VAE weights, the text encoder while it lives, the step
-// plan and the VAE plans. --overhead also runs the same edit with a knockout (ref->text on every block) and with a
+// plan and the VAE plans. --overhead also runs the same edit with a knockout (ref->text on every block), a patch of
+// the second block's padding rows from a source run (studies/source_rows.ts), and with a
 // capture of the text rows of every block at every step — streamed to a temporary captures file (the path of an
 // output folder; --capture-budget bounds its host memory) and kept in memory — and reports their step time and
 // memory over the plain run.
@@ -21,6 +22,8 @@ import { savePng } from "../model/images.ts";
 import { Rng } from "../runtime/random.ts";
 import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { CaptureIntervention } from "../interventions/capture_run.ts";
+import { PatchIntervention } from "../interventions/patch.ts";
+import { SourceRows } from "../studies/source_rows.ts";
 import { exists, formatGB, formatTable, median, runCommand } from "./common.ts";
 
 const CHECKPOINT_SCRIPT = fileURLToPath(new URL("./make_random_checkpoint.py", import.meta.url));
@@ -136,6 +139,16 @@ export async function main(args: string[]): Promise<void> {
     const kept = new CaptureIntervention(taps, { budgetMB });
     const inMemory = await pipe.generate({ ...request, interventions: [kept] });
     row(`${what}, in memory (${formatGB(kept.results(inMemory).stats.bytes)})`, inMemory);
+    // I2I patching: the padding rows of the second block's text stream, step k from step k of a source run (the
+    // study layer's "rows of a source run", as `deno task patch` uses it); the source is this same edit.
+    const block = pipe.blockNames()[Math.min(1, pipe.blockNames().length - 1)];
+    const source = await SourceRows.prepare(pipe, request, { tap: `${block}.txt`, group: "text[padding]", schedule: "per-step" }, steps);
+    await source.execute(pipe);
+    const patch = new PatchIntervention({ tap: `${block}.txt`, positions: source.positions, rows: source, label: `patch at ${block}` });
+    row(
+      `patch text[padding] at ${block} from a source run (${source.count} rows per step)`,
+      await pipe.generate({ ...request, interventions: [patch] }),
+    );
     console.log(formatTable(["run", "median step ms", "over plain", "plan GPU", "plan over plain"], rows));
   }
   pipe.release();
