@@ -1,15 +1,8 @@
 // `deno task attention-flow`: a run with an attention flow (and optionally a knockout in the same run), built as an
 // experiment spec and executed through the same spec → study → output-folder path as `deno task run`.
 
-import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type AttentionFlowSpec, type InterventionSpec, parseSpec, type RunSpec } from "../studies/spec.ts";
-import { resolveGroups } from "../interventions/groups.ts";
-import { resolveBlocks } from "../interventions/intervention.ts";
-import { parseSetting } from "../interventions/knockout.ts";
-import { blockNames, parseFlux2Config } from "../model/flux2/config.ts";
-import { QWEN3_PROMPT_LENGTH } from "../model/qwen3/prompt.ts";
-import type { RunLayout } from "../model/run.ts";
 import { defaultOut, runSpecToFolder } from "./experiment_io.ts";
 import { integerOption, numberOption, parseOrUsageError, sideOption, UsageError } from "./common.ts";
 
@@ -75,52 +68,6 @@ export function splitGroupList(value: string, flag: string): string[] {
 function headList(value: string | undefined): number[] | undefined {
   if (value === undefined) return undefined;
   return value.split(",").map((h) => integerOption("heads", h.trim(), 0)!);
-}
-
-/** Refuse a bad group expression or block selection before the checkpoint is loaded onto the GPU (minutes for 9B).
- * Groups are checked against the layout as far as it is known without the prompt (512 text rows, one reference per
- * --ref); what depends on the prompt (empty or overlapping groups) is checked when the flow binds to the run. Blocks
- * are checked against the transformer's config.json when the folder has one. */
-async function checkBeforeLoading(spec: RunSpec): Promise<void> {
-  const flow = spec.attentionFlow!;
-  const layout: RunLayout = {
-    textRows: QWEN3_PROMPT_LENGTH,
-    noiseRows: 1,
-    refRows: (spec.refs ?? []).map(() => 1),
-    prompt: { content: [], scaffold: [], pad: [], padding: [] },
-  };
-  const group = (g: string, where: string) => {
-    try {
-      resolveGroups(layout, g);
-    } catch (e) {
-      throw new Error(`${where}: ${(e as Error).message}`);
-    }
-  };
-  flow.queryGroups?.forEach((g) => group(g, "--query-groups"));
-  flow.keyGroups?.forEach((g) => group(g, "--key-groups"));
-  if (flow.tokenGroup !== undefined) group(flow.tokenGroup, "--token-group");
-  const settings = spec.interventions?.flatMap((i) => i.type === "knockout" ? i.settings ?? [] : []) ?? [];
-  for (const s of settings) {
-    const { sources, destinations } = parseSetting(s.setting);
-    group(sources, `--setting ${s.setting}`);
-    group(destinations, `--setting ${s.setting}`);
-  }
-  const configPath = join(spec.model, "transformer", "config.json");
-  let text: string;
-  try {
-    text = await Deno.readTextFile(configPath);
-  } catch {
-    return; // a single-file checkpoint or a missing folder: the pipeline's loader says what is wrong
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return;
-  }
-  const blocks = blockNames(parseFlux2Config(raw, configPath));
-  resolveBlocks(flow.blocks ?? "all", blocks, "--blocks");
-  for (const s of settings) resolveBlocks(s.blocks ?? "all", blocks, "--knockout-blocks");
 }
 
 export async function main(args: string[]): Promise<number> {
@@ -211,7 +158,6 @@ export async function main(args: string[]): Promise<number> {
     console.log(JSON.stringify(spec, null, 2));
     return 0;
   }
-  await checkBeforeLoading(spec);
   await runSpecToFolder(spec, values.out ?? defaultOut("attention-flow"), values.overwrite ?? false);
   return 0;
 }

@@ -115,7 +115,12 @@ function resolveSide(
   for (const raw of names) {
     const name = raw.trim();
     if (kept.includes(name)) throw new Error(`${where}: ${side} group ${printable(name)} is given twice`);
-    const positions = resolveGroups(ctx.layout, name);
+    let positions: number[];
+    try {
+      positions = resolveGroups(ctx.layout, name);
+    } catch (e) {
+      throw new Error(`${where}: ${side} groups: ${(e as Error).message}`);
+    }
     if (!positions.length) {
       ctx.warn(`${where}: ${side} group ${printable(name)} is empty in this run; dropped`);
       continue;

@@ -42,8 +42,13 @@ export class KnockoutIntervention implements Intervention {
     for (const s of this.settings) {
       const { sources, destinations } = parseSetting(s.setting);
       const where = `knockout ${s.setting}`;
-      const keys = resolveGroups(ctx.layout, sources);
-      const queries = resolveGroups(ctx.layout, destinations);
+      const [keys, queries] = [sources, destinations].map((group) => {
+        try {
+          return resolveGroups(ctx.layout, group);
+        } catch (e) {
+          throw new Error(`${where}: ${(e as Error).message}`);
+        }
+      });
       const blocks = resolveBlocks(s.blocks ?? "all", ctx.blocks, where);
       const steps = resolveSteps(s.steps, ctx.steps, where);
       // A group can be legitimately empty in one run (text[content] of an empty prompt, ref in text-to-image):

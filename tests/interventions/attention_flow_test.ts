@@ -274,15 +274,18 @@ Deno.test({
       const common = ["--model", MODEL, "--prompt", PROMPT, "--ref", REF0, "--width", "32", "--height", "48", "--steps", "1"];
       for (
         const [bad, pattern] of [
-          [["--query-groups", "text[content],text[bogus]"], /^error: --query-groups: group "text\[bogus\]": expected/],
-          [["--blocks", "double.3"], /^error: --blocks: unknown block "double.3"/],
-          [["--setting", "ref->text[pad]", "--knockout-blocks", "single.9"], /^error: --knockout-blocks: unknown block "single.9"/],
+          [["--query-groups", "text[content],text[bogus]"], /^error: attention flow @ all: query groups: group "text\[bogus\]": expected/],
+          [["--blocks", "double.3"], /^error: attention flow @ double\.3: unknown block "double\.3"/],
+          [
+            ["--setting", "ref->text[pad]", "--knockout-blocks", "single.9"],
+            /^error: knockout ref->text\[pad\]: unknown block "single\.9"/,
+          ],
           [["--heads", "x"], /^error: --heads "x" is not a whole number/],
         ] as const
       ) {
         const r = await cli([...common, ...bad, "--out", join(dir, "bad")]);
         assert.equal(r.code, bad[0] === "--heads" ? 2 : 1, r.stderr);
-        // Refused before the checkpoint is loaded: one line, nothing else on stderr (no device messages).
+        // Refused before the weights go to the GPU: one line, nothing else on stderr.
         assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
         assert.match(r.stderr.trim(), pattern);
         await assert.rejects(() => Deno.stat(join(dir, "bad")), Deno.errors.NotFound);
