@@ -98,7 +98,12 @@ export function pipelineExecutor(model: string, options: { lowMemory?: boolean; 
     async open(log) {
       if (!pipe) {
         log(`loading ${printable(model)}…`);
-        pipe = await Flux2KleinPipeline.load(model, { keepTextEncoder: !options.lowMemory, log: (l) => log(`  ${l}`) });
+        // Checkpoints validated now; the weights go to the GPU when the first task runs, after every condition is checked.
+        pipe = await Flux2KleinPipeline.load(model, {
+          keepTextEncoder: !options.lowMemory,
+          log: (l) => log(`  ${l}`),
+          deferUpload: true,
+        });
       }
       return pipe.gpu.adapterDescription;
     },
