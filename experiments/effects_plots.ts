@@ -9,6 +9,7 @@ import { bandPaths } from "./flow_plots.ts";
 import { type MeanInterval, meanIntervalMethodText } from "./stats.ts";
 import type { EffectRecord, EffectsJson, FlowChange, RowStats, RunEffectsJson } from "../studies/effects.ts";
 import { EFFECTS_FORMAT } from "../studies/effects.ts";
+import { parseOutputJson } from "./files.ts";
 import { printable } from "../runtime/printable.ts";
 import { PALETTE } from "./svg_plot.ts";
 
@@ -26,20 +27,9 @@ export type EffectsRun = "intervention" | "control";
 /** Read effects.json text, checking what the figures rely on (format, blocks, steps, groups, records, flow tables);
  * errors name the file and the field. */
 export function parseEffectsJson(text: string, where = "effects.json"): EffectsJson {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${where}: not valid JSON (${(e as Error).message})`);
-  }
-  const fail = (field: string, message: string): never => {
-    throw new Error(`${where}: ${field}: ${message}`);
-  };
+  const { raw, fail } = parseOutputJson(text, where, EFFECTS_FORMAT, 1);
   const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
-  if (!isObj(raw)) return fail("(root)", "expected an object");
   const j = raw as unknown as EffectsJson;
-  if (j.format !== EFFECTS_FORMAT) fail("format", `expected "${EFFECTS_FORMAT}", got ${printable(JSON.stringify(j.format))}`);
-  if (j.version !== 1) fail("version", `expected 1, got ${printable(JSON.stringify(j.version))}`);
   if (!Array.isArray(j.blocks) || j.blocks.some((b) => typeof b !== "string")) fail("blocks", "expected a list of block names");
   if (!Array.isArray(j.steps) || j.steps.some((s) => !Number.isInteger(s))) fail("steps", "expected a list of step indices");
   const groupNames = ["text", "image", "ref"];

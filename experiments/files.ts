@@ -3,6 +3,7 @@
 
 import { join } from "node:path";
 import { writeFileAtomic } from "../studies/output_folder.ts";
+import { printable } from "../runtime/printable.ts";
 
 /** Write text atomically: a temporary file beside the destination, flushed to disk, renamed into place. */
 export function writeTextAtomic(path: string, content: string): Promise<void> {
@@ -81,4 +82,31 @@ export async function copyTree(from: string, to: string): Promise<void> {
     if (e.isDirectory) await copyTree(src, dst);
     else if (e.isFile) await Deno.copyFile(src, dst);
   }
+}
+
+/** Thrower of one-line errors naming a file and a field: `fail("tables[2].mass", "expected a list")`. */
+export type FieldFailure = (field: string, message: string) => never;
+
+/** Parse the text of a JSON file kleinscope wrote (attention_flow.json, effects.json): an object of the given `format`
+ * and `version`, else a one-line error naming the file and the field. Returns the object and the file's `fail`. */
+export function parseOutputJson(
+  text: string,
+  where: string,
+  format: string,
+  version: number,
+): { raw: Record<string, unknown>; fail: FieldFailure } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  const fail: FieldFailure = (field, message) => {
+    throw new Error(`${where}: ${field}: ${message}`);
+  };
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return fail("(root)", "expected an object");
+  const o = raw as Record<string, unknown>;
+  if (o.format !== format) fail("format", `expected "${format}", got ${printable(JSON.stringify(o.format))}`);
+  if (o.version !== version) fail("version", `expected ${version}, got ${printable(JSON.stringify(o.version))}`);
+  return { raw: o, fail };
 }

@@ -8,6 +8,7 @@ import type { AttentionFlowJson } from "../interventions/attention_flow.ts";
 import type { FlowAggregate, FlowAggregateTable } from "./aggregate.ts";
 import { type MeanInterval, meanIntervalMethodText } from "./stats.ts";
 import { ATTENTION_FLOW_FORMAT } from "../interventions/attention_flow.ts";
+import { parseOutputJson } from "./files.ts";
 import { printable } from "../runtime/printable.ts";
 
 /** Colour-blind-safe palette (Okabe–Ito), then repeated. */
@@ -19,19 +20,8 @@ const num = (v: number) => Number(v.toFixed(2)).toString();
 /** Read attention_flow.json text, checking what the figures rely on (format, groups, table shapes); errors name the
  * file and the field. */
 export function parseAttentionFlowJson(text: string, where = "attention_flow.json"): AttentionFlowJson {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${where}: not valid JSON (${(e as Error).message})`);
-  }
-  const fail = (field: string, message: string): never => {
-    throw new Error(`${where}: ${field}: ${message}`);
-  };
-  if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail("(root)", "expected an object");
-  const j = raw as AttentionFlowJson;
-  if (j.format !== ATTENTION_FLOW_FORMAT) fail("format", `expected "${ATTENTION_FLOW_FORMAT}", got ${printable(JSON.stringify(j.format))}`);
-  if (j.version !== 1) fail("version", `expected 1, got ${printable(JSON.stringify(j.version))}`);
+  const { raw, fail } = parseOutputJson(text, where, ATTENTION_FLOW_FORMAT, 1);
+  const j = raw as unknown as AttentionFlowJson;
   for (const side of ["queryGroups", "keyGroups"] as const) {
     const groups = j[side];
     if (!Array.isArray(groups) || groups.some((g) => typeof g?.name !== "string" || !Number.isInteger(g?.tokens))) {
