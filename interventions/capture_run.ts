@@ -306,10 +306,18 @@ export class CaptureIntervention implements Intervention {
     }));
     const queue = new BoundedReadbacks(budget);
     // Host work on a step's rows waits until the next step is submitted (or the run's last step is done).
+    // Gates of readbacks queued with this step's submit (waiting) and of those already submitted (gates).
     let gates: (() => void)[] = [];
+    let waiting: (() => void)[] = [];
     const openGates = () => {
-      for (const open of gates) open();
+      for (const open of [...gates, ...waiting]) open();
       gates = [];
+      waiting = [];
+    };
+    const fail = async () => {
+      openGates();
+      await queue.drain().catch(() => {});
+      writer?.abort();
     };
     const stateNames: string[] = [];
     const id = captureCounter++;
@@ -351,35 +359,39 @@ export class CaptureIntervention implements Intervention {
           stateNames[i] = insertCapture(g, scope + w.tap.name, sel, `capture${id}.${i}/${keys[i]}`).tensor;
         });
       },
-      async afterStep(plan: Plan, step: number) {
-        // This step is submitted: earlier steps' rows may now be copied or written without delaying it. Their gates
-        // open after this step's readback is queued, unless the budget needs them to finish first.
-        const earlier = gates;
-        gates = [];
-        const openEarlier = () => earlier.forEach((open) => open());
+      async beforeStep(plan: Plan, step: number) {
+        // This step's rows are copied at the end of its own submit (no submit of their own: see Plan.readAsync).
         try {
           const indices = wanted.flatMap((w, i) => (stateNames[i] && w.steps.has(step) ? [i] : []));
-          if (indices.length) {
-            if (!queue.fits(perStep[step])) {
-              openEarlier();
-              await queue.reserve(perStep[step]);
-            }
-            queue.throwIfFailed();
-            const readback = plan.readAsync(indices.map((i) => stateNames[i]));
-            const gate = new Promise<void>((open) => gates.push(open));
-            queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
+          if (!indices.length) return;
+          if (!queue.fits(perStep[step])) {
+            // Earlier steps' rows must be copied or written first; the previous step has finished on the GPU.
+            openGates();
+            await queue.reserve(perStep[step]);
           }
-          openEarlier();
+          queue.throwIfFailed();
+          const readback = plan.readAsync(indices.map((i) => stateNames[i]), { withNextSubmit: true });
+          const gate = new Promise<void>((open) => waiting.push(open));
+          queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
+        } catch (e) {
+          await fail();
+          throw e;
+        }
+      },
+      async afterStep(_plan: Plan, step: number) {
+        // This step is submitted: earlier steps' rows may now be copied or written without delaying it.
+        const earlier = gates;
+        gates = waiting;
+        waiting = [];
+        earlier.forEach((open) => open());
+        try {
           if (step === ctx.steps - 1) {
             openGates();
             await queue.drain();
             writer?.finish();
           }
         } catch (e) {
-          openEarlier();
-          openGates();
-          await queue.drain().catch(() => {});
-          writer?.abort();
+          await fail();
           throw e;
         }
       },

@@ -16,6 +16,7 @@ import { Graph } from "../../runtime/graph.ts";
 import { Plan } from "../../runtime/executor.ts";
 import { getGpu, openGpu } from "../../runtime/device.ts";
 import { Rng } from "../../runtime/random.ts";
+import { copyRows } from "../../kernels/rows.ts";
 
 const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
 const MODEL = FIX + "model";
@@ -336,6 +337,93 @@ Deno.test("readAsync: each call has its own staging buffer, so a later write nev
     plan.destroy();
     await assert.rejects(() => dropped.mapped, /freed with its plan before it arrived/);
     assert.throws(() => dropped.views(), /released/);
+  } finally {
+    plan.destroy();
+  }
+});
+
+Deno.test("readAsync: a released staging buffer is reused by the next readback of its size, which sees only its own data", async () => {
+  const gpu = await getGpu();
+  const g = new Graph();
+  g.state("s", [29, 7]);
+  const plan = await Plan.compile(gpu, g, null, { label: "test" });
+  try {
+    const rng = new Rng(21);
+    const fresh = () => Float32Array.from({ length: 29 * 7 }, () => rng.uniform() * 2 - 1);
+    const v0 = fresh(), v1 = fresh(), v2 = fresh();
+    plan.write("s", v0);
+    const rb0 = plan.readAsync(["s"]);
+    await rb0.mapped;
+    assert.deepEqual(bits(rb0.views()[0]), bits(v0));
+    rb0.release();
+    assert.equal(plan.stagingAllocations, 1);
+    // Reused: the same buffer, unmapped and copied into again.
+    plan.write("s", v1);
+    const rb1 = plan.readAsync(["s"]);
+    assert.equal(plan.stagingAllocations, 1);
+    await rb1.mapped;
+    // In use (mapped, not released): the next readback needs a buffer of its own, and the first keeps its data.
+    plan.write("s", v2);
+    const rb2 = plan.readAsync(["s"]);
+    assert.equal(plan.stagingAllocations, 2);
+    await rb2.mapped;
+    assert.deepEqual(bits(rb1.views()[0]), bits(v1));
+    assert.deepEqual(bits(rb2.views()[0]), bits(v2));
+    rb1.release();
+    rb2.release();
+    // A readback released before its mapping arrived is not reused (its buffer is freed), and later ones still work.
+    const pending = plan.readAsync(["s"]);
+    pending.release();
+    await assert.rejects(() => pending.mapped, /released before it arrived|destroyed|aborted|unmapped/i);
+    plan.write("s", v0);
+    const rb3 = plan.readAsync(["s"]);
+    await rb3.mapped;
+    assert.deepEqual(bits(rb3.views()[0]), bits(v0));
+    rb3.release();
+  } finally {
+    plan.destroy();
+  }
+});
+
+Deno.test("readAsync withNextSubmit: copied at the end of the next submit, after its dispatches; dropped ones fail cleanly", async () => {
+  const gpu = await getGpu();
+  const g = new Graph();
+  const a = g.input("a", [13, 6]);
+  const s = g.state("s", [13, 6]);
+  copyRows(g, "copy", a, s, { srcRow: 0, dstRow: 0, rows: 13 });
+  const plan = await Plan.compile(gpu, g, null, { label: "test" });
+  try {
+    const rng = new Rng(5);
+    const fresh = () => Float32Array.from({ length: 13 * 6 }, () => rng.uniform() * 2 - 1);
+    const v1 = fresh(), v2 = fresh();
+    plan.write("s", new Float32Array(13 * 6).fill(NaN));
+    plan.write("a", v1);
+    const rb = plan.readAsync(["s"], { withNextSubmit: true });
+    let arrived = false;
+    rb.mapped.then(() => arrived = true);
+    await plan.gpu.device.queue.onSubmittedWorkDone();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(arrived, false, "nothing is copied before the next submit");
+    assert.throws(() => rb.views(), /not mapped yet/);
+    plan.submit();
+    await rb.mapped;
+    // The copy ran after the submit's dispatch: s holds what the dispatch wrote, not the NaNs before it.
+    assert.deepEqual(bits(rb.views()[0]), bits(v1));
+    rb.release();
+    // Released before the submit: it fails, naming the tensors, and the submit copies nothing into it.
+    const dropped = plan.readAsync(["s"], { withNextSubmit: true });
+    dropped.release();
+    await assert.rejects(() => dropped.mapped, /readback of s was released before it arrived/);
+    plan.write("a", v2);
+    const kept = plan.readAsync(["s"], { withNextSubmit: true });
+    plan.submit();
+    await kept.mapped;
+    assert.deepEqual(bits(kept.views()[0]), bits(v2));
+    kept.release();
+    // Still waiting when the plan is freed.
+    const orphan = plan.readAsync(["s"], { withNextSubmit: true });
+    plan.destroy();
+    await assert.rejects(() => orphan.mapped, /freed with its plan before it arrived/);
   } finally {
     plan.destroy();
   }
