@@ -277,7 +277,9 @@ export function printSummary(
       (refs.length ? `, ${refs.length} reference${refs.length > 1 ? "s" : ""} (${refs.join(", ")})` : ""),
   );
   log(
-    `times    load ${formatMs(loadMs)} · text ${formatMs(t.textMs)} · references ${formatMs(t.refsMs)} · plan ${formatMs(t.planMs)} · ` +
+    `times    load ${formatMs(loadMs + t.textLoadMs)} · text ${formatMs(t.textMs)} · references ${formatMs(t.refsMs)} · plan ${
+      formatMs(t.planMs)
+    } · ` +
       `steps ${formatMs(stepsTotal)} (${formatMs(stepsTotal / Math.max(1, t.stepsMs.length))}/step) · decode ${formatMs(t.decodeMs)} · ` +
       `total ${formatMs(t.totalMs)}`,
   );

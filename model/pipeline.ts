@@ -104,11 +104,17 @@ export interface StepInfo {
 }
 
 export interface StageTimes {
+  /** Loading the text encoder's weights for this run (0 when every prompt's embeddings were cached or the encoder was
+   * kept loaded). */
+  textLoadMs: number;
+  /** Encoding the prompts (and releasing the text encoder), without its load. */
   textMs: number;
   refsMs: number;
   planMs: number;
   stepsMs: number[];
   decodeMs: number;
+  /** execute() from start to end (after the transformer and VAE weights are on the GPU): every stage above, the text
+   * encoder's load included. */
   totalMs: number;
 }
 
@@ -218,9 +224,21 @@ export class Flux2KleinPipeline {
 
   /** Prompt embeddings [512, joint_dim] of each prompt (cached per prompt); the text encoder is loaded once for all. */
   async encodePrompts(prompts: string[]): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }[]> {
+    return (await this.encodePromptsTimed(prompts)).embeddings;
+  }
+
+  /** encodePrompts, also saying how long loading the text encoder took (0 when it was not loaded). */
+  private async encodePromptsTimed(
+    prompts: string[],
+  ): Promise<{ embeddings: { embeds: Float32Array; prompt: EncodedPrompt }[]; loadMs: number }> {
     const missing = [...new Set(prompts.filter((p) => !this.embedCache.has(p)))];
+    let loadMs = 0;
     if (missing.length) {
-      if (!this.textEncoder) this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
+      if (!this.textEncoder) {
+        const tl = performance.now();
+        this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
+        loadMs = performance.now() - tl;
+      }
       try {
         for (const prompt of missing) {
           const r = await this.textEncoder.encode(prompt);
@@ -235,7 +253,7 @@ export class Flux2KleinPipeline {
         }
       }
     }
-    return prompts.map((p) => this.embedCache.get(p)!);
+    return { embeddings: prompts.map((p) => this.embedCache.get(p)!), loadMs };
   }
 
   /** Prompt embeddings [512, joint_dim] (cached per prompt). */
@@ -428,8 +446,10 @@ export class Flux2KleinPipeline {
     const refsMs = performance.now() - tr;
 
     const tt = performance.now();
-    const [cond, uncond] = await this.encodePrompts(guided ? [req.prompt, ""] : [req.prompt]);
-    const textMs = performance.now() - tt;
+    const encoded = await this.encodePromptsTimed(guided ? [req.prompt, ""] : [req.prompt]);
+    const [cond, uncond] = encoded.embeddings;
+    const textLoadMs = encoded.loadMs;
+    const textMs = performance.now() - tt - textLoadMs;
 
     const noiseRows = layout.noiseRows;
     const channels = cfg.inChannels;
@@ -462,7 +482,7 @@ export class Flux2KleinPipeline {
         this.transformer.writeForwardInputs(plan, { timestep: schedule.timesteps[i] });
         plan.write("pipe.dt", Float32Array.of(Math.fround(schedule.sigmas[i + 1] - schedule.sigmas[i])));
         cutWriter.beforeStep(plan, i);
-        for (const b of bindings) b.beforeStep?.(plan, i);
+        for (const b of bindings) await b.beforeStep?.(plan, i);
         plan.submit();
         for (const b of bindings) await b.afterStep?.(plan, i);
         if (req.keepStepLatents) stepLatents.push(await plan.readRows("pipe.x", 0, noiseRows));
@@ -491,7 +511,7 @@ export class Flux2KleinPipeline {
         stepLatents,
         prompt: cond.prompt,
         layout,
-        times: { textMs, refsMs, planMs, stepsMs, decodeMs, totalMs: performance.now() - t0 },
+        times: { textLoadMs, textMs, refsMs, planMs, stepsMs, decodeMs, totalMs: performance.now() - t0 },
         planBytes,
         vaePlanBytes,
         warnings: [...run.warnings],
