@@ -14,7 +14,37 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let c1 = c0 * 2.0;
   let c2 = c0 * 3.0;
   let c3 = c0 * 4.0;
-  for (var i = 0u; i < params.iters; i++) {
+  // Eight steps per pass (params.iters is a multiple of 8), so the loop's own counter and branch are about 2% of
+  // the instructions issued rather than 20%.
+  for (var i = 0u; i < params.iters; i += 8u) {
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
+    a0 = fma(a0, b, c0);
+    a1 = fma(a1, b, c1);
+    a2 = fma(a2, b, c2);
+    a3 = fma(a3, b, c3);
     a0 = fma(a0, b, c0);
     a1 = fma(a1, b, c1);
     a2 = fma(a2, b, c2);
