@@ -1,11 +1,11 @@
 // Capture as an intervention: selected rows of tap points at selected steps. What a run captured comes back on its
 // result (typed: tap, group, forward, step → rows × cols), never kept in the intervention.
 //
-// Captured rows stream: after each step the capture's state tensors are copied into a staging buffer of that step's
-// own and mapped behind the next step's work (Plan.readAsync); the host copies or writes them only once the next
-// step has been submitted, so the GPU never waits for them. Host memory is bounded by a budget: in memory, the whole
-// capture must fit it (refused when the run is prepared); streamed into a file, the readbacks not yet written must,
-// and the step loop waits for earlier ones before it reads back more (back-pressure).
+// Captured rows stream: after each step the capture's state tensors are copied into a staging buffer (Plan.readAsync),
+// and the host copies or writes them once the next step has been submitted, while the GPU computes it; the next
+// readback is queued only after that, because its submit may hold the thread until the GPU is done (see readAsync).
+// So the host holds one step's rows at a time when they are streamed into a file. Host memory is bounded by a budget:
+// in memory, the whole capture must fit it; streamed, one step's rows must (both refused when the run is prepared).
 
 import type { AsyncReadback, Plan } from "../runtime/executor.ts";
 import type { GenerateResult } from "../model/pipeline.ts";
@@ -71,8 +71,6 @@ export interface CaptureStats {
   budgetBytes: number;
   /** Most bytes of captured rows the host held at once: kept in memory, or read back and not yet written. */
   peakHostBytes: number;
-  /** Times the step loop waited for earlier readbacks before reading back more (back-pressure). */
-  waits: number;
   /** The captures file the rows were streamed into; undefined when they are kept in memory. */
   file?: string;
 }
@@ -81,7 +79,7 @@ export interface CaptureStats {
 export class CaptureSet {
   constructor(
     readonly tensors: readonly CapturedTensor[],
-    readonly stats: CaptureStats = { bytes: 0, budgetBytes: 0, peakHostBytes: 0, waits: 0 },
+    readonly stats: CaptureStats = { bytes: 0, budgetBytes: 0, peakHostBytes: 0 },
     /** Streamed captures: every tensor's place in `stats.file`, in file order. */
     readonly fileEntries: readonly PlacedEntry[] = [],
   ) {}
@@ -306,18 +304,10 @@ export class CaptureIntervention implements Intervention {
     }));
     const queue = new BoundedReadbacks(budget);
     // Host work on a step's rows waits until the next step is submitted (or the run's last step is done).
-    // Gates of readbacks queued with this step's submit (waiting) and of those already submitted (gates).
     let gates: (() => void)[] = [];
-    let waiting: (() => void)[] = [];
     const openGates = () => {
-      for (const open of [...gates, ...waiting]) open();
+      for (const open of gates) open();
       gates = [];
-      waiting = [];
-    };
-    const fail = async () => {
-      openGates();
-      await queue.drain().catch(() => {});
-      writer?.abort();
     };
     const stateNames: string[] = [];
     const id = captureCounter++;
@@ -325,7 +315,6 @@ export class CaptureIntervention implements Intervention {
       bytes: total,
       budgetBytes: budget,
       peakHostBytes: queue.peakHostBytes,
-      waits: queue.waits,
       file: file,
     });
 
@@ -359,39 +348,30 @@ export class CaptureIntervention implements Intervention {
           stateNames[i] = insertCapture(g, scope + w.tap.name, sel, `capture${id}.${i}/${keys[i]}`).tensor;
         });
       },
-      async beforeStep(plan: Plan, step: number) {
-        // This step's rows are copied at the end of its own submit (no submit of their own: see Plan.readAsync).
+      async afterStep(plan: Plan, step: number) {
+        // This step is submitted and the GPU is running it. First the rows of the previous step are copied or written,
+        // meanwhile; only then is this step's readback queued, because its submit may not return before the step is
+        // done (see Plan.readAsync).
         try {
+          openGates();
+          await queue.drain();
           const indices = wanted.flatMap((w, i) => (stateNames[i] && w.steps.has(step) ? [i] : []));
-          if (!indices.length) return;
-          if (!queue.fits(perStep[step])) {
-            // Earlier steps' rows must be copied or written first; the previous step has finished on the GPU.
-            openGates();
+          if (indices.length) {
             await queue.reserve(perStep[step]);
+            queue.throwIfFailed();
+            const readback = plan.readAsync(indices.map((i) => stateNames[i]));
+            const gate = new Promise<void>((open) => gates.push(open));
+            queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
           }
-          queue.throwIfFailed();
-          const readback = plan.readAsync(indices.map((i) => stateNames[i]), { withNextSubmit: true });
-          const gate = new Promise<void>((open) => waiting.push(open));
-          queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
-        } catch (e) {
-          await fail();
-          throw e;
-        }
-      },
-      async afterStep(_plan: Plan, step: number) {
-        // This step is submitted: earlier steps' rows may now be copied or written without delaying it.
-        const earlier = gates;
-        gates = waiting;
-        waiting = [];
-        earlier.forEach((open) => open());
-        try {
           if (step === ctx.steps - 1) {
             openGates();
             await queue.drain();
             writer?.finish();
           }
         } catch (e) {
-          await fail();
+          openGates();
+          await queue.drain().catch(() => {});
+          writer?.abort();
           throw e;
         }
       },

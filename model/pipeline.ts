@@ -482,7 +482,7 @@ export class Flux2KleinPipeline {
         this.transformer.writeForwardInputs(plan, { timestep: schedule.timesteps[i] });
         plan.write("pipe.dt", Float32Array.of(Math.fround(schedule.sigmas[i + 1] - schedule.sigmas[i])));
         cutWriter.beforeStep(plan, i);
-        for (const b of bindings) await b.beforeStep?.(plan, i);
+        for (const b of bindings) b.beforeStep?.(plan, i);
         plan.submit();
         for (const b of bindings) await b.afterStep?.(plan, i);
         if (req.keepStepLatents) stepLatents.push(await plan.readRows("pipe.x", 0, noiseRows));

@@ -71,8 +71,7 @@ export interface RunBinding {
   /** Rewrite the step graph; `forwards` lists the forwards of a step (interventions apply to each, as the
    * reference implementation does, unless they say otherwise). */
   rewrite?(g: Graph, forwards: readonly ForwardSite[]): void;
-  /** Before a step is submitted (after its inputs are written). */
-  beforeStep?(plan: Plan, step: number): void | Promise<void>;
+  beforeStep?(plan: Plan, step: number): void;
   afterStep?(plan: Plan, step: number): Promise<void>;
   /** What the binding collected (captures), handed back on the run's result. */
   output?(): unknown;

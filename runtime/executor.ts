@@ -100,14 +100,6 @@ export interface AsyncReadback {
   release(): void;
 }
 
-/** A readAsync copy waiting for the next submit. */
-interface PendingReadback {
-  encode(enc: GPUCommandEncoder): void;
-  startMapping(): void;
-  /** Reject the readback's `mapped` (released, or its plan freed, before the copy was encoded). */
-  fail(): void;
-}
-
 /** Each tensor's slot in a staging buffer starts at a multiple of this (copy and map offsets need 4 and 8). */
 const STAGING_ALIGN = 256;
 /** Released staging buffers a plan keeps for reuse (readAsync). */
@@ -128,8 +120,6 @@ export class Plan {
    * tensors every step, and allocating (pinning) hundreds of MB of host-visible memory each time costs more than the
    * copy. At most STAGING_POOL buffers; freed with the plan. */
   private readonly stagingPool: GPUBuffer[] = [];
-  /** Readbacks waiting to be encoded at the end of the next submit() (readAsync withNextSubmit). */
-  private readonly pendingReadbacks = new Set<PendingReadback>();
   /** Staging buffers readAsync has allocated (not taken from the pool) so far. */
   stagingAllocations = 0;
   private constructor(
@@ -321,13 +311,13 @@ export class Plan {
   }
 
   /** Copy tensors (states or inputs; activations only while still live) into a staging buffer of their own after all
-   * the work submitted so far, and start mapping it, without waiting: the GPU copies them in queue order, so work
-   * submitted later (the next step, writing the same tensors again) never reaches this readback. By default the copy is
-   * its own submit, right behind the caller's last one. With `withNextSubmit` the copy is encoded at the end of the next
-   * submit() instead, in the same command buffer as that work: a separate submit can hold the calling thread until the
-   * GPU has drained the work before it (Mesa's lavapipe does), which would idle the GPU for whatever the caller does
-   * next. */
-  readAsync(names: readonly string[], options: { withNextSubmit?: boolean } = {}): AsyncReadback {
+   * the work submitted so far, and start mapping it: the GPU copies them in queue order, so work submitted later (the
+   * next step, writing the same tensors again) never reaches this readback. The copy is its own submit, right behind the
+   * caller's last one. That submit may not return before the GPU has finished it: a submit that copies into a mappable
+   * buffer is held until its work is done (seen with Deno 2.9 on the H200's Vulkan driver, where a submit of dispatches
+   * alone returns at once; on lavapipe every submit runs to completion). So a caller with host work to do while the GPU
+   * runs does it first and calls this afterwards. */
+  readAsync(names: readonly string[]): AsyncReadback {
     if (this.destroyed) throw new Error(`plan ${this.options.label ?? ""}: readAsync after destroy`);
     const parts = names.map((n) => ({ name: n, ...this.binding(n), staging: 0, slot: 0 }));
     // Slots packed into staging buffers of at most the device's largest buffer (one tensor always fits: it is bound).
@@ -353,53 +343,36 @@ export class Plan {
       return dev.createBuffer({ label, size: want, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
     });
     for (const b of staging) this.staging.add(b);
+    const enc = dev.createCommandEncoder({ label });
     // Sizes rounded up to 4 bytes stay inside the source buffer: storage buffers are allocated in 16-byte units.
-    const encode = (enc: GPUCommandEncoder) => {
-      for (const p of parts) enc.copyBufferToBuffer(p.buffer, p.offset, staging[p.staging], p.slot, Math.ceil(p.size / 4) * 4);
-    };
+    for (const p of parts) enc.copyBufferToBuffer(p.buffer, p.offset, staging[p.staging], p.slot, Math.ceil(p.size / 4) * 4);
+    dev.queue.submit([enc.finish()]);
     let released = false;
     let isMapped = false;
-    let mapping: "waiting" | "started" | "done" = "waiting";
     const release = () => {
       if (released) return;
       released = true;
-      this.pendingReadbacks.delete(pending);
       for (const b of staging) {
         this.staging.delete(b);
-        // A buffer whose mapping is still pending cannot be reused; a mapped one is unmapped and kept, and one that
-        // was never copied into is kept as it is.
-        if ((isMapped || mapping === "waiting") && !this.destroyed && this.stagingPool.length < STAGING_POOL) {
-          if (isMapped) b.unmap();
+        // A buffer whose mapping is still pending cannot be reused; a mapped one is unmapped and kept.
+        if (isMapped && !this.destroyed && this.stagingPool.length < STAGING_POOL) {
+          b.unmap();
           this.stagingPool.push(b);
         } else {
           b.destroy();
         }
       }
     };
-    let settle!: { resolve: () => void; reject: (e: unknown) => void };
-    const mapped = new Promise<void>((resolve, reject) => settle = { resolve, reject });
+    const mapped = Promise.all(staging.map((b) => b.mapAsync(GPUMapMode.READ))).then(() => {
+      // Not every implementation rejects a mapping whose buffer was destroyed meanwhile.
+      if (released || this.destroyed) {
+        throw new Error(`readback of ${names.join(", ")} was ${released ? "released" : "freed with its plan"} before it arrived`);
+      }
+      isMapped = true;
+    });
     // A readback dropped unread (its run failed) must not end the process as an unhandled rejection; whoever awaits
     // `mapped` still sees the error.
     mapped.catch(() => {});
-    const lost = () => new Error(`readback of ${names.join(", ")} was ${released ? "released" : "freed with its plan"} before it arrived`);
-    const startMapping = () => {
-      mapping = "started";
-      Promise.all(staging.map((b) => b.mapAsync(GPUMapMode.READ))).then(() => {
-        mapping = "done";
-        // Not every implementation rejects a mapping whose buffer was destroyed meanwhile.
-        if (released || this.destroyed) throw lost();
-        isMapped = true;
-      }).then(settle.resolve, (e) => settle.reject(released || this.destroyed ? lost() : e));
-    };
-    const pending: PendingReadback = { encode, startMapping, fail: () => settle.reject(lost()) };
-    if (options.withNextSubmit) {
-      this.pendingReadbacks.add(pending);
-    } else {
-      const enc = dev.createCommandEncoder({ label });
-      encode(enc);
-      dev.queue.submit([enc.finish()]);
-      startMapping();
-    }
     const views = () => {
       if (released || this.destroyed || !isMapped) {
         throw new Error(`readback of ${names.join(", ")} is ${released || this.destroyed ? "released" : "not mapped yet"}`);
@@ -407,13 +380,7 @@ export class Plan {
       const ranges = staging.map((b) => b.getMappedRange());
       return parts.map((p) => new Float32Array(ranges[p.staging], p.slot, p.size / 4));
     };
-    // Released or freed before the next submit: nothing will be copied.
-    const releaseWaiting = () => {
-      const wasWaiting = mapping === "waiting" && this.pendingReadbacks.has(pending);
-      release();
-      if (wasWaiting) pending.fail();
-    };
-    return { bytes, mapped, views, release: releaseWaiting };
+    return { bytes, mapped, views, release };
   }
 
   bufferOf(name: string): { buffer: GPUBuffer; offset: number; size: number } {
@@ -456,23 +423,7 @@ export class Plan {
         pass.dispatchWorkgroups(n.workgroups[0], n.workgroups[1], n.workgroups[2]);
       }
       pass.end();
-      const last = end === this.graph.nodes.length;
-      const readbacks = last ? [...this.pendingReadbacks] : [];
-      for (const r of readbacks) r.encode(enc);
       dev.queue.submit([enc.finish()]);
-      if (last) {
-        this.pendingReadbacks.clear();
-        for (const r of readbacks) r.startMapping();
-      }
-    }
-    if (this.pendingReadbacks.size) {
-      // A plan without dispatches: the copies are the whole submit.
-      const readbacks = [...this.pendingReadbacks];
-      this.pendingReadbacks.clear();
-      const enc = dev.createCommandEncoder({ label: `${this.options.label ?? "plan"}:readback` });
-      for (const r of readbacks) r.encode(enc);
-      dev.queue.submit([enc.finish()]);
-      for (const r of readbacks) r.startMapping();
     }
   }
 
@@ -514,8 +465,6 @@ export class Plan {
     // Idempotent: a pipeline frees a plan early and again in its cleanup.
     if (this.destroyed) return;
     this.destroyed = true;
-    for (const r of this.pendingReadbacks) r.fail();
-    this.pendingReadbacks.clear();
     for (const b of [...this.staging, ...this.stagingPool]) b.destroy();
     this.staging.clear();
     this.stagingPool.length = 0;
