@@ -47,14 +47,14 @@ export function rmsNorm64(x: ArrayLike<number>, weight: ArrayLike<number>, eps: 
   return out;
 }
 
-function layerNormCase(rows: number, cols: number, eps: number, offset = 0): AuditCase {
+function layerNormCase(rows: number, cols: number, eps: number, offset = 0, threads?: number): AuditCase {
   return {
     kernel: "layer_norm",
-    label: `${rows}×${cols}${offset ? ` mean ${offset}` : ""}`,
+    label: `${rows}×${cols}${offset ? ` mean ${offset}` : ""}${threads ? `, ${threads} threads` : ""}`,
     build(g, rng) {
       const x = rng.normalArray(rows * cols, 2).map((v) => v + offset);
       const out = g.state("out", [rows, cols]);
-      normNode(g, "op", { stats: "layer", x: g.input("x", [rows, cols]), out, groupSize: cols, eps, affine: { kind: "none" } });
+      normNode(g, "op", { stats: "layer", x: g.input("x", [rows, cols]), out, groupSize: cols, eps, affine: { kind: "none" }, threads });
       return { inputs: [{ name: "x", data: x }], outputs: [{ name: "out", expected: layerNorm64(x, cols, eps) }] };
     },
   };
@@ -82,11 +82,11 @@ function layerNormModulateCase(rows: number, cols: number): AuditCase {
   };
 }
 
-function rmsNormCase(rows: number, cols: number, groupSize: number, weightType: "bf16" | "f32"): AuditCase {
+function rmsNormCase(rows: number, cols: number, groupSize: number, weightType: "bf16" | "f32", threads?: number): AuditCase {
   const eps = 1e-6;
   return {
     kernel: "rms_norm",
-    label: `${rows}×${cols} groups of ${groupSize}, ${weightType} weight`,
+    label: `${rows}×${cols} groups of ${groupSize}, ${weightType} weight${threads ? `, ${threads} threads` : ""}`,
     build(g, rng) {
       const x = rng.normalArray(rows * cols, 1.5);
       const weight = rng.normalArray(groupSize, 0.2).map((v) => 1 + v);
@@ -99,6 +99,7 @@ function rmsNormCase(rows: number, cols: number, groupSize: number, weightType: 
         groupSize,
         eps,
         affine: { kind: "weight", weight: g.input("weight", [groupSize], weightType) },
+        threads,
       });
       const weightData = weightType === "bf16" ? packBf16(weight) : weight;
       return {
@@ -122,4 +123,9 @@ export const normAuditCases: AuditCase[] = [
   rmsNormCase(2, 4099, 4099, "f32"),
   // 70 000 groups: more workgroups than one grid dimension holds (65 535), so the dispatch spans x and y.
   rmsNormCase(7, 20000, 2, "f32"),
+  // Both thread counts whatever the adapter: 256 and 32 are what GPUs get for these groups, 8 what software adapters get.
+  layerNormCase(13, 300, 1e-6, 3, 256),
+  layerNormCase(13, 300, 1e-6, 3, 8),
+  rmsNormCase(11, 2 * 37, 37, "bf16", 32),
+  rmsNormCase(11, 2 * 37, 37, "bf16", 8),
 ];

@@ -3,7 +3,8 @@ import { getGpu } from "../../runtime/device.ts";
 import { runAuditCase } from "../../kernels/audit.ts";
 import { normAuditCases } from "../../kernels/reference/norm.ts";
 import { Graph } from "../../runtime/graph.ts";
-import { layerNorm, layerNormModulate, rmsNorm } from "../../kernels/norm.ts";
+import { layerNorm, layerNormModulate, normNode, rmsNorm } from "../../kernels/norm.ts";
+import type { DeviceCapabilities } from "../../runtime/device.ts";
 
 for (const c of normAuditCases) {
   Deno.test(`norm audit: ${c.kernel} ${c.label}`, async () => {
@@ -42,4 +43,26 @@ Deno.test("norm builders refuse bad operands with the node name", () => {
   const xb = g.input("xb", [7, 256], "bf16");
   assert.throws(() => layerNorm(g, "c", xb, { eps: 1e-6 }), /c: input xb must be f32, got bf16/);
   assert.throws(() => layerNorm(g, "d", x, { eps: NaN }), /d: eps must be a finite number/);
+  const out = g.state("out", [7, 256]);
+  for (const threads of [0, 3, 512]) {
+    assert.throws(
+      () => normNode(g, "e", { stats: "rms", x, out, groupSize: 256, eps: 1e-6, affine: { kind: "none" }, threads }),
+      new RegExp(`e: threads must be a power of two from 1 to 256, got ${threads}`),
+    );
+  }
+});
+
+Deno.test("norm threads follow the device: 8 on a software adapter, enough to cover the group (up to 256) elsewhere", () => {
+  const caps = (software: boolean) => ({ software } as unknown as DeviceCapabilities);
+  const g = new Graph();
+  const x = g.input("x", [3, 64]), out = g.state("out", [3, 64]);
+  normNode(g, "n64", { stats: "layer", x, out, groupSize: 64, eps: 1e-6, affine: { kind: "none" } });
+  const y = g.input("y", [3, 1024]), out2 = g.state("out2", [3, 1024]);
+  normNode(g, "n1024", { stats: "layer", x: y, out: out2, groupSize: 1024, eps: 1e-6, affine: { kind: "none" } });
+  normNode(g, "fixed", { stats: "layer", x: y, out: out2, groupSize: 1024, eps: 1e-6, affine: { kind: "none" }, threads: 16 });
+  const wg = () => g.nodes.map((n) => n.variant.WG);
+  g.chooseTiles(caps(false));
+  assert.deepEqual(wg(), [64, 256, 16]);
+  g.chooseTiles(caps(true));
+  assert.deepEqual(wg(), [8, 8, 16]);
 });
