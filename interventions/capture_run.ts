@@ -165,16 +165,6 @@ export class BoundedReadbacks {
 
   constructor(readonly budgetBytes: number) {}
 
-  /** Whether `bytes` more fit the budget now. */
-  fits(bytes: number): boolean {
-    return this.hostBytes + bytes <= this.budgetBytes;
-  }
-
-  /** Throw the first failure of a tracked readback, if any. */
-  throwIfFailed(): void {
-    if (this.failure) throw this.failure.error;
-  }
-
   /** Wait until `bytes` more fit the budget (or nothing is left to wait for). */
   async reserve(bytes: number): Promise<void> {
     while (!this.failure && this.hostBytes + bytes > this.budgetBytes && this.inFlight.length) {
@@ -353,12 +343,12 @@ export class CaptureIntervention implements Intervention {
         // meanwhile; only then is this step's readback queued, because its submit may not return before the step is
         // done (see Plan.readAsync).
         try {
+          // Nothing is in flight after this (a failure is thrown here), so this step's readback always fits the
+          // budget checked when the run was prepared.
           openGates();
           await queue.drain();
           const indices = wanted.flatMap((w, i) => (stateNames[i] && w.steps.has(step) ? [i] : []));
           if (indices.length) {
-            await queue.reserve(perStep[step]);
-            queue.throwIfFailed();
             const readback = plan.readAsync(indices.map((i) => stateNames[i]));
             const gate = new Promise<void>((open) => gates.push(open));
             queue.track(readback.bytes, consume(step, indices, readback, gate), !writer);
