@@ -10,6 +10,7 @@
 //   deno run -A bench/attention.ts --small         shapes small enough for a software adapter
 //   deno run -A bench/attention.ts --sweep         try ATTENTION_SWEEP_CONFIGS, record the fastest per head dim in
 //                                                  kernels/attention_tuned.json (or --tuning-out PATH)
+//   deno run -A bench/attention.ts --config q128r8.t16k4.ds16.ks16.dv128[,…]   these configurations (head dim 128)
 //   --runs N (default 5: repetitions of the node in the timed plan)   --json PATH (write every measurement)
 
 import { parseArgs } from "node:util";
@@ -20,8 +21,10 @@ import {
   type AttentionConfig,
   attentionConfigFor,
   attentionConfigName,
+  attentionTiles,
   attentionWorkgroupBytes,
   loadAttentionTuning,
+  parseAttentionConfigName,
 } from "../kernels/attention.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { attentionCase } from "../kernels/reference/attention.ts";
@@ -47,7 +50,15 @@ const { values: opts } = parseArgs({
     runs: { type: "string", default: "5" },
     json: { type: "string" },
     "tuning-out": { type: "string" },
+    config: { type: "string" },
   },
+});
+if (opts.config && opts.sweep) throw new Error("--config and --sweep exclude each other");
+// Checked against the head dim before any GPU work, so that a typo fails at once.
+const namedConfigs = opts.config?.split(",").map((name) => {
+  const config = parseAttentionConfigName(name);
+  attentionTiles(config, 128, "--config");
+  return config;
 });
 const runs = Number(opts.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${opts.runs}`);
@@ -165,6 +176,8 @@ if (opts.sweep) {
   for (const shape of allShapes) {
     await checkedMeasure(shape, winners[String(shape.headDim)] ?? attentionConfigFor(gpu.caps, shape.headDim));
   }
+} else if (namedConfigs) {
+  for (const config of namedConfigs) for (const shape of allShapes) await checkedMeasure(shape, config);
 } else {
   for (const shape of allShapes) await checkedMeasure(shape, attentionConfigFor(gpu.caps, shape.headDim));
 }

@@ -1,7 +1,7 @@
 // Matmul throughput: y[M, N] = x[M, K] · W[N, K]ᵀ on random data, reported in TFLOP/s (median of the timed runs).
 //
 //   deno run -A bench/matmul.ts [--shapes M,K,N;M,K,N] [--dtype bf16,f32] [--iters n] [--small]
-//                               [--config 128x128x8/8x8] [--sweep [--write] [--tuning-file path]] [--f16]
+//                               [--config 128x128x8/8x8[w8]] [--sweep [--write] [--tuning-file path]] [--f16]
 //
 // Times come from timestamp queries around the dispatch when the adapter has them, else from the wall clock
 // around a submit-and-wait of the plan. --sweep times every tile configuration on every shape, prints a table and
@@ -56,10 +56,12 @@ function parseShapes(text: string): Shape[] {
 }
 
 function parseConfig(text: string): MatmulConfig {
-  const match = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(dot)?$/.exec(text.trim());
-  if (!match) throw new Error(`--config: "${text}" is not BMxBNxBK/TMxTN[dot], e.g. 128x128x8/8x8`);
+  const match = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(dot|direct)?(?:w(\d+))?$/.exec(text.trim());
+  if (!match) throw new Error(`--config: "${text}" is not BMxBNxBK/TMxTN[dot|direct][wC], e.g. 128x128x8/8x8 or 128x128x8/8x8w8`);
   const [bm, bn, bk, tm, tn] = match.slice(1, 6).map(Number);
-  const config: MatmulConfig = match[6] ? { bm, bn, bk, tm, tn, form: "dot" } : { bm, bn, bk, tm, tn };
+  const config: MatmulConfig = { bm, bn, bk, tm, tn };
+  if (match[6]) config.form = match[6] as "dot" | "direct";
+  if (match[7]) config.warpCols = Number(match[7]);
   validateMatmulConfig(config, "--config");
   return config;
 }

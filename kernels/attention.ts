@@ -13,7 +13,7 @@ import { ceilDiv, type KernelSpec, MAX_WORKGROUPS_PER_DIM } from "../runtime/ker
 import { shapeString } from "../runtime/tensor.ts";
 import { checkTuningTable, readTuningFile, type TuningTable } from "./tuning_file.ts";
 import builtinTiles from "./attention_tuned.json" with { type: "json" };
-import { LANES, range } from "./register_tile.ts";
+import { checkWarpCols, LANES, range, threadPositionLines } from "./register_tile.ts";
 
 /** Tile configuration. Threads form (blockQ / rowsPerThread) row groups × threadsPerRow; a key block holds
  * threadsPerRow · keysPerThread keys. */
@@ -32,6 +32,8 @@ export interface AttentionConfig {
   keyStep: number;
   /** Most output columns per workgroup; larger head dims are split over workgroups that each recompute the scores. */
   maxDv: number;
+  /** Threads of one 32-thread warp along a row group (see threadPositionLines); default: row-major threads. */
+  warpCols?: number;
 }
 
 /** Knockout rule: the queries listed may not read the keys listed. */
@@ -89,9 +91,14 @@ export function defaultAttentionConfig(headDim: number): AttentionConfig {
   return { blockQ: 64, rowsPerThread, threadsPerRow, keysPerThread: 4, dStep, keyStep: 4, maxDv: 128 };
 }
 
-/** Software adapters (llvmpipe): 16 query rows of 4 per thread and steps of 4. Measured on llvmpipe (2 cores, head dim
- * 128, 600 tokens): its unrolled code compiles in 0.7 s where the default's takes 1.2 s, and runs 20% slower. */
+/** Software adapters (llvmpipe), where every workgroup-memory read is a per-lane gather: 8 query rows × 8 keys per
+ * thread, so that each value read serves 8 multiply-adds. On llvmpipe (2 cores, 2 heads × 128, 640 tokens) this runs
+ * 1.9× faster than 16 query rows of 4 per thread with steps of 4 (the earlier rule), and compiles as quickly
+ * (bench/results/attention_llvmpipe.txt). Head dims that are not a multiple of 32 keep that earlier rule. */
 export function softwareAttentionConfig(headDim: number): AttentionConfig {
+  if ((headDim / 4) % 8 === 0) {
+    return { blockQ: 64, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 128 };
+  }
   const threadsPerRow = [16, 8, 4, 2, 1].find((n) => (headDim / 4) % n === 0) ?? 1;
   return { blockQ: 16, rowsPerThread: 4, threadsPerRow, keysPerThread: 4, dStep: 4, keyStep: 4, maxDv: 128 };
 }
@@ -103,6 +110,8 @@ export const ATTENTION_SWEEP_CONFIGS: readonly Readonly<AttentionConfig>[] = [
   { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 32, maxDv: 128 },
   { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 32, keyStep: 8, maxDv: 128 },
   { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128 },
+  { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128, warpCols: 8 },
+  { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 16, keyStep: 16, maxDv: 128, warpCols: 4 },
   { blockQ: 128, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 4, dStep: 8, keyStep: 16, maxDv: 128 },
   { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 16, keyStep: 16, maxDv: 128 },
   { blockQ: 64, rowsPerThread: 8, threadsPerRow: 16, keysPerThread: 8, dStep: 8, keyStep: 16, maxDv: 128 },
@@ -126,10 +135,23 @@ export interface AttentionTiles {
   /** Output columns per thread. */
   colsPerThread: number;
   threads: number;
+  /** As in AttentionConfig; undefined: row-major threads. */
+  warpCols?: number;
 }
 
 export function attentionConfigName(c: AttentionConfig): string {
-  return `q${c.blockQ}r${c.rowsPerThread}.t${c.threadsPerRow}k${c.keysPerThread}.ds${c.dStep}.ks${c.keyStep}.dv${c.maxDv}`;
+  const warp = c.warpCols ? `.w${c.warpCols}` : "";
+  return `q${c.blockQ}r${c.rowsPerThread}.t${c.threadsPerRow}k${c.keysPerThread}.ds${c.dStep}.ks${c.keyStep}.dv${c.maxDv}${warp}`;
+}
+
+/** The configuration attentionConfigName names, e.g. "q128r8.t16k4.ds16.ks16.dv128" or "….dv128.w8". */
+export function parseAttentionConfigName(text: string): AttentionConfig {
+  const m = /^q(\d+)r(\d+)\.t(\d+)k(\d+)\.ds(\d+)\.ks(\d+)\.dv(\d+)(?:\.w(\d+))?$/.exec(text.trim());
+  if (!m) throw new Error(`attention configuration "${text}" is not qBQrTR.tNTXkTK.dsDK.ksKS.dvDV[.wC], e.g. q128r8.t16k4.ds16.ks16.dv128`);
+  const [blockQ, rowsPerThread, threadsPerRow, keysPerThread, dStep, keyStep, maxDv] = m.slice(1, 8).map(Number);
+  const config: AttentionConfig = { blockQ, rowsPerThread, threadsPerRow, keysPerThread, dStep, keyStep, maxDv };
+  if (m[8]) config.warpCols = Number(m[8]);
+  return config;
 }
 
 /** Widest divisor of the head dim that is a multiple of `group` and at most max(limit, group). */
@@ -200,6 +222,7 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
   const colsPerThread = dv / threadsPerRow;
   const threads = (blockQ / rowsPerThread) * threadsPerRow;
   if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
+  if (c.warpCols !== undefined) checkWarpCols(c.warpCols, threadsPerRow, blockQ / rowsPerThread, name);
   const accumulators = rowsPerThread * colsPerThread;
   if (accumulators > MAX_OUTPUT_REGISTERS) {
     throw new Error(`${name}: ${accumulators} output accumulators per thread exceed ${MAX_OUTPUT_REGISTERS}; lower maxDv or rowsPerThread`);
@@ -207,7 +230,21 @@ export function attentionTiles(c: AttentionConfig, headDim: number, where = "att
   if (rowsPerThread * keysPerThread > MAX_SCORE_REGISTERS) {
     throw new Error(`${name}: ${rowsPerThread * keysPerThread} scores per thread exceed ${MAX_SCORE_REGISTERS}`);
   }
-  return { headDim, blockQ, rowsPerThread, threadsPerRow, keysPerThread, blockK, dStep, keyStep, dv, colsPerThread, threads };
+  const tiles: AttentionTiles = {
+    headDim,
+    blockQ,
+    rowsPerThread,
+    threadsPerRow,
+    keysPerThread,
+    blockK,
+    dStep,
+    keyStep,
+    dv,
+    colsPerThread,
+    threads,
+  };
+  if (c.warpCols !== undefined) tiles.warpCols = c.warpCols;
+  return tiles;
 }
 
 // ---- Generated per-thread code --------------------------------------------------------------------------------
@@ -421,6 +458,7 @@ export function attentionCodeBlocks(t: AttentionTiles): Record<string, string> {
 
   return {
     RED_TILE: redTile,
+    POSITION: threadPositionLines(t.warpCols, "NTX"),
     DECLARE: lines(declare),
     FETCH_QK: lines(fetchQk),
     STORE_QK: lines(storeQk),
@@ -452,7 +490,8 @@ export function attentionWorkgroupBytes(c: AttentionConfig, headDim: number): nu
 export type AttentionTuningTable = TuningTable<AttentionConfig>;
 
 /** The built-in table. Its nvidia-datacenter entries are the sweep winners measured on an H100 80GB HBM3 (bench
- * attention --sweep, bench/results/attention*.txt), the best known for NVIDIA's datacenter parts. */
+ * attention --sweep, bench/results/attention*.txt), the best known for NVIDIA's datacenter parts; head dim 128 then
+ * took warps of 4 × 8 threads, 3% faster on an H200 (bench/results/tiles_tried_h200.txt). */
 export const BUILTIN_ATTENTION_TILES: AttentionTuningTable = checkTuningTable<AttentionConfig>(
   builtinTiles,
   "kernels/attention_tuned.json",
@@ -519,6 +558,7 @@ export const attentionKernel: KernelSpec = {
         dStep: Number(v.DK),
         keyStep: Number(v.KS),
         maxDv: Number(v.DV),
+        ...(Number(v.WARP_COLS) > 0 ? { warpCols: Number(v.WARP_COLS) } : {}),
       }, Number(v.D)),
     ),
 };
@@ -597,6 +637,7 @@ export function attention(g: Graph, name: string, args: AttentionArgs): number {
         QN: qkp.slabs,
         P_OFF: qkp.pOffset,
         KPR: qkp.keysPerRow,
+        WARP_COLS: tiles.warpCols ?? 0,
       },
       params: { dChunks },
       workgroups: [queryBlocks, heads * dChunks, 1] as [number, number, number],

@@ -15,7 +15,8 @@
 // that larger steps and blocks fit the 48 KiB of workgroup memory.
 // Threads form NTY × NTX: thread (tx, ty) owns the TR rows 4·(i·NTY + ty) + r (i < TR/4, r < 4), the TK keys
 // 4·(j·NTX + tx) + c of each key block (j < TK/4) and the TD output columns 4·(u·NTX + tx) + c (u < TD/4). The NTX
-// threads of a row exchange their row maxima (then row sums) through `red`.
+// threads of a row exchange their row maxima (then row sums) through `red`. Which lid is which (tx, ty) is generated
+// (POSITION): row-major, or in 32-thread warps of WARP_COLS × 32/WARP_COLS (kernels/register_tile.ts).
 //
 // The per-thread code is generated fully unrolled by kernels/attention.ts (attentionCodeBlocks) and inserted at the
 // {{...}} blocks below, with one named variable per register (s_t_j, o_t_u, m_t, l_t, ...): private arrays indexed
@@ -77,8 +78,7 @@ var<workgroup> v_tile: array<array<array<array<vec4<f32>, NTX>, TD4>, KS>, 2u>;
 
 @compute @workgroup_size(NT)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let tx = lid % NTX;
-  let ty = lid / NTX;
+{{POSITION}}
   let q0 = wid.x * BQ;
   let head = wid.y / params.dChunks;
   let chunk = wid.y % params.dChunks;

@@ -10,7 +10,7 @@ import { ceilDiv, grid1d, type KernelSpec, type Variant } from "../runtime/kerne
 import { type DType, shapeString } from "../runtime/tensor.ts";
 import { checkTuningTable, readTuningFile, type TuningTable } from "./tuning_file.ts";
 import builtinTiles from "./matmul_tuned.json" with { type: "json" };
-import { joinBlocks, LANES, outerProductStep, range } from "./register_tile.ts";
+import { checkWarpCols, joinBlocks, LANES, outerProductStep, range, threadPositionLines } from "./register_tile.ts";
 
 /** Output tile bm×bn per workgroup, register tile tm×tn per thread (bm/tm × bn/tn threads), K step bk (a
  * multiple of 4), and the form of the inner product (kernels/matmul.wgsl describes both). */
@@ -21,11 +21,17 @@ export interface MatmulConfig {
   tm: number;
   tn: number;
   /** "outer" (default; tm and tn multiples of 4): outer products from transposed tiles, few live operand registers.
-   * "dot": dot products over groups of 4 k from K-contiguous tiles, any tm and tn. */
+   * "dot": dot products over groups of 4 k from K-contiguous tiles, any tm and tn.
+   * "direct": no workgroup tiles; every thread reads its rows of x and columns of W straight from the buffers, bk k
+   * between barriers (any tm and tn). For software adapters, where every load is a per-lane gather and every barrier
+   * a switch between the SIMD batches of a workgroup, staging through workgroup memory only adds loads and barriers. */
   form?: MatmulForm;
+  /** Threads of one 32-thread warp along a row of the bn/tn × bm/tm thread grid (see threadPositionLines); default:
+   * the grid in row-major order. */
+  warpCols?: number;
 }
 
-export type MatmulForm = "outer" | "dot";
+export type MatmulForm = "outer" | "dot" | "direct";
 
 export type MatmulEpilogue = "none" | "silu" | "gelu_tanh";
 
@@ -54,10 +60,15 @@ export const DEFAULT_F16_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 128, bn: 
 /** For few rows (modulation vectors, a handful of tokens): short tiles waste less work on absent rows. */
 export const FEW_ROWS_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 16, bn: 64, bk: 16, tm: 4, tn: 4 };
 const FEW_ROWS = 64;
+/** Software adapters (llvmpipe), f32 multiplication: the direct form, which compiles in a fraction of the tiled
+ * forms' time and runs about twice as fast there (bench/results/matmul_llvmpipe.txt). */
+export const SOFTWARE_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 64, bn: 64, bk: 4, tm: 8, tn: 8, form: "direct" };
+export const SOFTWARE_FEW_ROWS_MATMUL_CONFIG: Readonly<MatmulConfig> = { bm: 8, bn: 64, bk: 4, tm: 2, tn: 8, form: "direct" };
 
 /** The configurations a tuning sweep tries (those that exceed a device's workgroup memory are skipped). */
 export const MATMUL_SWEEP_CONFIGS: readonly Readonly<MatmulConfig>[] = [
   DEFAULT_MATMUL_CONFIG,
+  { ...DEFAULT_MATMUL_CONFIG, warpCols: 8 },
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
   { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
@@ -70,13 +81,16 @@ export const MATMUL_SWEEP_CONFIGS: readonly Readonly<MatmulConfig>[] = [
   { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, form: "dot" },
   { bm: 32, bn: 64, bk: 16, tm: 4, tn: 4 },
   FEW_ROWS_MATMUL_CONFIG,
+  SOFTWARE_MATMUL_CONFIG,
+  SOFTWARE_FEW_ROWS_MATMUL_CONFIG,
 ];
 
 const MAX_THREADS = 256;
 const MAX_ACCUMULATORS = 128;
 
 export function matmulConfigName(c: MatmulConfig): string {
-  return `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}${c.form === "dot" ? "dot" : ""}`;
+  const form = c.form === "dot" || c.form === "direct" ? c.form : "";
+  return `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}${form}${c.warpCols ? `w${c.warpCols}` : ""}`;
 }
 
 export function matmulThreads(c: MatmulConfig): number {
@@ -84,8 +98,9 @@ export function matmulThreads(c: MatmulConfig): number {
 }
 
 /** Workgroup memory of a configuration: two stages of the x and W tiles, f32 (f16 with `f16`; in the dot form,
- * rows padded by one vec4). */
+ * rows padded by one vec4); none in the direct form. */
 export function matmulWorkgroupBytes(c: MatmulConfig, f16 = false): number {
+  if (c.form === "direct") return 0;
   return c.form === "dot" ? 2 * (c.bm + c.bn) * (c.bk / 4 + 1) * 16 : 2 * (c.bm + c.bn) * c.bk * (f16 ? 2 : 4);
 }
 
@@ -98,12 +113,15 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul", f16 = fa
   }
   if (c.bk % 4 !== 0) throw new Error(`${name}: bk must be a multiple of 4, got ${c.bk}`);
   if (c.bm % c.tm !== 0 || c.bn % c.tn !== 0) throw new Error(`${name}: bm must be a multiple of tm and bn of tn`);
-  if (c.form !== undefined && c.form !== "outer" && c.form !== "dot") throw new Error(`${name}: form must be "outer" or "dot"`);
-  if (f16 && c.form === "dot") throw new Error(`${name}: f16 multiplication has the outer form only`);
-  if (c.form !== "dot" && (c.tm % 4 !== 0 || c.tn % 4 !== 0)) {
+  if (c.form !== undefined && c.form !== "outer" && c.form !== "dot" && c.form !== "direct") {
+    throw new Error(`${name}: form must be "outer", "dot" or "direct"`);
+  }
+  if (f16 && c.form !== undefined && c.form !== "outer") throw new Error(`${name}: f16 multiplication has the outer form only`);
+  if ((c.form ?? "outer") === "outer" && (c.tm % 4 !== 0 || c.tn % 4 !== 0)) {
     throw new Error(`${name}: the outer form needs tm and tn to be multiples of 4 (use form "dot" otherwise)`);
   }
   const threads = matmulThreads(c);
+  if (c.warpCols !== undefined) checkWarpCols(c.warpCols, c.bn / c.tn, c.bm / c.tm, name);
   if (threads > MAX_THREADS) throw new Error(`${name}: needs ${threads} threads per workgroup, more than ${MAX_THREADS}`);
   if (c.tm * c.tn > MAX_ACCUMULATORS) throw new Error(`${name}: a ${c.tm}×${c.tn} register tile exceeds ${MAX_ACCUMULATORS} accumulators`);
 }
@@ -140,12 +158,14 @@ export function matmulShapeClass(m: number, n: number, k: number, wDtype: DType,
 
 /** Whether a configuration can run this product on the device (f16 needs the outer form; workgroup memory). */
 export function matmulConfigFits(c: MatmulConfig, device: DeviceCapabilities | null, f16 = false): boolean {
-  return (!f16 || c.form !== "dot") && matmulWorkgroupBytes(c, f16) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 16384);
+  return (!f16 || (c.form ?? "outer") === "outer") &&
+    matmulWorkgroupBytes(c, f16) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 16384);
 }
 
 /** The configuration matmul() uses for this shape on a device (null: one that fits any device): the tiles tuned for
  * the adapter, else the built-in entry for its device class, else the rule — few rows get short tiles; software
- * adapters (llvmpipe) take the K step of 8 for f16 too, whose unrolled code compiles in half the time there. */
+ * adapters (llvmpipe) take the direct form for f32 multiplication, and the K step of 8 for f16 (whose unrolled code
+ * compiles in half the time there). */
 export function matmulConfigFor(
   device: DeviceCapabilities | null,
   m: number,
@@ -161,6 +181,7 @@ export function matmulConfigFor(
       if (c && matmulConfigFits(c, device, f16)) return { ...c };
     }
   }
+  if (device?.software && !f16) return { ...(m <= FEW_ROWS ? SOFTWARE_FEW_ROWS_MATMUL_CONFIG : SOFTWARE_MATMUL_CONFIG) };
   if (m <= FEW_ROWS) return { ...FEW_ROWS_MATMUL_CONFIG };
   return { ...(f16 && !device?.software ? DEFAULT_F16_MATMUL_CONFIG : DEFAULT_MATMUL_CONFIG) };
 }
@@ -207,17 +228,20 @@ const BF16_ELEMENT = `fn bf16_element(e: u32) -> f32 {
 
 // ---- Generated per-thread code --------------------------------------------------------------------------------
 
-type CodeBlocks = Record<"TILES" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "FLUSH" | "WRITE", string>;
+type CodeBlocks = Record<"TILED" | "TILES" | "POSITION" | "DECLARE" | "FETCH" | "STORE" | "COMPUTE" | "FLUSH" | "WRITE", string>;
 
 /** The tile configuration a node's variant was built with. */
 function matmulConfigOfVariant(v: Variant): MatmulConfig {
-  const config = { bm: Number(v.BM), bn: Number(v.BN), bk: Number(v.BK), tm: Number(v.TM), tn: Number(v.TN) };
-  return v.FORM === "dot" ? { ...config, form: "dot" } : config;
+  const config: MatmulConfig = { bm: Number(v.BM), bn: Number(v.BN), bk: Number(v.BK), tm: Number(v.TM), tn: Number(v.TN) };
+  if (v.FORM === "dot" || v.FORM === "direct") config.form = v.FORM;
+  if (Number(v.WARP_COLS) > 0) config.warpCols = Number(v.WARP_COLS);
+  return config;
 }
 
 /** The unrolled blocks of kernels/matmul.wgsl for a configuration validateMatmulConfig accepted (see the comment at
  * the top there). */
 function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
+  if (c.form === "direct") return directFormBlocks(c);
   return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
 }
 
@@ -294,7 +318,18 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
       write.push(`  write_out(${row}, col0 + (${(j >> 2) * wgx}u + tx) * 4u + ${j & 3}u, acc_${i}_${j});`);
     }
   }
-  return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, FLUSH: flush, WRITE: write });
+  const position = threadPositionLines(c.warpCols, "WGX");
+  return joinBlocks({
+    TILED: "true",
+    TILES: tiles,
+    POSITION: position,
+    DECLARE: declare,
+    FETCH: fetch,
+    STORE: store,
+    COMPUTE: compute,
+    FLUSH: flush,
+    WRITE: write,
+  });
 }
 
 /** K-contiguous tiles: x_tile[stage][i][ty][g] holds x[row0 + ty + i·WGY, k0 + 4g .. +3], rows padded to BK/4 + 1
@@ -342,7 +377,52 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
   for (let i = 0; i < c.tm; i++) {
     for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
   }
-  return joinBlocks({ TILES: tiles, DECLARE: declare, FETCH: fetch, STORE: store, COMPUTE: compute, FLUSH: "", WRITE: write });
+  const position = threadPositionLines(c.warpCols, "WGX");
+  return joinBlocks({
+    TILED: "true",
+    TILES: tiles,
+    POSITION: position,
+    DECLARE: declare,
+    FETCH: fetch,
+    STORE: store,
+    COMPUTE: compute,
+    FLUSH: "",
+    WRITE: write,
+  });
+}
+
+/** No tiles: thread (tx, ty) owns rows ty + i·WGY and columns tx + j·WGX (as in the dot form) and, per pass, reads
+ * the BK/4 groups of four k of each straight from x and W (unrolled), accumulating their dot products. */
+function directFormBlocks(c: MatmulConfig): CodeBlocks {
+  const wgx = c.bn / c.tn, wgy = c.bm / c.tm;
+  const declare: string[] = [], compute: string[] = [], write: string[] = [];
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
+  }
+  for (let q = 0; q < c.bk / 4; q++) {
+    compute.push(`      {`, `        let k = s * BK + ${4 * q}u;`);
+    for (let i = 0; i < c.tm; i++) compute.push(`        let a${i} = read_x(min(row0 + ty + ${i * wgy}u, last_row), k);`);
+    for (let j = 0; j < c.tn; j++) compute.push(`        let b${j} = read_w(min(col0 + tx + ${j * wgx}u, last_col), k);`);
+    for (let i = 0; i < c.tm; i++) {
+      for (let j = 0; j < c.tn; j++) compute.push(`        acc_${i}_${j} += dot(a${i}, b${j});`);
+    }
+    compute.push("      }");
+  }
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
+  }
+  const position = threadPositionLines(c.warpCols, "WGX");
+  return joinBlocks({
+    TILED: "false",
+    TILES: "",
+    POSITION: position,
+    DECLARE: declare,
+    FETCH: "",
+    STORE: "",
+    COMPUTE: compute,
+    FLUSH: "",
+    WRITE: write,
+  });
 }
 
 const kernels = new Map<string, KernelSpec>();
@@ -428,7 +508,15 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
   const tileChoice = (device: DeviceCapabilities | null) => {
     const config = opts.config ?? matmulConfigFor(device, m, n, k, wDtype, f16);
     validateMatmulConfig(config, name, f16);
-    const variant = { BM: config.bm, BN: config.bn, BK: config.bk, TM: config.tm, TN: config.tn, FORM: config.form ?? "outer" };
+    const variant = {
+      BM: config.bm,
+      BN: config.bn,
+      BK: config.bk,
+      TM: config.tm,
+      TN: config.tn,
+      FORM: config.form ?? "outer",
+      WARP_COLS: config.warpCols ?? 0,
+    };
     return { variant, workgroups: grid1d(ceilDiv(m, config.bm) * ceilDiv(n, config.bn)) };
   };
   const initial = tileChoice(null);

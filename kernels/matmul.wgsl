@@ -1,7 +1,7 @@
 // Matrix product y[M, N] = act(x[M, K] · W[N, K]ᵀ + bias[N]) (+ y when accumulating), the nn.Linear layout.
 // x is f32; W is bf16 (packed pairs) or f32; arithmetic and accumulation are f32.
 //
-// Tiling: a workgroup computes a BM×BN tile of y and advances along K in steps of BK, with the x and W tiles of a step
+// Tiling (the "outer" and "dot" forms): a workgroup computes a BM×BN tile of y and advances along K in steps of BK, with the x and W tiles of a step
 // in workgroup memory, two stages deep, so that one barrier per step suffices and the global loads of the next
 // step are in flight while the current one is computed. Two forms of the inner product (see kernels/matmul.ts):
 //  - "outer": both tiles are stored transposed, one vec4 holding four rows (or columns) at one k; per k a thread
@@ -10,6 +10,8 @@
 //  - "dot": both tiles are stored K-contiguous, as in global memory, one vec4 holding four consecutive k of a row,
 //    with a row stride of BK/4 + 1 vec4s so that the rows eight neighbouring threads read fall in distinct banks.
 //    Thread (tx, ty) owns rows ty + i·WGY and columns tx + j·WGX and forms dot products over each k group.
+// The "direct" form (software adapters) stages nothing: the thread of the dot form reads its rows and columns straight
+// from x and W, BK k per pass of the same loop, whose FETCH and STORE are then empty and whose barriers vanish.
 //
 // The per-thread code (tile declarations, accumulators, fetched groups, the multiply-adds of one step, the stores)
 // is generated unrolled by kernels/matmul.ts with one named variable per register: private arrays indexed inside
@@ -18,10 +20,11 @@
 // the inner loop is a constant or the thread's own position: the bounds clamps the translator adds then fold into
 // one per thread, and the addresses into constant offsets.
 //
-// Variant values: BM BN BK TM TN FORM (tile configuration), READ_X / READ_W (bodies of the group readers, vectorised
-// or element-wise) and HELPERS (functions they need), HAS_BIAS, BIAS_BF16, ACCUMULATE, ACT (identity | silu |
-// gelu_tanh). Generated from them when the shader is rendered: TILES, DECLARE, FETCH, STORE, COMPUTE, FLUSH (f16 step
-// sums into the f32 accumulators), WRITE.
+// Variant values: BM BN BK TM TN FORM WARP_COLS (tile configuration; WARP_COLS 0: threads in row-major order),
+// READ_X / READ_W (bodies of the group readers, vectorised or element-wise) and HELPERS (functions they need),
+// HAS_BIAS, BIAS_BF16, ACCUMULATE, ACT (identity | silu | gelu_tanh). Generated from them when the shader is
+// rendered: TILED, TILES, POSITION (tx and ty from lid), DECLARE, FETCH, STORE, COMPUTE, FLUSH (f16 step sums into the f32
+// accumulators), WRITE.
 
 const BM: u32 = {{BM}}u;
 const BN: u32 = {{BN}}u;
@@ -31,6 +34,8 @@ const TN: u32 = {{TN}}u;
 const HAS_BIAS: bool = {{HAS_BIAS}};
 const BIAS_BF16: bool = {{BIAS_BF16}};
 const ACCUMULATE: bool = {{ACCUMULATE}};
+// False in the direct form, which shares no tiles: its shader then holds no barrier at all (see step_barrier).
+const TILED: bool = {{TILED}};
 
 const WGX: u32 = BN / TN;
 const WGY: u32 = BM / TM;
@@ -86,6 +91,15 @@ fn gelu_tanh(v: f32) -> f32 {
   return 0.5 * v * (1.0 + t);
 }
 
+// A software adapter (llvmpipe) runs a shader that holds any barrier as coroutines, one per SIMD batch, switched at
+// every barrier, which alone halves the direct form's speed there. A barrier under a false constant is removed when
+// the shader is compiled.
+fn step_barrier() {
+  if (TILED) {
+    workgroupBarrier();
+  }
+}
+
 fn write_out(row: u32, col: u32, acc: f32) {
   if (row < params.M && col < params.N) {
     var y = acc;
@@ -123,8 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let last_row = M - 1u;
   let last_col = N - 1u;
 
-  let tx = lid % WGX;
-  let ty = lid / WGX;
+{{POSITION}}
 
 {{DECLARE}}
 
@@ -139,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = 0u;
 {{STORE}}
   }
-  workgroupBarrier();
+  step_barrier();
 
   // Step s computes from stage s & 1 while the global loads of step s + 1 are in flight; those land in the other
   // stage, whose last readers (step s - 1) all passed the barrier that ended the previous iteration.
@@ -158,7 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let base = ((s + 1u) & 1u);
 {{STORE}}
     }
-    workgroupBarrier();
+    step_barrier();
   }
 
 {{WRITE}}

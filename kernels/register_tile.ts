@@ -52,3 +52,24 @@ export function outerProductStep(o: {
   }
   return lines;
 }
+
+/** Throws unless warpCols threads along a row of a gridCols × gridRows thread grid make whole 32-thread warps. */
+export function checkWarpCols(warpCols: number, gridCols: number, gridRows: number, name: string): void {
+  const rows = 32 / warpCols;
+  if (![1, 2, 4, 8, 16, 32].includes(warpCols) || gridCols % warpCols !== 0 || gridRows % rows !== 0) {
+    throw new Error(
+      `${name}: warpCols must be a power of two dividing 32 and the ${gridCols} thread columns, with 32/warpCols dividing the ${gridRows} thread rows; got ${warpCols}`,
+    );
+  }
+}
+
+/** WGSL lines that set tx and ty (the thread's column and row in a thread grid `cols` wide) from lid: row-major, or
+ * in blocks of warpCols × 32/warpCols threads, one 32-thread warp each. Per k, a thread reads the tile vec4 of its row
+ * and of its column, so a warp reads as many distinct vec4s as it spans rows plus columns: 8 × 4 threads read 12,
+ * where a warp along 16-thread rows reads 18, and fewer distinct vec4s take fewer workgroup-memory transactions. */
+export function threadPositionLines(warpCols: number | undefined, cols: string): string {
+  if (!warpCols) return `  let tx = lid % ${cols};\n  let ty = lid / ${cols};`;
+  const rows = 32 / warpCols, warpsPerRow = `(${cols} / ${warpCols}u)`;
+  return `  let tx = lid % ${warpCols}u + ${warpCols}u * ((lid / 32u) % ${warpsPerRow});
+  let ty = (lid / ${warpCols}u) % ${rows}u + ${rows}u * (lid / 32u / ${warpsPerRow});`;
+}

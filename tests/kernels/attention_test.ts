@@ -18,6 +18,7 @@ import {
   fullyMaskedQueries,
   groupMaskBits,
   loadAttentionTuning,
+  parseAttentionConfigName,
   setAttentionGroupMask,
   softwareAttentionConfig,
 } from "../../kernels/attention.ts";
@@ -337,6 +338,17 @@ Deno.test("attention: configurations — defaults fit 32 KiB, tuned entries are 
   } finally {
     Deno.removeSync(path);
   }
+});
+
+Deno.test("attention: configuration names round-trip, warps (warpCols) included, and bad warps are refused", () => {
+  for (const config of [...ATTENTION_SWEEP_CONFIGS, softwareAttentionConfig(128), softwareAttentionConfig(12)]) {
+    assert.deepEqual(parseAttentionConfigName(attentionConfigName(config)), config);
+  }
+  assert.equal(attentionConfigName({ ...softwareAttentionConfig(128), warpCols: 4 }), "q64r8.t8k8.ds8.ks8.dv128.w4");
+  assert.throws(() => parseAttentionConfigName("q64r8.t8k8"), /is not qBQrTR/);
+  // 16 row groups of 8 threads: warps 4 wide span 8 row groups; 16 wide do not fit 8 threads along a row.
+  attentionTiles({ ...softwareAttentionConfig(128), blockQ: 128, warpCols: 4 }, 128);
+  assert.throws(() => attentionTiles({ ...softwareAttentionConfig(128), warpCols: 16 }, 128, "a"), /a: .*warpCols must be a power of two/);
 });
 
 Deno.test("attention: the default and software tiles match the float64 reference (whichever this adapter picks)", async () => {

@@ -16,6 +16,8 @@ import {
   matmulConfigName,
   matmulShapeClass,
   matmulWorkgroupBytes,
+  SOFTWARE_FEW_ROWS_MATMUL_CONFIG,
+  SOFTWARE_MATMUL_CONFIG,
   validateMatmulConfig,
 } from "../../kernels/matmul.ts";
 
@@ -61,10 +63,57 @@ Deno.test("matmul: configuration choice — defaults fit 16 KiB, unknown device 
   assert.deepEqual(matmulConfigFor(unknown, 2560, 4096, 4096, "bf16"), DEFAULT_MATMUL_CONFIG);
   assert.deepEqual(matmulConfigFor(unknown, 1, 4096, 4096, "bf16"), FEW_ROWS_MATMUL_CONFIG);
   assert.deepEqual(matmulConfigFor(null, 2560, 4096, 4096, "bf16", true), DEFAULT_F16_MATMUL_CONFIG);
-  // Software adapters keep the K step of 8 for f16 (half the unrolled code).
+  // Software adapters take the direct form for f32 multiplication (short tiles for few rows) and keep the K step of 8
+  // for f16 (half the unrolled code).
   const cpu = describeAdapter({ description: "llvmpipe (LLVM 15.0.6, 256 bits)", vendor: "65541" }, LIMITS_16K);
   assert.equal(cpu.software, true);
+  assert.deepEqual(matmulConfigFor(cpu, 2560, 4096, 4096, "bf16"), SOFTWARE_MATMUL_CONFIG);
+  assert.deepEqual(matmulConfigFor(cpu, 1, 4096, 4096, "bf16"), SOFTWARE_FEW_ROWS_MATMUL_CONFIG);
   assert.deepEqual(matmulConfigFor(cpu, 2560, 4096, 4096, "bf16", true), DEFAULT_MATMUL_CONFIG);
+  assert.equal(SOFTWARE_MATMUL_CONFIG.form, "direct");
+  assert.equal(matmulWorkgroupBytes(SOFTWARE_MATMUL_CONFIG), 0);
+});
+
+Deno.test("matmul: the direct form stages nothing and holds no barrier once its constants are folded", async () => {
+  for (
+    const config of [SOFTWARE_MATMUL_CONFIG, SOFTWARE_FEW_ROWS_MATMUL_CONFIG, {
+      bm: 12,
+      bn: 20,
+      bk: 8,
+      tm: 3,
+      tn: 5,
+      form: "direct" as const,
+    }]
+  ) {
+    const g = new Graph();
+    matmul(g, "proj", g.input("x", [70, 64]), g.input("w", [50, 64], "bf16"), { config });
+    const code = await renderKernel(g.nodes[0].kernel, g.nodes[0].variant);
+    const name = matmulConfigName(config);
+    assert.match(name, /direct$/);
+    assert.doesNotMatch(code, /var<workgroup>/, `${name}: a workgroup array`);
+    assert.match(code, /const TILED: bool = false;/, name);
+    // The only barrier is the one under TILED, which the compiler removes.
+    assert.equal(code.match(/workgroupBarrier\(\)/g)?.length, 1, name);
+    assert.match(code, /if \(TILED\) \{\s*workgroupBarrier\(\);/, name);
+  }
+  const g = new Graph();
+  matmul(g, "proj", g.input("x", [70, 64]), g.input("w", [50, 64], "bf16"), { config: DEFAULT_MATMUL_CONFIG });
+  assert.match(await renderKernel(g.nodes[0].kernel, g.nodes[0].variant), /const TILED: bool = true;/);
+  assert.throws(() => validateMatmulConfig({ ...SOFTWARE_MATMUL_CONFIG }, "p", true), /p: .*f16 multiplication has the outer form only/);
+});
+
+Deno.test("matmul: warps along the thread grid (warpCols) are named and checked", () => {
+  assert.equal(matmulConfigName({ ...DEFAULT_MATMUL_CONFIG, warpCols: 8 }), "128x128x8/8x8w8");
+  validateMatmulConfig({ ...DEFAULT_MATMUL_CONFIG, warpCols: 4 });
+  // 3, 64 or half a thread along a row of a warp are no warp shape.
+  for (const warpCols of [3, 64, 0.5]) {
+    assert.throws(() => validateMatmulConfig({ ...DEFAULT_MATMUL_CONFIG, warpCols }, "p"), /p: .*warpCols must be a power of two/);
+  }
+  // 4 × 16 per thread on a 64 × 64 tile: 4 thread columns cannot hold a warp 8 wide.
+  assert.throws(
+    () => validateMatmulConfig({ bm: 64, bn: 64, bk: 8, tm: 4, tn: 16, warpCols: 8 }, "p"),
+    /dividing 32 and the 4 thread columns/,
+  );
 });
 
 const LIMITS_16K = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256, maxStorageBufferBindingSize: 1 << 30 };
