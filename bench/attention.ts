@@ -10,7 +10,8 @@
 //   deno run -A bench/attention.ts --small         shapes small enough for a software adapter
 //   deno run -A bench/attention.ts --sweep         try ATTENTION_SWEEP_CONFIGS, record the fastest per head dim in
 //                                                  kernels/attention_tuned.json (or --tuning-out PATH)
-//   deno run -A bench/attention.ts --config q128r8.t16k4.ds16.ks16.dv128[,…]   these configurations (head dim 128)
+//   deno run -A bench/attention.ts --config q128r8.t16k4.ds16.ks16.dv128[,…]   these configurations
+//   --head-dim D (default 128: the transformer's; the text encoder's is 128 on klein, 16 on the tiny checkpoint)
 //   --runs N (default 5: repetitions of the node in the timed plan)   --json PATH (write every measurement)
 
 import { parseArgs } from "node:util";
@@ -51,13 +52,18 @@ const { values: opts } = parseArgs({
     json: { type: "string" },
     "tuning-out": { type: "string" },
     config: { type: "string" },
+    "head-dim": { type: "string", default: "128" },
   },
 });
+const headDim = Number(opts["head-dim"]);
+if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 4 !== 0) {
+  throw new Error(`--head-dim must be a positive multiple of 4, got ${opts["head-dim"]}`);
+}
 if (opts.config && opts.sweep) throw new Error("--config and --sweep exclude each other");
 // Checked against the head dim before any GPU work, so that a typo fails at once.
 const namedConfigs = opts.config?.split(",").map((name) => {
   const config = parseAttentionConfigName(name);
-  attentionTiles(config, 128, "--config");
+  attentionTiles(config, headDim, "--config");
   return config;
 });
 const runs = Number(opts.runs);
@@ -100,12 +106,12 @@ const TOLERANCE = 1e-5;
 
 const shapes: Shape[] = opts.small
   ? [
-    { label: "H2 D128 S256", seq: 256, heads: 2, headDim: 128, masked: false },
-    { label: "H2 D128 S640", seq: 640, heads: 2, headDim: 128, masked: false },
+    { label: `H2 D${headDim} S256`, seq: 256, heads: 2, headDim, masked: false },
+    { label: `H2 D${headDim} S640`, seq: 640, heads: 2, headDim, masked: false },
   ]
   : [
-    { label: "H32 D128 S2560", seq: 2560, heads: 32, headDim: 128, masked: false },
-    { label: "H32 D128 S8704", seq: 8704, heads: 32, headDim: 128, masked: false },
+    { label: `H32 D${headDim} S2560`, seq: 2560, heads: 32, headDim, masked: false },
+    { label: `H32 D${headDim} S8704`, seq: 8704, heads: 32, headDim, masked: false },
   ];
 const allShapes = shapes.flatMap((s) => [s, { ...s, masked: true }]);
 const largest = Math.max(...allShapes.map((s) => s.seq * s.heads * s.headDim * 4));

@@ -91,16 +91,17 @@ export function defaultAttentionConfig(headDim: number): AttentionConfig {
   return { blockQ: 64, rowsPerThread, threadsPerRow, keysPerThread: 4, dStep, keyStep: 4, maxDv: 128 };
 }
 
-/** Software adapters (llvmpipe), where every workgroup-memory read is a per-lane gather: 8 query rows × 8 keys per
- * thread, so that each value read serves 8 multiply-adds. On llvmpipe (2 cores, 2 heads × 128, 640 tokens) this runs
- * 1.9× faster than 16 query rows of 4 per thread with steps of 4 (the earlier rule), and compiles as quickly
- * (bench/results/attention_llvmpipe.txt). Head dims that are not a multiple of 32 keep that earlier rule. */
+/** Software adapters (llvmpipe), where every workgroup-memory read is a per-lane gather and every barrier a switch
+ * between SIMD batches: 8 query rows × 8 keys per thread, so that each value read serves 8 multiply-adds, and
+ * head-dim steps of 16 (fewer barriers). On llvmpipe (2 cores) this runs 1.9× faster than 16 query rows of 4 per
+ * thread with steps of 4 (the earlier rule) at head dim 128 and at 16, and compiles as quickly
+ * (bench/results/attention_llvmpipe.txt). Rows per thread drop to 4 where 8 would exceed the output registers. */
 export function softwareAttentionConfig(headDim: number): AttentionConfig {
-  if ((headDim / 4) % 8 === 0) {
-    return { blockQ: 64, rowsPerThread: 8, threadsPerRow: 8, keysPerThread: 8, dStep: 8, keyStep: 8, maxDv: 128 };
-  }
-  const threadsPerRow = [16, 8, 4, 2, 1].find((n) => (headDim / 4) % n === 0) ?? 1;
-  return { blockQ: 16, rowsPerThread: 4, threadsPerRow, keysPerThread: 4, dStep: 4, keyStep: 4, maxDv: 128 };
+  const threadsPerRow = [8, 4, 2, 1].find((n) => (headDim / 4) % n === 0) ?? 1;
+  const colsPerThread = widestChunk(headDim, 4 * threadsPerRow, 128) / threadsPerRow;
+  const rowsPerThread = 8 * colsPerThread <= MAX_OUTPUT_REGISTERS ? 8 : 4;
+  const dStep = [16, 8, 4].find((n) => headDim % n === 0) ?? 4;
+  return { blockQ: 64, rowsPerThread, threadsPerRow, keysPerThread: 8, dStep, keyStep: 8, maxDv: 128 };
 }
 
 /** The configurations a tuning sweep tries (too large ones for a head dim or device are skipped). */

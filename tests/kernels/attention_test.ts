@@ -344,7 +344,7 @@ Deno.test("attention: configuration names round-trip, warps (warpCols) included,
   for (const config of [...ATTENTION_SWEEP_CONFIGS, softwareAttentionConfig(128), softwareAttentionConfig(12)]) {
     assert.deepEqual(parseAttentionConfigName(attentionConfigName(config)), config);
   }
-  assert.equal(attentionConfigName({ ...softwareAttentionConfig(128), warpCols: 4 }), "q64r8.t8k8.ds8.ks8.dv128.w4");
+  assert.equal(attentionConfigName({ ...softwareAttentionConfig(128), warpCols: 4 }), "q64r8.t8k8.ds16.ks8.dv128.w4");
   assert.throws(() => parseAttentionConfigName("q64r8.t8k8"), /is not qBQrTR/);
   // 16 row groups of 8 threads: warps 4 wide span 8 row groups; 16 wide do not fit 8 threads along a row.
   attentionTiles({ ...softwareAttentionConfig(128), blockQ: 128, warpCols: 4 }, 128);
