@@ -1,7 +1,7 @@
 // VAE throughput: the conv2d kernel at the shapes of a FLUX.2 VAE encode and decode, and optionally whole encode and
 // decode graphs with random weights.
 //
-//   deno run -A bench/vae.ts [--small] [--iters n] [--sweep] [--tile 128x128x8/8x8] [--compare path/to/conv2d.wgsl]
+//   deno run -A bench/vae.ts [--small] [--iters n] [--sweep] [--tile 128x128x8/8x8[direct]] [--compare path/to/conv2d.wgsl]
 //                            [--vae] [--size 1024]
 //
 // Each convolution shape is one plan that repeats the node `iters` times back to back (bf16 weights, random data);
@@ -201,10 +201,10 @@ function compareTile(cout: number): Conv2dTile {
 }
 
 function parseTile(text: string): Conv2dTile {
-  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)$/.exec(text.trim());
-  if (!m) throw new Error(`--tile: "${text}" is not TCxTPxBK/RCxRP, e.g. 128x128x8/8x8`);
-  const [tc, tp, bk, rc, rp] = m.slice(1).map(Number);
-  const t = { tc, tp, bk, rc, rp };
+  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(direct)?$/.exec(text.trim());
+  if (!m) throw new Error(`--tile: "${text}" is not TCxTPxBK/RCxRP[direct], e.g. 128x128x8/8x8 or 64x64x4/8x8direct`);
+  const [tc, tp, bk, rc, rp] = m.slice(1, 6).map(Number);
+  const t: Conv2dTile = { tc, tp, bk, rc, rp, ...(m[6] ? { form: "direct" as const } : {}) };
   validateConv2dTile(t, "--tile");
   return t;
 }

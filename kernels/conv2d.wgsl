@@ -25,8 +25,14 @@
 // are nested arrays indexed [stage][k][register][thread position], so that every index of the inner loop is a
 // constant or the thread's own position.
 //
-// Variant values: TC TP RC RP BK (tile), KH KW STRIDE UPSAMPLE W_BF16 B_BF16 RESIDUAL; generated from the tile when the
-// shader is rendered: TILES, DECLARE, FETCH, STORE, COMPUTE, WRITE.
+// The "direct" form (software adapters) stages nothing: the thread of the tiled form, in a workgroup of NTC·NTP
+// threads, reads the weights of its own channels (bf16: the words of a whole step at once) and gathers its own pixel
+// quads with read_x at every k of a step, straight from the buffers, in the generated COMPUTE block; FETCH and STORE
+// are then empty and the barriers vanish (see step_barrier).
+//
+// Variant values: TC TP RC RP BK FORM (tile), KH KW STRIDE UPSAMPLE W_BF16 B_BF16 RESIDUAL; generated from the tile
+// when the shader is rendered: TILED, TILES, POSITION (tc, tp and the pixel corners the thread gathers from),
+// DECLARE, FETCH, STORE, COMPUTE, WRITE.
 
 const TC: u32 = {{TC}}u;
 const TP: u32 = {{TP}}u;
@@ -35,6 +41,10 @@ const RP: u32 = {{RP}}u;
 const BK: u32 = {{BK}}u;
 const NTC: u32 = TC / RC;
 const NTP: u32 = TP / RP;
+// 256 in the tiled form.
+const THREADS: u32 = NTC * NTP;
+// False in the direct form, which shares no tiles: its shader then holds no barrier at all (see step_barrier).
+const TILED: bool = {{TILED}};
 const KH: u32 = {{KH}}u;
 const KW: u32 = {{KW}}u;
 const STRIDE: u32 = {{STRIDE}}u;
@@ -107,6 +117,14 @@ fn read_x(c0: vec2<i32>, c1: vec2<i32>, c2: vec2<i32>, c3: vec2<i32>, k: u32) ->
   return vec4<f32>(gather(c0, dy, dx, base, valid), gather(c1, dy, dx, base, valid), gather(c2, dy, dx, base, valid), gather(c3, dy, dx, base, valid));
 }
 
+// A software adapter (llvmpipe) runs a shader that holds any barrier as coroutines, one per SIMD batch, switched at
+// every barrier. A barrier under a false constant is removed when the shader is compiled.
+fn step_barrier() {
+  if (TILED) {
+    workgroupBarrier();
+  }
+}
+
 fn write_out(co: u32, p: u32, bv: f32, acc: f32) {
   if (co < params.cout && p < params.pixels) {
     let o = co * params.pixels + p;
@@ -116,20 +134,12 @@ fn write_out(co: u32, p: u32, bv: f32, acc: f32) {
   }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let tileP = (wid.x + wid.y * nwg.x) * TP;
   let tileC = wid.z * TC;
-  let tp = lid % NTP;
-  let tc = lid / NTP;
 
-  // The pixel quad this thread stages (the same at every step).
-  let xq = lid % (TP / 4u);
-  let sp = tileP + xq * 4u;
-  let c0 = corner(sp);
-  let c1 = corner(sp + 1u);
-  let c2 = corner(sp + 2u);
-  let c3 = corner(sp + 3u);
+{{POSITION}}
 
 {{DECLARE}}
 
@@ -144,7 +154,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = 0u;
 {{STORE}}
   }
-  workgroupBarrier();
+  step_barrier();
 
   // Step s computes from stage s & 1 while the global loads of step s + 1 are in flight; those land in the other
   // stage, whose last readers (step s - 1) all passed the barrier that ended the previous iteration.
@@ -162,7 +172,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let base = (s + 1u) & 1u;
 {{STORE}}
     }
-    workgroupBarrier();
+    step_barrier();
   }
 
 {{WRITE}}
