@@ -132,6 +132,7 @@ function conv2dCase(c: CaseSpec): AuditCase {
         padding,
         upsample: c.upsample,
         residual: tr,
+        tile: c.tile,
       });
       const inputs = [
         { name: "x", data: x },
