@@ -241,15 +241,32 @@ function matmulConfigOfVariant(v: Variant): MatmulConfig {
 /** The unrolled blocks of kernels/matmul.wgsl for a configuration validateMatmulConfig accepted (see the comment at
  * the top there). */
 function matmulCodeBlocks(c: MatmulConfig, f16 = false): CodeBlocks {
-  if (c.form === "direct") return directFormBlocks(c);
-  return c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
+  const blocks = c.form === "direct" ? directFormBlocks(c) : c.form === "dot" ? dotFormBlocks(c) : outerFormBlocks(c, f16);
+  return { ...blocks, POSITION: threadPositionLines(c.warpCols, "WGX") };
+}
+
+/** The blocks of one form: all but POSITION, which every form derives alike from warpCols. */
+type FormBlocks = Omit<CodeBlocks, "POSITION">;
+
+/** Accumulator declarations and writes of the dot and direct forms, whose thread (tx, ty) owns rows ty + i·WGY and
+ * columns tx + j·WGX. */
+function strideOwnedBlocks(c: MatmulConfig): { declare: string[]; write: string[] } {
+  const wgx = c.bn / c.tn, wgy = c.bm / c.tm;
+  const declare: string[] = [], write: string[] = [];
+  for (let i = 0; i < c.tm; i++) {
+    for (let j = 0; j < c.tn; j++) {
+      declare.push(`  var acc_${i}_${j} = 0.0;`);
+      write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
+    }
+  }
+  return { declare, write };
 }
 
 /** Transposed tiles: x_tile[stage][k][i][ty] holds rows 4·(i·WGY + ty) .. +3 at k (w_tile likewise with tx). A load
  * unit is a 4×4 block, four rows × four consecutive k, read as four vec4s and transposed in registers into four
  * whole-vec4 stores (a store to one lane of a shared vec4 would be a read-modify-write of all four). Units of x come
  * first, then units of W; neighbouring threads take neighbouring k groups of the same four rows. */
-function outerFormBlocks(c: MatmulConfig, f16: boolean): CodeBlocks {
+function outerFormBlocks(c: MatmulConfig, f16: boolean): FormBlocks {
   const threads = matmulThreads(c);
   const wgx = c.bn / c.tn, wgy = c.bm / c.tm, bk4 = c.bk / 4, tm4 = c.tm / 4, tn4 = c.tn / 4;
   const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
@@ -318,11 +335,9 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
       write.push(`  write_out(${row}, col0 + (${(j >> 2) * wgx}u + tx) * 4u + ${j & 3}u, acc_${i}_${j});`);
     }
   }
-  const position = threadPositionLines(c.warpCols, "WGX");
   return joinBlocks({
     TILED: "true",
     TILES: tiles,
-    POSITION: position,
     DECLARE: declare,
     FETCH: fetch,
     STORE: store,
@@ -335,15 +350,13 @@ var<workgroup> w_tile: array<array<array<array<vec4<${elem}>, WGX>, ${tn4}>, BK>
 /** K-contiguous tiles: x_tile[stage][i][ty][g] holds x[row0 + ty + i·WGY, k0 + 4g .. +3], rows padded to BK/4 + 1
  * vec4s (w_tile likewise). Group g of a tile is row g / BK4, k group g % BK4, so neighbouring threads read
  * neighbouring 16-byte pieces of one row. */
-function dotFormBlocks(c: MatmulConfig): CodeBlocks {
+function dotFormBlocks(c: MatmulConfig): FormBlocks {
   const threads = matmulThreads(c);
-  const wgx = c.bn / c.tn, wgy = c.bm / c.tm, bk4 = c.bk / 4;
-  const declare: string[] = [], fetch: string[] = [], store: string[] = [], compute: string[] = [], write: string[] = [];
+  const bk4 = c.bk / 4;
+  const { declare, write } = strideOwnedBlocks(c);
+  const fetch: string[] = [], store: string[] = [], compute: string[] = [];
   const tiles = `var<workgroup> x_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGY>, TM>, 2u>;
 var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>, 2u>;`;
-  for (let i = 0; i < c.tm; i++) {
-    for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
-  }
   const tileRows = [
     { name: "x", rows: c.bm, first: "row0", last: "last_row", threads: "WGY" },
     { name: "w", rows: c.bn, first: "col0", last: "last_col", threads: "WGX" },
@@ -374,14 +387,9 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
     }
     compute.push("      }");
   }
-  for (let i = 0; i < c.tm; i++) {
-    for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
-  }
-  const position = threadPositionLines(c.warpCols, "WGX");
   return joinBlocks({
     TILED: "true",
     TILES: tiles,
-    POSITION: position,
     DECLARE: declare,
     FETCH: fetch,
     STORE: store,
@@ -393,12 +401,10 @@ var<workgroup> w_tile: array<array<array<array<vec4<f32>, ${bk4 + 1}>, WGX>, TN>
 
 /** No tiles: thread (tx, ty) owns rows ty + i·WGY and columns tx + j·WGX (as in the dot form) and, per pass, reads
  * the BK/4 groups of four k of each straight from x and W (unrolled), accumulating their dot products. */
-function directFormBlocks(c: MatmulConfig): CodeBlocks {
+function directFormBlocks(c: MatmulConfig): FormBlocks {
   const wgx = c.bn / c.tn, wgy = c.bm / c.tm;
-  const declare: string[] = [], compute: string[] = [], write: string[] = [];
-  for (let i = 0; i < c.tm; i++) {
-    for (let j = 0; j < c.tn; j++) declare.push(`  var acc_${i}_${j} = 0.0;`);
-  }
+  const { declare, write } = strideOwnedBlocks(c);
+  const compute: string[] = [];
   for (let q = 0; q < c.bk / 4; q++) {
     compute.push(`      {`, `        let k = s * BK + ${4 * q}u;`);
     for (let i = 0; i < c.tm; i++) compute.push(`        let a${i} = read_x(min(row0 + ty + ${i * wgy}u, last_row), k);`);
@@ -408,14 +414,9 @@ function directFormBlocks(c: MatmulConfig): CodeBlocks {
     }
     compute.push("      }");
   }
-  for (let i = 0; i < c.tm; i++) {
-    for (let j = 0; j < c.tn; j++) write.push(`  write_out(row0 + ty + ${i * wgy}u, col0 + tx + ${j * wgx}u, acc_${i}_${j});`);
-  }
-  const position = threadPositionLines(c.warpCols, "WGX");
   return joinBlocks({
     TILED: "false",
     TILES: "",
-    POSITION: position,
     DECLARE: declare,
     FETCH: "",
     STORE: "",
