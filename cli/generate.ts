@@ -5,7 +5,13 @@
 import { readInitialLatents } from "../model/latents_file.ts";
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { Flux2KleinPipeline, type GenerateRequest, type GenerateResult, type ReferenceImage } from "../model/pipeline.ts";
+import {
+  Flux2KleinPipeline,
+  type GenerateRequest,
+  type GenerateResult,
+  MAX_SEQUENCE_LENGTH,
+  type ReferenceImage,
+} from "../model/pipeline.ts";
 import { loadImage, preprocessReference, savePng } from "../model/images.ts";
 import { parseFlux2Config } from "../model/flux2/config.ts";
 import { readJson } from "../weights/checkpoint.ts";
@@ -59,6 +65,10 @@ ${
   --steps N            denoising steps (default: 4 for distilled checkpoints, 50 for base ones)
   --guidance G         classifier-free guidance scale, base (non-distilled) checkpoints only (default 4 there)
   --seed N             seed of the initial noise (default 0)
+  --max-sequence-length N
+                       text rows: the prompt is padded (or truncated, with a warning) to N tokens, as the
+                       reference pipeline's max_sequence_length (default 512, what the checkpoints were trained with;
+                       fewer means fewer padding tokens)
   --latents FILE       initial latents from a safetensors file instead of seeded noise: the tensor "latents", or
                        else the file's first tensor, of shape [C, H/16, W/16] (channel-major) or [H/16·W/16, C]
                        (packed tokens, as --save-latents writes them); a leading batch dimension of 1 is allowed
@@ -100,6 +110,7 @@ export async function main(args: string[], command: string): Promise<number> {
           steps: { type: "string" },
           guidance: { type: "string" },
           seed: { type: "string" },
+          "max-sequence-length": { type: "string" },
           latents: { type: "string" },
           out: { type: "string" },
           "save-latents": { type: "string" },
@@ -121,6 +132,10 @@ export async function main(args: string[], command: string): Promise<number> {
     const steps = integerOption("steps", values.steps, 1);
     const guidance = numberOption("guidance", values.guidance);
     const seed = integerOption("seed", values.seed, 0) ?? 0;
+    const maxSequenceLength = integerOption("max-sequence-length", values["max-sequence-length"], 1);
+    if (maxSequenceLength !== undefined && maxSequenceLength > MAX_SEQUENCE_LENGTH) {
+      throw new UsageError(`--max-sequence-length ${maxSequenceLength}: at most ${MAX_SEQUENCE_LENGTH} tokens`);
+    }
     const outPath = values.out ?? defaultOutputPath(command);
     if (!/\.png$/i.test(outPath)) throw new UsageError(`--out ${outPath}: the image is written as PNG, give a name ending in .png`);
     if (values["save-latents"] !== undefined && values["save-latents"] === outPath) {
@@ -139,6 +154,7 @@ export async function main(args: string[], command: string): Promise<number> {
       steps,
       guidance,
       seed,
+      maxSequenceLength,
       latentsPath: values.latents,
       out: outPath,
       saveLatents: values["save-latents"],
@@ -167,6 +183,7 @@ export interface JobOptions {
   steps?: number;
   guidance?: number;
   seed: number;
+  maxSequenceLength?: number;
   latentsPath?: string;
   out: string;
   saveLatents?: string;
@@ -193,7 +210,17 @@ export async function prepareJob(o: JobOptions): Promise<GenerationJob> {
   const saveLatents = o.saveLatents === undefined ? undefined : await prepareOutputFile(o.saveLatents, "latents file");
   return {
     modelDir: o.modelDir,
-    request: { prompt: o.prompt, refs, width, height, steps: o.steps, guidance: o.guidance, seed: o.seed, initialLatents },
+    request: {
+      prompt: o.prompt,
+      refs,
+      width,
+      height,
+      steps: o.steps,
+      guidance: o.guidance,
+      seed: o.seed,
+      maxSequenceLength: o.maxSequenceLength,
+      initialLatents,
+    },
     out,
     saveLatents,
   };

@@ -30,7 +30,7 @@
 // `group`, a knockout setting as a side ("ref->filler_only"); per task they become `text[chars:i..j]` from its
 // metadata.padding_base_instruction (interventions/groups.ts). Tasks without that metadata are refused.
 // Top-level overrides: steps, width, height (every task), guidance, noise ("torch-cpu" draws as torch.randn on a CPU
-// generator); refsRoot (root of the task file's relative paths);
+// generator), maxSequenceLength (text rows of every run, default 512; see RunSpec); refsRoot (root of the task file's relative paths);
 // strictTasks (refuse a task file with a malformed line instead of skipping it).
 
 import { dirname, resolve } from "node:path";
@@ -48,7 +48,7 @@ import {
 import { blockNames, parseFlux2Config } from "../model/flux2/config.ts";
 import type { SweepPoint } from "./stats.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
-import { NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
+import { MAX_SEQUENCE_LENGTH, NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import { PAIRING_RULES, type PairingRule, type TaskPair } from "./generators.ts";
 import { parseTemplate, parseTemplateLines, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
@@ -140,6 +140,8 @@ export interface Experiment {
   width?: number;
   height?: number;
   guidance?: number;
+  /** Text rows of every run (see RunSpec.maxSequenceLength); default 512. */
+  maxSequenceLength?: number;
   /** How task seeds become noise (see RunSpec.noise); default "kleinscope". */
   noise?: NoiseSource;
   conditions: Condition[];
@@ -485,6 +487,7 @@ export function parseExperiment(raw: unknown, baseDir: string, options: ParseOpt
     "width",
     "height",
     "guidance",
+    "maxSequenceLength",
     "noise",
     "conditions",
     "judge",
@@ -499,8 +502,12 @@ export function parseExperiment(raw: unknown, baseDir: string, options: ParseOpt
     steps: F.int(o, "steps", "", 1),
     width: F.int(o, "width", "", 16),
     height: F.int(o, "height", "", 16),
+    maxSequenceLength: F.int(o, "maxSequenceLength", "", 1),
     conditions: [],
   };
+  if (exp.maxSequenceLength !== undefined && exp.maxSequenceLength > MAX_SEQUENCE_LENGTH) {
+    F.fail("maxSequenceLength", `${exp.maxSequenceLength} is above the longest supported text sequence, ${MAX_SEQUENCE_LENGTH} tokens`);
+  }
   for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) F.fail(k, `${exp[k]} is not a multiple of 16`);
   exp.noise = F.oneOf(o, "noise", "", NOISE_SOURCES);
   if (o.guidance !== undefined) {
@@ -671,6 +678,7 @@ export function conditionToSpec(exp: Experiment, cond: Condition, task: Task, ct
     height: exp.height ?? task.height,
     steps: cond.steps ?? exp.steps,
     guidance: exp.guidance,
+    maxSequenceLength: exp.maxSequenceLength,
     noise: exp.noise,
     seed: task.noise_seed + (cond.seedOffset ?? 0),
     captures: cond.captures,

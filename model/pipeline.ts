@@ -68,6 +68,11 @@ export interface GenerateRequest {
   interventions?: Intervention[];
   /** Keep the latents after every step (costs one readback per step). */
   keepStepLatents?: boolean;
+  /** Text rows: the prompt is templated, tokenised and padded (or truncated) to this many tokens, as the reference
+   * pipeline's `max_sequence_length` does; default 512 (QWEN3_PROMPT_LENGTH), the length FLUX.2 klein was trained
+   * with. The text encoder is causal, so the first n rows at any length are the same; a shorter length drops padding
+   * rows (and so the padding group shrinks), a longer one adds them. */
+  maxSequenceLength?: number;
   /** Multiply in f16 in the transformer blocks' projections (needs shader-f16): about 1e-3 relative error per
    * product; on an H100 no faster than f32 (README, performance). */
   f16?: boolean;
@@ -162,6 +167,23 @@ export function checkSize(width: number, height: number, where: string): void {
   }
 }
 
+/** The longest text sequence a request may ask for (maxSequenceLength): eight times the trained length. */
+export const MAX_SEQUENCE_LENGTH = 4096;
+
+/** Refuse a text sequence length that is not a whole number in [1, MAX_SEQUENCE_LENGTH]. */
+export function checkSequenceLength(length: number): void {
+  if (!Number.isInteger(length) || length < 1 || length > MAX_SEQUENCE_LENGTH) {
+    throw new Error(
+      `maxSequenceLength ${length} must be a whole number of tokens in [1, ${MAX_SEQUENCE_LENGTH}] (default ${QWEN3_PROMPT_LENGTH})`,
+    );
+  }
+}
+
+/** A request's text sequence length: its maxSequenceLength, else 512. */
+export function sequenceLengthOf(req: Pick<GenerateRequest, "maxSequenceLength">): number {
+  return req.maxSequenceLength ?? QWEN3_PROMPT_LENGTH;
+}
+
 /** The step graph of a prepared run: forward(s), guidance and the Euler update, before interventions rewrite it. */
 interface StepGraph {
   graph: Graph;
@@ -182,6 +204,7 @@ const internals = new WeakMap<PreparedRun, RunInternals>();
 
 export class Flux2KleinPipeline {
   private textEncoder: Qwen3TextEncoder | null = null;
+  /** Keyed by sequence length and prompt (promptKey). */
   private readonly embedCache = new Map<string, { embeds: Float32Array; prompt: EncodedPrompt }>();
 
   private constructor(
@@ -222,21 +245,30 @@ export class Flux2KleinPipeline {
     return this.transformer.blockNames();
   }
 
-  /** Prompt embeddings [512, joint_dim] of each prompt (cached per prompt); the text encoder is loaded once for all. */
-  async encodePrompts(prompts: string[]): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }[]> {
-    return (await this.encodePromptsTimed(prompts)).embeddings;
+  /** Prompt embeddings [length, joint_dim] of each prompt (cached per prompt and length; length defaults to 512); the
+   * text encoder is loaded once for all. */
+  async encodePrompts(prompts: string[], length = QWEN3_PROMPT_LENGTH): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }[]> {
+    return (await this.encodePromptsTimed(prompts, length)).embeddings;
   }
 
   /** encodePrompts, also saying how long loading the text encoder took (0 when it was not loaded). */
   private async encodePromptsTimed(
     prompts: string[],
+    length: number,
   ): Promise<{ embeddings: { embeds: Float32Array; prompt: EncodedPrompt }[]; loadMs: number }> {
-    const missing = [...new Set(prompts.filter((p) => !this.embedCache.has(p)))];
+    checkSequenceLength(length);
+    const key = (prompt: string) => `${length}\n${prompt}`;
+    const missing = [...new Set(prompts.filter((p) => !this.embedCache.has(key(p))))];
     let loadMs = 0;
     if (missing.length) {
+      // The encoder's plan has one sequence length: a kept encoder of another length is loaded again.
+      if (this.textEncoder && this.textEncoder.seqLen !== length) {
+        this.textEncoder.release();
+        this.textEncoder = null;
+      }
       if (!this.textEncoder) {
         const tl = performance.now();
-        this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir);
+        this.textEncoder = await Qwen3TextEncoder.load(this.gpu, this.dir, { seqLen: length });
         loadMs = performance.now() - tl;
       }
       try {
@@ -244,7 +276,7 @@ export class Flux2KleinPipeline {
           const r = await this.textEncoder.encode(prompt);
           if (r.prompt.warning) this.options.log?.(`warning: ${r.prompt.warning}`);
           if (this.embedCache.size >= 8) this.embedCache.delete(this.embedCache.keys().next().value!);
-          this.embedCache.set(prompt, r);
+          this.embedCache.set(key(prompt), r);
         }
       } finally {
         if (!this.options.keepTextEncoder) {
@@ -253,12 +285,12 @@ export class Flux2KleinPipeline {
         }
       }
     }
-    return { embeddings: prompts.map((p) => this.embedCache.get(p)!), loadMs };
+    return { embeddings: prompts.map((p) => this.embedCache.get(key(p))!), loadMs };
   }
 
-  /** Prompt embeddings [512, joint_dim] (cached per prompt). */
-  async encodePrompt(prompt: string): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }> {
-    return (await this.encodePrompts([prompt]))[0];
+  /** Prompt embeddings [length, joint_dim] (cached per prompt and length; length defaults to 512). */
+  async encodePrompt(prompt: string, length = QWEN3_PROMPT_LENGTH): Promise<{ embeds: Float32Array; prompt: EncodedPrompt }> {
+    return (await this.encodePrompts([prompt], length))[0];
   }
 
   /** Load and preprocess a reference image as the reference pipeline does. */
@@ -268,11 +300,12 @@ export class Flux2KleinPipeline {
     return { source: path, pixels: pre.pixels, width: pre.width, height: pre.height };
   }
 
-  /** Tokenise a prompt on the CPU (no GPU work): ids, mask and token groups. */
-  async tokenize(prompt: string): Promise<EncodedPrompt> {
+  /** Tokenise a prompt on the CPU (no GPU work): ids, mask and token groups, padded to `length` tokens (default 512). */
+  async tokenize(prompt: string, length = QWEN3_PROMPT_LENGTH): Promise<EncodedPrompt> {
+    checkSequenceLength(length);
     const dir = join(this.dir, "tokenizer");
     const [tokenizer, template] = await Promise.all([loadQwen3Tokenizer(dir), loadChatTemplate(dir)]);
-    return encodePrompt(tokenizer, template, prompt, { maxLength: QWEN3_PROMPT_LENGTH });
+    return encodePrompt(tokenizer, template, prompt, { maxLength: length });
   }
 
   /** The number of denoising steps a request runs (its own, else 4 for distilled checkpoints and 50 for base ones). */
@@ -305,7 +338,7 @@ export class Flux2KleinPipeline {
     const width = req.width ?? refs[0]?.width ?? 1024;
     const height = req.height ?? refs[0]?.height ?? 1024;
     checkSize(width, height, "output size");
-    const prompt = await this.tokenize(req.prompt);
+    const prompt = await this.tokenize(req.prompt, sequenceLengthOf(req));
     const grid: Grid = { h: height / 16, w: width / 16 };
     const refGrids = refs.map((r) => ({ h: r.height / 16, w: r.width / 16 }));
     const layout: RunLayout = {
@@ -446,7 +479,7 @@ export class Flux2KleinPipeline {
     const refsMs = performance.now() - tr;
 
     const tt = performance.now();
-    const encoded = await this.encodePromptsTimed(guided ? [req.prompt, ""] : [req.prompt]);
+    const encoded = await this.encodePromptsTimed(guided ? [req.prompt, ""] : [req.prompt], sequenceLengthOf(req));
     const [cond, uncond] = encoded.embeddings;
     const textLoadMs = encoded.loadMs;
     const textMs = performance.now() - tt - textLoadMs;

@@ -128,6 +128,7 @@ async function baseRequest(pipe: Flux2KleinPipeline, spec: RunSpec): Promise<Gen
     height: spec.height,
     steps: spec.steps,
     guidance: spec.guidance,
+    maxSequenceLength: spec.maxSequenceLength,
     distilled: spec.distilled,
     seed: spec.seed ?? 0,
     noise: spec.noise,
@@ -235,6 +236,8 @@ async function planLens(
     width,
     height,
     guidance: spec.guidance,
+    // The lens copies text rows to the same positions of the target: the same sequence length.
+    maxSequenceLength: spec.maxSequenceLength,
     distilled: spec.distilled,
     keepStepLatents: base.keepStepLatents,
   };

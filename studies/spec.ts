@@ -3,7 +3,7 @@
 // field, e.g. `interventions[1].blocks`) and written next to every output, so any image can be regenerated.
 
 import { JsonFields } from "./json_fields.ts";
-import { NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
+import { MAX_SEQUENCE_LENGTH, NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
 
 export const SPEC_VERSION = 1;
 
@@ -132,6 +132,9 @@ export interface RunSpec {
   height?: number;
   steps?: number;
   guidance?: number;
+  /** Text rows the prompt is padded (or truncated) to, the reference pipeline's max_sequence_length; default 512. Every
+   * run of the spec (patch and lens sources, lens targets, effects baselines) uses it. */
+  maxSequenceLength?: number;
   /** Run the checkpoint as guidance-distilled (true) or as a base model (false); default: its model_index.json. */
   distilled?: boolean;
   seed?: number;
@@ -312,6 +315,7 @@ export function parseSpec(raw: unknown): RunSpec {
     "height",
     "steps",
     "guidance",
+    "maxSequenceLength",
     "distilled",
     "seed",
     "noise",
@@ -332,12 +336,16 @@ export function parseSpec(raw: unknown): RunSpec {
     height: F.int(o, "height", "", 16),
     steps: F.int(o, "steps", "", 1),
     guidance: F.num(o, "guidance", ""),
+    maxSequenceLength: F.int(o, "maxSequenceLength", "", 1),
     distilled: bool(o, "distilled", ""),
     seed: F.int(o, "seed", "", 0),
     noise: F.oneOf(o, "noise", "", NOISE_SOURCES),
     latents: F.str(o, "latents", ""),
     output: F.str(o, "output", ""),
   };
+  if (spec.maxSequenceLength !== undefined && spec.maxSequenceLength > MAX_SEQUENCE_LENGTH) {
+    F.fail("maxSequenceLength", `${spec.maxSequenceLength} is above the longest supported text sequence, ${MAX_SEQUENCE_LENGTH} tokens`);
+  }
   const budget = F.num(o, "captureBudget", "");
   if (budget !== undefined) {
     if (budget <= 0) F.fail("captureBudget", `expected a number of MiB above 0, got ${budget}`);

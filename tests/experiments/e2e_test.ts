@@ -1,5 +1,5 @@
 // The whole harness on the bundled tiny checkpoint, run as a user runs it (subprocesses of cli.ts): a solid-colour
-// experiment (2 colours × 2 objects = 4 tasks, 64×64, 1 step) under baseline, knockout ref->text on all
+// experiment (2 colours × 2 objects = 4 tasks, 64×64, 1 step, prompts padded to 64 text rows) under baseline, knockout ref->text on all
 // blocks, the T2I lens and padding patching;
 //   1. killed with SIGKILL in the middle of a run, leaving a partial folder, then resumed: nothing finished is redone;
 //   2. run again as shards 1/2 and 2/2 into separate folders and merged: the same bytes as the unsharded run;
@@ -97,6 +97,7 @@ Deno.test("experiment end to end on the tiny checkpoint: kill and resume, shards
           tasks: "colours/tasks.jsonl",
           output: "run",
           steps: 1,
+          maxSequenceLength: 64,
           conditions: [
             { name: "baseline" },
             { name: "ko_ref_text", interventions: [{ type: "knockout", setting: "ref->text", blocks: "all" }] },
@@ -147,6 +148,9 @@ Deno.test("experiment end to end on the tiny checkpoint: kill and resume, shards
       assert.equal(manifest.finished, true);
       assert.equal(manifest.counts.complete, all.length);
       assert.deepEqual(manifest.tasks, taskIds);
+      // The experiment's text length reaches every run's spec.
+      const spec = JSON.parse(await Deno.readTextFile(join(run, "tasks", all[0], "spec.json")));
+      assert.equal(spec.maxSequenceLength, 64);
       // A third invocation finds everything complete and loads no model.
       const idle = await cli(["experiment", experiment]);
       assert.equal(idle.code, 0, idle.stderr);

@@ -5,7 +5,8 @@
 //
 // What differs from the paper's runs, and why:
 // - the checkpoint is tests/fixtures/klein-tiny (2 double + 2 single blocks): the files' blocks double.7 and single.9
-//   (klein 9B) become double.1 and single.1; images are 16×16 at 1 step (lens targets too), so it runs on llvmpipe;
+//   (klein 9B) become double.1 and single.1; images are 16×16 at 1 step (lens targets too), and prompts are padded to
+//   64 text rows instead of 512 (maxSequenceLength; every prompt here still has padding), so it runs on llvmpipe;
 // - the task sets are small stand-ins in the published layout: the study's colour set built as `deno task tasks
 //   study-colors` builds it (2 colours × 1 object × 1 replicate), published rows from
 //   tests/fixtures/protocol/published_sample.json for style and people, and SUN397-layout add/remove rows; the
@@ -29,6 +30,8 @@ import { FAMILIES, readTaskFile } from "../../experiments/tasks.ts";
 import { buildReport, readStudyTable, writeStudyTable } from "../../experiments/report.ts";
 
 const MODEL = join(import.meta.dirname!, "../fixtures/klein-tiny/model");
+/** Text rows of every run (maxSequenceLength): the table's shape does not depend on it, the CPU time does. */
+const TEXT_ROWS = 64;
 const PAPER = join(import.meta.dirname!, "../../experiments/paper");
 const published = JSON.parse(await Deno.readTextFile(join(import.meta.dirname!, "../fixtures/protocol/published_sample.json")));
 
@@ -156,7 +159,15 @@ async function forTinyModel(name: string, root: string, tasksOf: (original: stri
   for (const c of tiny.conditions) {
     for (const iv of c.interventions ?? []) if (iv.type === "lens" && iv.targetSteps) iv.targetSteps = 1;
   }
-  Object.assign(tiny, { model: MODEL, tasks: tasksOf(raw.tasks), output: join(root, "runs", name), width: 16, height: 16, steps: 1 });
+  Object.assign(tiny, {
+    model: MODEL,
+    tasks: tasksOf(raw.tasks),
+    output: join(root, "runs", name),
+    width: 16,
+    height: 16,
+    steps: 1,
+    maxSequenceLength: TEXT_ROWS,
+  });
   const file = join(root, "experiments", `${name}.json`);
   await Deno.mkdir(join(root, "experiments"), { recursive: true });
   await Deno.writeTextFile(file, JSON.stringify(tiny));
@@ -233,6 +244,7 @@ Deno.test("the paper's table, every cell, on the tiny checkpoint with the stub j
         width: 16,
         height: 16,
         steps: 1,
+        maxSequenceLength: TEXT_ROWS,
         conditions: [{
           name: "ko_flow",
           interventions: [{ type: "knockout", setting: "ref->text" }],
