@@ -39,6 +39,7 @@ run:
   --prompt TEXT          the instruction (required)      --ref IMG   a reference image (repeatable, in order)
   --width N --height N   output size, multiples of 16    --steps N   denoising steps
   --seed N               noise seed (default 0)          --latents FILE   initial latents (safetensors)
+  --max-sequence-length N  text rows the prompt is padded to (default 512)
   --guidance G --base    classifier-free guidance, running the checkpoint as a base (non-distilled) model
   --out DIR              output folder (default out/attention-flow-<time>)   --overwrite
   --print-spec           print the spec as JSON and stop (run it later with deno task run)
@@ -82,6 +83,7 @@ export async function main(args: string[]): Promise<number> {
         height: { type: "string" },
         steps: { type: "string" },
         seed: { type: "string" },
+        "max-sequence-length": { type: "string" },
         latents: { type: "string" },
         guidance: { type: "string" },
         base: { type: "boolean" },
@@ -146,6 +148,7 @@ export async function main(args: string[]): Promise<number> {
     guidance: numberOption("guidance", values.guidance),
     distilled: values.base ? false : undefined,
     seed: values.latents ? undefined : integerOption("seed", values.seed, 0) ?? 0,
+    maxSequenceLength: integerOption("max-sequence-length", values["max-sequence-length"], 1),
     latents: values.latents,
     interventions,
     attentionFlow: flow,

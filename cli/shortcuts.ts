@@ -15,6 +15,7 @@ const COMMON = `common options:
   --width N --height N output size, multiples of 16 (default: first reference's size, else 1024)
   --steps N            denoising steps (default 4 for distilled checkpoints)
   --seed N             noise seed (default 0)      --latents FILE   initial latents (safetensors)
+  --max-sequence-length N  text rows the prompt is padded to (default 512; every run of the command)
   --capture TAP[@GROUP]  capture a tap point's rows, e.g. double.1.txt@text[content] (repeatable)
   --capture-budget MIB  host memory for captured rows not yet written to --out (default 4096)
   --out DIR            output folder (default out/<command>-<time>)   --overwrite
@@ -130,6 +131,7 @@ export async function main(args: string[], command: string): Promise<number> {
       height: { type: "string" },
       steps: { type: "string" },
       seed: { type: "string" },
+      "max-sequence-length": { type: "string" },
       latents: { type: "string" },
       capture: { type: "string", multiple: true },
       "capture-steps": { type: "string" },
@@ -221,6 +223,7 @@ export async function main(args: string[], command: string): Promise<number> {
     height: intOpt(values.height, "height"),
     steps: intOpt(values.steps, "steps"),
     seed: values.latents ? undefined : intOpt(values.seed, "seed") ?? 0,
+    maxSequenceLength: intOpt(values["max-sequence-length"], "max-sequence-length"),
     latents: values.latents,
     captures: values.capture?.map((c) => parseCapture(c, values["capture-steps"])),
     captureBudget: numberOption("capture-budget", values["capture-budget"]),

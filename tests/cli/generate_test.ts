@@ -72,6 +72,7 @@ Deno.test("generate/edit --help explains every option with an example", async ()
         "--steps",
         "--guidance",
         "--seed",
+        "--max-sequence-length",
         "--latents",
         "--out",
         "--save-latents",

@@ -75,7 +75,16 @@ Deno.test("deno task verify on the tiny checkpoint: a stored run passes, a tampe
     const spec = join(root, "spec.json");
     await Deno.writeTextFile(
       spec,
-      JSON.stringify({ model: MODEL, prompt: "draw a couch in this color", refs: [REF], width: 32, height: 32, steps: 1, seed: 5 }),
+      JSON.stringify({
+        model: MODEL,
+        prompt: "draw a couch in this color",
+        refs: [REF],
+        width: 32,
+        height: 32,
+        steps: 1,
+        seed: 5,
+        maxSequenceLength: 64,
+      }),
     );
     const stored = join(root, "stored");
     const run = await cli(["run", spec, "--out", stored]);

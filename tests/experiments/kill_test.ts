@@ -71,7 +71,7 @@ async function setup(root: string, output: string): Promise<{ experiment: string
   const experiment = join(root, `${output}.json`);
   await Deno.writeTextFile(
     experiment,
-    JSON.stringify({ model: MODEL, tasks: "colours/tasks.jsonl", output, steps: 1, conditions: CONDITIONS }),
+    JSON.stringify({ model: MODEL, tasks: "colours/tasks.jsonl", output, steps: 1, maxSequenceLength: 64, conditions: CONDITIONS }),
   );
   return { experiment, taskIds: set.tasks.map((t) => t.task_id) };
 }

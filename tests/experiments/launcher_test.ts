@@ -60,7 +60,10 @@ async function setup(width = 64, conditions: object[] = CONDITIONS, colours = ["
     swatchSize: 64,
   });
   const experiment = join(root, "experiment.json");
-  await Deno.writeTextFile(experiment, JSON.stringify({ model: MODEL, tasks: "colours/tasks.jsonl", output: "run", steps: 1, conditions }));
+  await Deno.writeTextFile(
+    experiment,
+    JSON.stringify({ model: MODEL, tasks: "colours/tasks.jsonl", output: "run", steps: 1, maxSequenceLength: 64, conditions }),
+  );
   const shard = join(root, "shard.ts");
   await Deno.writeTextFile(
     shard,

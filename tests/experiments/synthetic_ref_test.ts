@@ -49,6 +49,7 @@ Deno.test("synthetic references: generated once per output, used by the task and
         tasks: "tasks.jsonl",
         output: "run",
         steps: 1,
+        maxSequenceLength: 64,
         conditions: [{ name: "baseline" }, { name: "patch", patch: { block: "double.0" } }],
       }),
     );

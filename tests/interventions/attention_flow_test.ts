@@ -26,7 +26,7 @@ async function pipeline(): Promise<Flux2KleinPipeline> {
   return shared;
 }
 
-const edit: GenerateRequest = { prompt: PROMPT, refs: [REF0], width: 32, height: 48, steps: 2, seed: 5 };
+const edit: GenerateRequest = { prompt: PROMPT, refs: [REF0], width: 32, height: 48, steps: 2, seed: 5, maxSequenceLength: 64 };
 
 function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
   let num = 0, den = 0;
@@ -271,7 +271,10 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "kleinscope-flow-" });
     try {
-      const common = ["--model", MODEL, "--prompt", PROMPT, "--ref", REF0, "--width", "32", "--height", "48", "--steps", "1"];
+      const common = [
+        ...["--model", MODEL, "--prompt", PROMPT, "--ref", REF0],
+        ...["--width", "32", "--height", "48", "--steps", "1", "--max-sequence-length", "64"],
+      ];
       for (
         const [bad, pattern] of [
           [["--query-groups", "text[content],text[bogus]"], /^error: attention flow @ all: query groups: group "text\[bogus\]": expected/],

@@ -39,7 +39,16 @@ const CAPTURES: RunSpec["captures"] = [
   { tap: "single.0.img", group: "image", steps: "1" },
   { tap: "single.0" },
 ];
-const SPEC: RunSpec = { model: MODEL, prompt: "draw a couch in this color", refs: [REF0], width: 32, height: 48, steps: 3, seed: 9 };
+const SPEC: RunSpec = {
+  model: MODEL,
+  prompt: "draw a couch in this color",
+  refs: [REF0],
+  width: 32,
+  height: 48,
+  steps: 3,
+  seed: 9,
+  maxSequenceLength: 64,
+};
 
 Deno.test({
   name: "streamed captures equal the ones kept in memory bit for bit, and so does their file",
@@ -132,8 +141,8 @@ Deno.test({
     pipe.execute = () => Promise.reject(new Error("GPU work started"));
     const dir = await Deno.makeTempDir();
     try {
-      // double.1.txt at one step: 512 rows × the tiny model's width, 4 bytes each.
-      const stepMiB = (512 * pipe.transformer.config.hidden * 4) / MiB;
+      // double.1.txt at one step: the text rows × the tiny model's width, 4 bytes each.
+      const stepMiB = (SPEC.maxSequenceLength! * pipe.transformer.config.hidden * 4) / MiB;
       const file = join(dir, "captures.safetensors");
       // Streamed: one step's rows alone exceed the budget.
       await assert.rejects(

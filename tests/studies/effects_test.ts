@@ -25,7 +25,9 @@ async function pipeline(): Promise<Flux2KleinPipeline> {
   return shared;
 }
 
-const edit = { model: MODEL, prompt: PROMPT, refs: [REF0], width: 32, height: 48, steps: 2, seed: 5 };
+// 64 text rows (maxSequenceLength) instead of 512: every group still has tokens, and the runs cost a fraction.
+const TEXT_ROWS = 64;
+const edit = { model: MODEL, prompt: PROMPT, refs: [REF0], width: 32, height: 48, steps: 2, seed: 5, maxSequenceLength: TEXT_ROWS };
 
 /** Temporary files of the baseline's rows left in `dir`. */
 async function leftovers(dir: string): Promise<string[]> {
@@ -68,11 +70,15 @@ Deno.test({
       assert.deepEqual(fx.steps, [0, 1]);
       const layout = run.result.layout;
       assert.deepEqual(fx.groups, [
-        { name: "text", tap: "txt", rows: 512 },
+        { name: "text", tap: "txt", rows: TEXT_ROWS },
         { name: "image", tap: "img", rows: layout.noiseRows },
         { name: "ref", tap: "img", rows: layout.refRows[0] },
       ]);
-      assert.equal(fx.baselineBytes, 2 * 4 * (512 + layout.noiseRows + layout.refRows[0]) * 256 * 4, "steps × blocks × rows × hidden × 4");
+      assert.equal(
+        fx.baselineBytes,
+        2 * 4 * (TEXT_ROWS + layout.noiseRows + layout.refRows[0]) * 256 * 4,
+        "steps × blocks × rows × hidden × 4",
+      );
       assert.equal(fx.intervention.records.length, 4 * 2);
       for (const r of fx.intervention.records) {
         for (const g of groupsOf(r)) assert.deepEqual(g, { relL2: 0, cosine: 1, rowCosine: 1 }, `${r.block} step ${r.step}`);
@@ -225,7 +231,7 @@ Deno.test({
     pipe.execute = () => Promise.reject(new Error("GPU work started"));
     try {
       const check = (extra: Partial<RunSpec>) => checkSpec(pipe, parseSpec({ ...edit, interventions: ko, effects: true, ...extra }));
-      await assert.rejects(() => check({ control: { seed: 1 } }), /control: knockout ref->text: its query group text has 512 positions/);
+      await assert.rejects(() => check({ control: { seed: 1 } }), /control: knockout ref->text: its query group text has 64 positions/);
       await assert.rejects(() => check({ effects: { blocks: "double.7" } }), /effects\.blocks: unknown block "double\.7"/);
       await assert.rejects(() => check({ effects: { steps: "2" } }), /effects\.steps: step 2 is beyond this run's 2 steps/);
     } finally {
@@ -248,7 +254,10 @@ Deno.test({
     const tmp = join(dir, "tmp");
     await Deno.mkdir(tmp);
     try {
-      const common = ["--model", MODEL, "--prompt", PROMPT, "--ref", REF0, "--width", "32", "--height", "32", "--steps", "1"];
+      const common = [
+        ...["--model", MODEL, "--prompt", PROMPT, "--ref", REF0],
+        ...["--width", "32", "--height", "32", "--steps", "1", "--max-sequence-length", String(TEXT_ROWS)],
+      ];
       const printed = await cli(["knockout", ...common, "--setting", "ref->text[content]", "--control", "4", "--print-spec"], {});
       assert.equal(printed.code, 0, printed.stderr);
       const printedSpec = JSON.parse(printed.stdout);
