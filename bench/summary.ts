@@ -10,7 +10,7 @@
 //     bench/torch_flux2.py for the forward (bench/dit.ts --compare), unless --no-torch or PyTorch is missing.
 //
 //   deno task bench summary [--size 512|1024] [--refs 1] [--model DIR | --random klein-9b|klein-4b|tiny]
-//                           [--iters 10] [--forward-iters 3] [--no-f16] [--no-torch] [--python python3]
+//                           [--forward-sizes 1024,512] [--iters 10] [--forward-iters 3] [--no-f16] [--no-torch] [--python python3]
 //                           [--peak-tflops F32[,F16]] [--pipeline [--pipeline-model DIR] [--steps 4]]
 //                           [--json PATH] [--verbose] [--small]
 //
@@ -18,7 +18,8 @@
 // with one reference is 2560 rows and --size 1024 is 8704. Matmul and attention repeat their node --iters times back
 // to back in one plan; after a warm-up run, one profiled run gives each repetition's time from GPU timestamps (without
 // timestamps, the wall clock of a run shared out evenly) and the median is reported. The forward is the median
-// wall-clock time of --forward-iters runs. % of peak is against the card's FMA peak (f32 rows against the f32 peak,
+// wall-clock time of --forward-iters runs, at --size and at every other side of --forward-sizes (each with its own
+// PyTorch comparison), so that one call reports e.g. the forward at 512² beside everything at 1024². % of peak is against the card's FMA peak (f32 rows against the f32 peak,
 // f16 rows against the f16 one): a small table of known adapters, or --peak-tflops. % of ceiling is against the
 // multiply-add rate this stack measures on the card itself (bench/ceilings.ts, run first; its rows head the table).
 // --small: shapes for a software adapter (M 256, hidden 128, 2 heads at S = 256, the fixture's tiny transformer
@@ -45,7 +46,7 @@ const CHECKPOINT_SCRIPT = join(BENCH_DIR, "make_random_checkpoint.py");
 export const SMALL_MODEL = fileURLToPath(new URL("../tests/fixtures/klein-tiny/model", import.meta.url));
 
 export const USAGE = `usage: deno task bench summary [--size 512] [--refs 1] [--model DIR | --random ${RANDOM_PRESETS.join("|")}]
-         [--iters 10] [--forward-iters 3] [--no-f16] [--no-torch] [--python python3] [--peak-tflops F32[,F16]]
+         [--forward-sizes 1024,512] [--iters 10] [--forward-iters 3] [--no-f16] [--no-torch] [--python python3] [--peak-tflops F32[,F16]]
          [--pipeline [--pipeline-model DIR] [--steps 4]] [--json PATH] [--verbose] [--small]`;
 
 /** FMA peaks in TFLOP/s (f32, f16) of known adapters, matched as a part of the adapter's description. */
@@ -60,6 +61,8 @@ export class UsageError extends Error {}
 export interface SummaryOptions {
   /** Image side; the sequence is 512 text rows + (size/16)² · (1 + refs). */
   size: number;
+  /** Sides of the transformer forwards: `size` first, then the others of --forward-sizes. */
+  forwardSizes: number[];
   refs: number;
   small: boolean;
   /** Transformer (or pipeline) folder; else `random`. */
@@ -87,6 +90,7 @@ export function parseSummaryArgs(args: string[]): SummaryOptions | "help" {
       args,
       options: {
         size: { type: "string" },
+        "forward-sizes": { type: "string" },
         refs: { type: "string", default: "1" },
         small: { type: "boolean", default: false },
         model: { type: "string" },
@@ -119,6 +123,14 @@ export function parseSummaryArgs(args: string[]): SummaryOptions | "help" {
   };
   const size = int("size", values.size ?? (small ? "64" : "512"), 16);
   if (size % 16) throw new UsageError(`--size ${size} must be a multiple of 16 (one latent token per 16×16 pixels)`);
+  const forwardSizes = [size];
+  if (values["forward-sizes"] !== undefined) {
+    for (const part of values["forward-sizes"].split(",")) {
+      const side = int("forward-sizes", part.trim(), 16);
+      if (side % 16) throw new UsageError(`--forward-sizes: ${side} must be a multiple of 16 (one latent token per 16×16 pixels)`);
+      if (!forwardSizes.includes(side)) forwardSizes.push(side);
+    }
+  }
   if (values.model !== undefined && values.random !== undefined) {
     throw new UsageError("give at most one of --model DIR and --random PRESET");
   }
@@ -138,6 +150,7 @@ export function parseSummaryArgs(args: string[]): SummaryOptions | "help" {
   const model = values.model ?? (values.random === undefined && small ? SMALL_MODEL : undefined);
   return {
     size,
+    forwardSizes,
     refs: int("refs", values.refs!, 0),
     small,
     model,
@@ -396,8 +409,10 @@ export interface SummaryReport {
   shapes: SummaryShapes;
   matmul: MatmulMeasurement[];
   attention: AttentionMeasurement[];
-  /** bench/dit.ts's report without the output tensors. */
+  /** bench/dit.ts's report without the output tensors, at --size. */
   forward?: Record<string, unknown>;
+  /** The same for every side of --forward-sizes, --size first. */
+  forwards: Record<string, unknown>[];
   torchMatmul: TorchMeasurement[];
   torchAttention: TorchMeasurement[];
   pipeline?: PipelineStages;
@@ -499,29 +514,33 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     }
   }
 
-  // The transformer forward (with PyTorch's through bench/dit.ts --compare).
-  let dit: DitBenchReport | undefined;
+  // The transformer forwards (with PyTorch's through bench/dit.ts --compare), one per side.
+  const dits: SizedForward[] = [];
   const ditLog = (s: string) => {
     if (opts.verbose) log(s.split("\n").map((l) => `  ${l}`).join("\n"));
     else if (!s.includes("\n") && s.trim() && !s.startsWith("device:")) log(`  ${s.trim()}`);
   };
-  log(`transformer forward: ${opts.model ?? `random ${opts.random}`}, ${opts.size}² + ${opts.refs} ref, ${modes.join(" and ")} …`);
-  try {
-    dit = await runDitBench({
-      model: opts.model,
-      random: opts.random,
-      size: opts.size,
-      refs: opts.refs,
-      iters: opts.forwardIters,
-      seed: 0,
-      compare: torch.available,
-      f16,
-      python: opts.python,
-    }, ditLog);
-    for (const m of dit.torch?.failures ?? []) failures.push(`PyTorch forward: ${m}`);
-  } catch (e) {
-    fail("transformer forward", e);
+  for (const size of opts.forwardSizes) {
+    log(`transformer forward: ${opts.model ?? `random ${opts.random}`}, ${size}² + ${opts.refs} ref, ${modes.join(" and ")} …`);
+    try {
+      const dit = await runDitBench({
+        model: opts.model,
+        random: opts.random,
+        size,
+        refs: opts.refs,
+        iters: opts.forwardIters,
+        seed: 0,
+        compare: torch.available,
+        f16,
+        python: opts.python,
+      }, ditLog);
+      for (const m of dit.torch?.failures ?? []) failures.push(`PyTorch forward ${size}²: ${m}`);
+      dits.push({ size, dit });
+    } catch (e) {
+      fail(`transformer forward ${size}²`, e);
+    }
   }
+  const dit = dits[0]?.size === opts.size ? dits[0].dit : undefined;
 
   let pipeline: PipelineStages | undefined;
   if (opts.pipeline) {
@@ -541,9 +560,9 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     `attention: ${a.heads}×${a.headDim} at S = ${a.seq}, plain and ref->text (text = first ${knockoutLayout(a.seq).text} rows, ref = last ${
       knockoutLayout(a.seq).ref
     }), median of ${opts.iters} back to back`,
-    `forward: ${dit ? dit.modelDir : opts.model ?? opts.random}, ${opts.size}² + ${opts.refs} ref (S = ${
-      ditSequence(opts.size, opts.refs).rows
-    }), ${modes.join("/")}, median wall clock of ${opts.forwardIters}`,
+    `forward: ${dit ? dit.modelDir : opts.model ?? opts.random}, ${
+      opts.forwardSizes.map((size) => `${size}² + ${opts.refs} ref (S = ${ditSequence(size, opts.refs).rows})`).join(" and ")
+    }, ${modes.join("/")}, median wall clock of ${opts.forwardIters}`,
     ...(opts.pipeline ? [`pipeline: ${opts.steps} steps at ${opts.size}² + ${opts.refs} ref`] : []),
     torch.available
       ? `PyTorch ${torch.version} on ${torch.deviceName}: torch_baseline.py (matmul, attention) and torch_flux2.py (forward), fp32 with TF32 off and bf16`
@@ -564,13 +583,15 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
     torchMatmul,
     torchAttention,
     pipeline,
+    forwards: [],
     rows: [],
     failures,
   };
-  if (dit) {
-    const strip = <T extends { output?: Float32Array }>(x: T | undefined) => x && { ...x, output: undefined };
+  const strip = <T extends { output?: Float32Array }>(x: T | undefined) => x && { ...x, output: undefined };
+  for (const { size, dit } of dits) {
     const t = dit.torch;
-    report.forward = {
+    report.forwards.push({
+      size,
       modelDir: dit.modelDir,
       config: dit.config,
       seq: dit.seq,
@@ -579,9 +600,10 @@ export async function runSummary(opts: SummaryOptions, log: (s: string) => void 
       f32: strip(dit.forward),
       f16: strip(dit.forwardF16),
       torch: t && { ...t, fp32: strip(t.fp32), bf16: strip(t.bf16) },
-    };
+    });
   }
-  report.rows = summaryRows(report, dit, opts);
+  if (dit) report.forward = report.forwards[0];
+  report.rows = summaryRows(report, dits, opts);
   return report;
 }
 
@@ -595,8 +617,14 @@ function shapeName(s: { m: number; k: number; n: number }): string {
   return `${s.m}×${s.k}×${s.n}`;
 }
 
+/** A transformer forward of the summary and its side. */
+export interface SizedForward {
+  size: number;
+  dit: DitBenchReport;
+}
+
 /** One row per measurement, in the table's order. */
-export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, opts: Pick<SummaryOptions, "size" | "refs">): SummaryRow[] {
+export function summaryRows(r: SummaryReport, dits: SizedForward[], opts: Pick<SummaryOptions, "refs">): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const percent = (tflops: number, mode: "f32" | "f16") => {
     const p = r.peak[mode];
@@ -657,8 +685,8 @@ export function summaryRows(r: SummaryReport, dit: DitBenchReport | undefined, o
       ),
     });
   }
-  if (dit) {
-    const label = `forward ${modelLabel(dit.modelDir)} ${opts.size}²+${opts.refs} ref S=${dit.seq.rows}`;
+  for (const { size, dit } of dits) {
+    const label = `forward ${modelLabel(dit.modelDir)} ${size}²+${opts.refs} ref S=${dit.seq.rows}`;
     const tflops = (ms: number) => dit.forward.flops / (ms * 1e-3) / 1e12;
     const t = dit.torch;
     const err = (e: number | undefined) => (e === undefined ? undefined : e.toExponential(1));

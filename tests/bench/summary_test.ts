@@ -78,6 +78,8 @@ Deno.test("summary: argument defaults and refusals", () => {
     "/tmp/x.json",
   ]);
   assert.deepEqual(s.peak, { f32: 1.5, f16: 3 });
+  assert.deepEqual(d.forwardSizes, [512]);
+  assert.deepEqual(options(["--size", "1024", "--forward-sizes", "512, 1024"]).forwardSizes, [1024, 512]);
   assert.equal(options(["--size", "1024", "--random", "klein-4b"]).random, "klein-4b");
   assert.equal(parseSummaryArgs(["--help"]), "help");
   const refuses = (args: string[], message: RegExp) =>
@@ -85,6 +87,8 @@ Deno.test("summary: argument defaults and refusals", () => {
   refuses(["--size", "100"], /--size 100 must be a multiple of 16/);
   refuses(["--size", "big"], /--size: "big" is not an integer/);
   refuses(["--iters", "0"], /--iters: "0" is not an integer ≥ 1/);
+  refuses(["--forward-sizes", "512,500"], /--forward-sizes: 500 must be a multiple of 16/);
+  refuses(["--forward-sizes", "x"], /--forward-sizes: "x" is not an integer/);
   refuses(["--random", "klein-12b"], /--random: "klein-12b" is not one of/);
   refuses(["--model", "m", "--random", "tiny"], /at most one of --model/);
   refuses(["--peak-tflops", "fast"], /--peak-tflops: "fast"/);
@@ -108,6 +112,7 @@ Deno.test("summary: % of peak comes from known adapters or --peak-tflops, else n
     attention: [],
     torchMatmul: [],
     torchAttention: [],
+    forwards: [],
     rows: [
       { item: "matmul x", kleinscopeMs: 2, tflops: 0.01, note: "" },
       { item: "pipeline step 1/1", kleinscopeMs: 700, note: "", noBaseline: true },
@@ -171,7 +176,9 @@ async function smallRun(python: string, withTorch: boolean): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "kleinscope-summary-test-" });
   try {
     const json = join(dir, "summary.json");
-    const r = await runCommand(Deno.execPath(), ["run", "-A", RUN, "summary", "--small", "--python", python, "--json", json]);
+    // Without PyTorch, a second forward side too (--forward-sizes): its own row after the first.
+    const sides = withTorch ? [] : ["--forward-sizes", "32"];
+    const r = await runCommand(Deno.execPath(), ["run", "-A", RUN, "summary", "--small", ...sides, "--python", python, "--json", json]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const report: SummaryReport = JSON.parse(await Deno.readTextFile(json));
     assert.deepEqual(report.failures, []);
@@ -183,7 +190,10 @@ async function smallRun(python: string, withTorch: boolean): Promise<string> {
       "attention 2×128 S=256 plain",
       "attention 2×128 S=256 ref->text",
       ...modes.map((mode) => `forward klein-tiny 64²+1 ref S=544 ${mode}`),
+      ...(withTorch ? [] : modes.map((mode) => `forward klein-tiny 32²+1 ref S=520 ${mode}`)),
     ];
+    assert.deepEqual(report.forwards.map((f) => f.size), withTorch ? [64] : [64, 32]);
+    assert.deepEqual(report.forward, report.forwards[0]);
     // The measured ceilings head the table, then every kernel, each also as a share of its ceiling.
     const ceilingNames = ["f32 FMA", ...(report.ceilings!.skipped.length ? [] : ["f16 FMA (packed)"]), "workgroup memory", "global memory"];
     assert.deepEqual(report.ceilings!.ceilings.map((c) => c.name), ceilingNames);
