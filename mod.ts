@@ -9,7 +9,15 @@
 //   const rows = cap.results(run).at("double.2.txt", "text[content]", 0); // { rows, cols, data }
 
 // Pipeline and components
-export { checkSize, Flux2KleinPipeline, MAX_OUTPUT_SIDE, NOISE_SOURCES, type NoiseSource } from "./model/pipeline.ts";
+export {
+  checkSequenceLength,
+  checkSize,
+  Flux2KleinPipeline,
+  MAX_OUTPUT_SIDE,
+  MAX_SEQUENCE_LENGTH,
+  NOISE_SOURCES,
+  type NoiseSource,
+} from "./model/pipeline.ts";
 export { torchCpuNoise } from "./model/torch_random.ts";
 export type { GenerateRequest, GenerateResult, PipelineOptions, PreparedRun, ReferenceImage, StepInfo } from "./model/pipeline.ts";
 export { Flux2Transformer } from "./model/flux2/transformer.ts";
