@@ -14,7 +14,6 @@
 //   --head-dim D (default 128: the transformer's; the text encoder's is 128 on klein, 16 on the tiny checkpoint)
 //   --runs N (default 5: repetitions of the node in the timed plan)   --json PATH (write every measurement)
 
-import { parseArgs } from "node:util";
 import { getGpu, type GpuContext } from "../runtime/device.ts";
 import { runAuditCase } from "../kernels/audit.ts";
 import {
@@ -30,6 +29,7 @@ import {
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { attentionCase } from "../kernels/reference/attention.ts";
 import { type AttentionMeasurement, knockoutBits, timeAttention } from "./attention_timing.ts";
+import { parseBenchArgs } from "./common.ts";
 
 interface Shape {
   label: string;
@@ -43,18 +43,23 @@ interface Shape {
 /** One timed shape and configuration, labelled. */
 type Measurement = AttentionMeasurement & { shape: string };
 
-const { values: opts } = parseArgs({
-  args: Deno.args,
-  options: {
-    small: { type: "boolean", default: false },
-    sweep: { type: "boolean", default: false },
-    runs: { type: "string", default: "5" },
-    json: { type: "string" },
-    "tuning-out": { type: "string" },
-    config: { type: "string" },
-    "head-dim": { type: "string", default: "128" },
-  },
-});
+export const USAGE = `usage: deno task bench attention [--small] [--sweep [--tuning-out PATH]] [--config NAME[,…]] [--head-dim 128]
+         [--runs 5] [--json PATH]
+Flash-attention TFLOP/s at klein's joint-attention shapes, plain and with a knockout mask, each configuration checked
+against float64 first; --sweep records the fastest per head dim in kernels/attention_tuned.json; --small: shapes for a
+software adapter. Configuration names: q128r8.t16k4.ds16.ks16.dv128[.w4].`;
+
+const parsed = parseBenchArgs(Deno.args, {
+  small: { type: "boolean", default: false },
+  sweep: { type: "boolean", default: false },
+  runs: { type: "string", default: "5" },
+  json: { type: "string" },
+  "tuning-out": { type: "string" },
+  config: { type: "string" },
+  "head-dim": { type: "string", default: "128" },
+}, USAGE);
+if (parsed === "help") Deno.exit(0);
+const opts = parsed;
 const headDim = Number(opts["head-dim"]);
 if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 4 !== 0) {
   throw new Error(`--head-dim must be a positive multiple of 4, got ${opts["head-dim"]}`);

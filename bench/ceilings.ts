@@ -7,12 +7,11 @@
 // Each result is checked: the multiply-add chains against the same recurrence on the CPU for sampled threads, the
 // workgroup sums against their closed form, the copy element for element on sampled ranges.
 
-import { parseArgs } from "node:util";
 import { getGpu, type GpuContext } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { grid1d, type KernelSpec } from "../runtime/kernel.ts";
-import { fillUniform, formatTable, median } from "./common.ts";
+import { fillUniform, formatTable, median, parseBenchArgs } from "./common.ts";
 
 export interface Ceiling {
   name: "f32 FMA" | "f16 FMA (packed)" | "workgroup memory" | "global memory";
@@ -241,19 +240,13 @@ global-memory bandwidth of this adapter; each result is checked. --small uses si
 seconds; --json writes the report.`;
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      small: { type: "boolean", default: false },
-      iters: { type: "string" },
-      json: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
+  const parsed = parseBenchArgs(Deno.args, {
+    small: { type: "boolean", default: false },
+    iters: { type: "string" },
+    json: { type: "string" },
+  }, USAGE);
+  if (parsed === "help") Deno.exit(0);
+  const values = parsed;
   const iters = values.iters === undefined ? undefined : Number(values.iters);
   if (iters !== undefined && !(Number.isInteger(iters) && iters >= 1)) {
     console.error(`error: --iters "${values.iters}" is not a positive whole number\n${USAGE}`);

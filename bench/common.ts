@@ -1,6 +1,8 @@
 // Small pieces the benchmark scripts share: statistics, number and table formatting, seeded random inputs, and
 // running a subprocess with its output captured (the PyTorch baselines run as `python3` subprocesses).
 
+import { parseArgs } from "node:util";
+
 /** Median of a non-empty list. */
 export function median(values: number[]): number {
   if (!values.length) throw new Error("median of an empty list");
@@ -129,5 +131,25 @@ export async function exists(path: string): Promise<boolean> {
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
     throw e;
+  }
+}
+
+/** A benchmark script's command line: with --help or -h, prints `usage` and returns "help" (the caller exits 0);
+ * else parses `args` with node:util parseArgs, and on an unknown or malformed option prints `error: …` and the
+ * usage and exits with code 2, before any GPU work. */
+export function parseBenchArgs<O extends Record<string, { type: "string" | "boolean"; default?: string | boolean; multiple?: boolean }>>(
+  args: string[],
+  options: O,
+  usage: string,
+): ReturnType<typeof parseArgs<{ args: string[]; options: O }>>["values"] | "help" {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(usage);
+    return "help";
+  }
+  try {
+    return parseArgs({ args, options }).values;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n\n${usage}`);
+    Deno.exit(2);
   }
 }

@@ -468,9 +468,25 @@ export function summaryTable(r: DitBenchReport, opts: Pick<DitBenchOptions, "siz
   return `${title}\n${formatTable(["implementation", "ms", "TFLOP/s", "peak mem", "rel L2 vs PyTorch fp32"], rows)}`;
 }
 
+export const USAGE = `usage: deno task bench dit --model DIR | --random klein-4b|klein-9b|tiny
+         [--size 512] [--refs 1] [--iters 5] [--seed 0] [--compare] [--python python3] [--f16]
+One transformer forward: load rate, median forward time, the slowest nodes and a table per kernel family; --compare runs
+the same forward in PyTorch (fp32 and bf16) and reports the relative L2 error against it.`;
+
 if (import.meta.main) {
+  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  let options: DitBenchOptions;
   try {
-    await runDitBench(parseDitBenchArgs(Deno.args));
+    options = parseDitBenchArgs(Deno.args);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n\n${USAGE}`);
+    Deno.exit(2);
+  }
+  try {
+    await runDitBench(options);
   } catch (e) {
     console.error(`bench/dit.ts: ${(e as Error).message}`);
     Deno.exit(1);

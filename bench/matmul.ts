@@ -10,7 +10,6 @@
 // --f16 times f16 multiplication (kernels/matmul.ts `f16`) and sweeps and records its own shape classes ("f16.…").
 // Every run checks a few output entries against a float64 dot product.
 
-import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type GpuContext, openGpu } from "../runtime/device.ts";
@@ -29,7 +28,12 @@ import {
 } from "../kernels/matmul.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { bf16ToF32 } from "../weights/dtypes.ts";
-import { median } from "./common.ts";
+import { median, parseBenchArgs } from "./common.ts";
+
+export const USAGE = `usage: deno task bench matmul [--shapes M,K,N;M,K,N] [--dtype bf16,f32] [--iters n] [--small]
+         [--config 128x128x8/8x8[dot|direct][wC]] [--sweep [--write] [--tuning-file path]] [--f16]
+Matmul throughput y = x·Wᵀ on random data (TFLOP/s, median of the timed runs); --sweep times every tile configuration
+and --write stores the winners in kernels/matmul_tuned.json; --small: shapes for a software adapter.`;
 
 export type WeightDType = "bf16" | "f32";
 
@@ -184,20 +188,19 @@ function shapeName(s: Shape): string {
 }
 
 async function main() {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      shapes: { type: "string" },
-      dtype: { type: "string", default: "bf16" },
-      iters: { type: "string", default: "10" },
-      small: { type: "boolean", default: false },
-      sweep: { type: "boolean", default: false },
-      write: { type: "boolean", default: false },
-      config: { type: "string" },
-      "tuning-file": { type: "string" },
-      f16: { type: "boolean", default: false },
-    },
-  });
+  const parsed = parseBenchArgs(Deno.args, {
+    shapes: { type: "string" },
+    dtype: { type: "string", default: "bf16" },
+    iters: { type: "string", default: "10" },
+    small: { type: "boolean", default: false },
+    sweep: { type: "boolean", default: false },
+    write: { type: "boolean", default: false },
+    config: { type: "string" },
+    "tuning-file": { type: "string" },
+    f16: { type: "boolean", default: false },
+  }, USAGE);
+  if (parsed === "help") return;
+  const values = parsed;
   const f16 = values.f16!;
   const shapes = parseShapes(values.shapes ?? (values.small ? SMALL_SHAPES : GPU_SHAPES));
   const dtypes = values.dtype.split(",").map((d) => d.trim());

@@ -13,7 +13,6 @@
 // --random PRESET writes a random pipeline folder to /tmp/kleinscope-pipeline-PRESET with
 // bench/make_random_checkpoint.py when missing.
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getGpu } from "../runtime/device.ts";
@@ -24,7 +23,12 @@ import { KnockoutIntervention } from "../interventions/knockout.ts";
 import { CaptureIntervention } from "../interventions/capture_run.ts";
 import { PatchIntervention } from "../interventions/patch.ts";
 import { SourceRows } from "../studies/source_rows.ts";
-import { exists, formatGB, formatTable, median, runCommand } from "./common.ts";
+import { exists, formatGB, formatTable, median, parseBenchArgs, runCommand } from "./common.ts";
+
+export const USAGE = `usage: deno task bench pipeline --model PIPELINE_DIR | --random klein-4b|klein-9b|tiny
+         [--size 1024] [--steps 4] [--overhead [--capture-budget MIB]] [--python python3]
+A whole edit: each stage's time, the step times and the GPU memory held; --overhead also times a knockout, a patch and
+captures (streamed and in memory) against the plain run.`;
 
 const CHECKPOINT_SCRIPT = fileURLToPath(new URL("./make_random_checkpoint.py", import.meta.url));
 
@@ -45,18 +49,17 @@ async function referenceImage(path: string, size: number): Promise<void> {
 }
 
 export async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: "string" },
-      random: { type: "string" },
-      size: { type: "string", default: "1024" },
-      steps: { type: "string", default: "4" },
-      overhead: { type: "boolean" },
-      python: { type: "string", default: "python3" },
-      "capture-budget": { type: "string" },
-    },
-  });
+  const parsed = parseBenchArgs(args, {
+    model: { type: "string" },
+    random: { type: "string" },
+    size: { type: "string", default: "1024" },
+    steps: { type: "string", default: "4" },
+    overhead: { type: "boolean" },
+    python: { type: "string", default: "python3" },
+    "capture-budget": { type: "string" },
+  }, USAGE);
+  if (parsed === "help") return;
+  const values = parsed;
   const size = Number(values.size), steps = Number(values.steps);
   let model = values.model;
   if (!model) {

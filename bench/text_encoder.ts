@@ -10,13 +10,13 @@
 // --compare runs bench/torch_text_encoder.py on the same weights and token ids (PyTorch float32, TF32 off) and
 // prints the relative L2 error of the WGSL embeddings against it, plus PyTorch's float32 and bf16 times.
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { openGpu } from "../runtime/device.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { maxAbsDiff, relativeL2 } from "../kernels/audit.ts";
 import { TextEncoder as Qwen3TextEncoder } from "../model/qwen3/text_encoder.ts";
 import { QWEN3_LAYERS_USED } from "../model/qwen3/config.ts";
+import { parseBenchArgs } from "./common.ts";
 
 const FIXTURE_TOKENIZER = new URL("../tests/fixtures/klein-tiny/model/tokenizer/", import.meta.url).pathname;
 const TORCH_SCRIPT = new URL("./torch_text_encoder.py", import.meta.url).pathname;
@@ -252,26 +252,22 @@ async function compareIn(
   );
 }
 
+export const USAGE = `usage: deno task bench text_encoder [--model PIPELINE_DIR | --dir DIR [--small]] [--prompt TEXT] [--runs n]
+         [--compare [--python python3]]
+The Qwen3 text encoder's prompt encoding (load, encode, readback), optionally against PyTorch on the same weights.`;
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      dir: { type: "string" },
-      small: { type: "boolean", default: false },
-      prompt: { type: "string", default: DEFAULT_PROMPT },
-      runs: { type: "string", default: "5" },
-      compare: { type: "boolean", default: false },
-      python: { type: "string", default: "python3" },
-      help: { type: "boolean", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(
-      "deno run -A bench/text_encoder.ts [--model PIPELINE_DIR | --dir DIR [--small]] [--prompt TEXT] [--runs n] [--compare [--python python3]]",
-    );
-    return;
-  }
+  const parsed = parseBenchArgs(Deno.args, {
+    model: { type: "string" },
+    dir: { type: "string" },
+    small: { type: "boolean", default: false },
+    prompt: { type: "string", default: DEFAULT_PROMPT },
+    runs: { type: "string", default: "5" },
+    compare: { type: "boolean", default: false },
+    python: { type: "string", default: "python3" },
+  }, USAGE);
+  if (parsed === "help") return;
+  const values = parsed;
   const runs = Number(values.runs);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${values.runs}`);
   if (values.model && values.small) throw new Error("--small shapes the random checkpoint; it does not apply with --model");

@@ -14,7 +14,6 @@
 // once, profiles one run and prints its time and the time per kernel family.
 // --small: smaller images and channel counts, for software adapters.
 
-import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type GpuContext, openGpu } from "../runtime/device.ts";
@@ -42,7 +41,13 @@ import { parseVaeConfig, type VaeConfig } from "../model/vae/config.ts";
 import { vaeTensorShapes } from "../model/vae/weights.ts";
 import { buildEncoder } from "../model/vae/encoder.ts";
 import { buildDecoder } from "../model/vae/decoder.ts";
-import { fillUniform, median } from "./common.ts";
+import { fillUniform, median, parseBenchArgs } from "./common.ts";
+
+export const USAGE =
+  `usage: deno task bench vae [--small] [--iters n] [--sweep] [--tile 128x128x8/8x8[direct]] [--compare path/to/conv2d.wgsl]
+         [--vae] [--size 1024] [--no-conv]
+The conv2d kernel at the VAE's shapes (--sweep: every tile that fits), and with --vae a whole encode and decode with
+random weights; --small: smaller images and channel counts, for software adapters.`;
 
 interface ConvShape {
   label: string;
@@ -327,19 +332,18 @@ async function timeWholeVae(gpu: GpuContext, size: number, small: boolean): Prom
 }
 
 async function main() {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      small: { type: "boolean", default: false },
-      iters: { type: "string" },
-      sweep: { type: "boolean", default: false },
-      tile: { type: "string" },
-      compare: { type: "string" },
-      vae: { type: "boolean", default: false },
-      size: { type: "string" },
-      "no-conv": { type: "boolean", default: false },
-    },
-  });
+  const parsed = parseBenchArgs(Deno.args, {
+    small: { type: "boolean", default: false },
+    iters: { type: "string" },
+    sweep: { type: "boolean", default: false },
+    tile: { type: "string" },
+    compare: { type: "string" },
+    vae: { type: "boolean", default: false },
+    size: { type: "string" },
+    "no-conv": { type: "boolean", default: false },
+  }, USAGE);
+  if (parsed === "help") return;
+  const values = parsed;
   const small = values.small!;
   const iters = Number(values.iters ?? (small ? 2 : 10));
   if (!Number.isInteger(iters) || iters < 1) throw new Error(`--iters: "${values.iters}" is not a positive integer`);
