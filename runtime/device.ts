@@ -134,6 +134,20 @@ function driverVersion(vendor: string): string {
 
 let shared: Promise<GpuContext> | null = null;
 
+/** Deno's WebGPU starts every wgpu backend it has unless DENO_WEBGPU_BACKEND names some: on Linux, GL's (libEGL) as
+ * well as Vulkan's, which is the one kleinscope runs on there. With several isolates using WebGPU in one process
+ * (`deno test --parallel`), libEGL's finaliser at process exit was seen to free an invalid pointer, which aborted a
+ * test run that had passed. So on Linux, unless the user chose, only Vulkan is started. Read by Deno when an isolate
+ * first asks for an adapter; without permission to read the environment, Deno's default stands. */
+export function preferVulkanOnLinux(): void {
+  if (Deno.build.os !== "linux") return;
+  try {
+    if (Deno.env.get("DENO_WEBGPU_BACKEND") === undefined) Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+  } catch {
+    // No --allow-env: leave the choice to Deno.
+  }
+}
+
 /** One device per process: every plan and weight store shares it. */
 export function getGpu(request: DeviceRequest = {}): Promise<GpuContext> {
   if (!shared) {
@@ -147,6 +161,7 @@ export async function openGpu(request: DeviceRequest = {}): Promise<GpuContext> 
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
     throw new Error(`WebGPU is not available in this runtime (navigator.gpu is missing). Run with Deno 2.x. ${HOW_TO_GET_AN_ADAPTER}`);
   }
+  preferVulkanOnLinux();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new Error(`No WebGPU adapter was found. ${HOW_TO_GET_AN_ADAPTER}`);
   checkPinnedAdapter(adapter.info); // a process pinned to one GPU of several (KLEINSCOPE_GPU) got that one
