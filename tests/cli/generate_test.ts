@@ -11,6 +11,7 @@ import { writeSafetensors } from "../../weights/safetensors_writer.ts";
 import { unpackLatents } from "../../model/sampler.ts";
 import { readInitialLatents } from "../../cli/generate.ts";
 import { defaultOutputPath, sideOption, UsageError } from "../../cli/common.ts";
+import { relativeL2 } from "../../kernels/audit.ts";
 
 const CLI = fileURLToPath(new URL("../../cli.ts", import.meta.url));
 const FIXTURES = fileURLToPath(new URL("../fixtures/klein-tiny/", import.meta.url));
@@ -48,15 +49,6 @@ async function readTensor(file: string, name: string): Promise<Float32Array> {
   } finally {
     f.close();
   }
-}
-
-function relL2(got: Float32Array, want: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 Deno.test("generate/edit --help explains every option with an example", async () => {
@@ -136,7 +128,7 @@ Deno.test("edit on the tiny checkpoint writes the reference pipeline's image and
     }
     assert.ok(maxDiff <= 0.5 / 255 + 1e-4, `PNG differs from the reference image by ${maxDiff} (more than 8-bit rounding)`);
     const final = await readTensor(latentsOut, "latents");
-    const err = relL2(final, await readTensor(caseFile, "latents.step3"));
+    const err = relativeL2(final, await readTensor(caseFile, "latents.step3"));
     assert.ok(err <= 2e-5, `final latents: relative L2 ${err}`);
     // What --save-latents writes is accepted back by --latents (packed [h·w, C]).
     assert.deepEqual(unpackLatents(await readInitialLatents(latentsOut, 32, 64, 96), 32, 6, 4), unpackLatents(final, 32, 6, 4));

@@ -9,21 +9,13 @@ import { Flux2KleinPipeline, MAX_SEQUENCE_LENGTH } from "../../model/pipeline.ts
 import { loadSuite } from "../../conformance/runner.ts";
 import { SafetensorsFile } from "../../weights/safetensors.ts";
 import { decodeToF32 } from "../../weights/dtypes.ts";
+import { relativeL2 } from "../../kernels/audit.ts";
 import { parseSpec } from "../../studies/spec.ts";
 import { parseExperiment } from "../../experiments/experiment.ts";
 
 const FIXTURES = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
 const MODEL = join(FIXTURES, "model");
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-
-function relL2(got: Float32Array, want: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
 
 async function readCaseTensor(file: string, name: string): Promise<{ data: Float32Array | BigInt64Array; shape: number[] }> {
   const f = await SafetensorsFile.open(join(FIXTURES, file));
@@ -58,7 +50,7 @@ Deno.test("a shorter text sequence gives the first rows of the reference's 512-r
         assert.equal(embeds.length, length * width, `${c.name} at ${length}: [${length}, ${width}] embeddings`);
         assert.deepEqual(Array.from(encoded.inputIds), Array.from(ids.subarray(0, length), Number), `${c.name}: token ids`);
         assert.equal(encoded.realTokens, Math.min(realTokens, length), `${c.name}: real tokens`);
-        const rel = relL2(embeds, (want.data as Float32Array).subarray(0, length * width));
+        const rel = relativeL2(embeds, (want.data as Float32Array).subarray(0, length * width));
         assert.ok(rel <= 1e-5, `${c.name} at ${length}: rel L2 ${rel} against the reference's first ${length} rows`);
       }
     }
@@ -67,7 +59,7 @@ Deno.test("a shorter text sequence gives the first rows of the reference's 512-r
     const [{ embeds }] = await pipe.encodePrompts([c.prompt as string]);
     const want = await readCaseTensor(c.file, "prompt_embeds");
     assert.equal(embeds.length, want.data.length);
-    assert.ok(relL2(embeds, want.data as Float32Array) <= 1e-5);
+    assert.ok(relativeL2(embeds, want.data as Float32Array) <= 1e-5);
   } finally {
     pipe.release();
   }
