@@ -44,11 +44,12 @@ import {
   parseSpec,
   type PatchSpecJson,
   type RunSpec,
+  sequenceLengthField,
 } from "../studies/spec.ts";
 import { blockNames, parseFlux2Config } from "../model/flux2/config.ts";
 import type { SweepPoint } from "./stats.ts";
 import { checkpointFingerprint } from "../weights/fingerprint.ts";
-import { MAX_SEQUENCE_LENGTH, NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
+import { NOISE_SOURCES, type NoiseSource } from "../model/pipeline.ts";
 import { canonicalJson, fileSha256, readJsonFile, sha256Hex } from "./files.ts";
 import { PAIRING_RULES, type PairingRule, type TaskPair } from "./generators.ts";
 import { parseTemplate, parseTemplateLines, type QuestionTemplate, templateCatalogue } from "./judge_templates.ts";
@@ -502,12 +503,9 @@ export function parseExperiment(raw: unknown, baseDir: string, options: ParseOpt
     steps: F.int(o, "steps", "", 1),
     width: F.int(o, "width", "", 16),
     height: F.int(o, "height", "", 16),
-    maxSequenceLength: F.int(o, "maxSequenceLength", "", 1),
+    maxSequenceLength: sequenceLengthField(F, o, ""),
     conditions: [],
   };
-  if (exp.maxSequenceLength !== undefined && exp.maxSequenceLength > MAX_SEQUENCE_LENGTH) {
-    F.fail("maxSequenceLength", `${exp.maxSequenceLength} is above the longest supported text sequence, ${MAX_SEQUENCE_LENGTH} tokens`);
-  }
   for (const k of ["width", "height"] as const) if (exp[k] !== undefined && exp[k]! % 16) F.fail(k, `${exp[k]} is not a multiple of 16`);
   exp.noise = F.oneOf(o, "noise", "", NOISE_SOURCES);
   if (o.guidance !== undefined) {

@@ -303,6 +303,16 @@ function parseAttentionFlow(v: unknown, path: string): AttentionFlowSpec {
   };
 }
 
+/** `maxSequenceLength` of a spec or an experiment file (errors named through `fields`): a whole number of tokens in
+ * [1, MAX_SEQUENCE_LENGTH]. */
+export function sequenceLengthField(fields: JsonFields, o: Record<string, unknown>, path: string): number | undefined {
+  const v = fields.int(o, "maxSequenceLength", path, 1);
+  if (v !== undefined && v > MAX_SEQUENCE_LENGTH) {
+    fields.fail(`${path}maxSequenceLength`, `${v} is above the longest supported text sequence, ${MAX_SEQUENCE_LENGTH} tokens`);
+  }
+  return v;
+}
+
 /** Check a parsed JSON value and return it as a RunSpec; every problem names its field. */
 export function parseSpec(raw: unknown): RunSpec {
   const o = F.obj(raw, "(root)");
@@ -336,16 +346,13 @@ export function parseSpec(raw: unknown): RunSpec {
     height: F.int(o, "height", "", 16),
     steps: F.int(o, "steps", "", 1),
     guidance: F.num(o, "guidance", ""),
-    maxSequenceLength: F.int(o, "maxSequenceLength", "", 1),
+    maxSequenceLength: sequenceLengthField(F, o, ""),
     distilled: bool(o, "distilled", ""),
     seed: F.int(o, "seed", "", 0),
     noise: F.oneOf(o, "noise", "", NOISE_SOURCES),
     latents: F.str(o, "latents", ""),
     output: F.str(o, "output", ""),
   };
-  if (spec.maxSequenceLength !== undefined && spec.maxSequenceLength > MAX_SEQUENCE_LENGTH) {
-    F.fail("maxSequenceLength", `${spec.maxSequenceLength} is above the longest supported text sequence, ${MAX_SEQUENCE_LENGTH} tokens`);
-  }
   const budget = F.num(o, "captureBudget", "");
   if (budget !== undefined) {
     if (budget <= 0) F.fail("captureBudget", `expected a number of MiB above 0, got ${budget}`);
