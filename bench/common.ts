@@ -135,21 +135,26 @@ export async function exists(path: string): Promise<boolean> {
 }
 
 /** A benchmark script's command line: with --help or -h, prints `usage` and returns "help" (the caller exits 0);
- * else parses `args` with node:util parseArgs, and on an unknown or malformed option prints `error: …` and the
- * usage and exits with code 2, before any GPU work. */
-export function parseBenchArgs<O extends Record<string, { type: "string" | "boolean"; default?: string | boolean; multiple?: boolean }>>(
-  args: string[],
-  options: O,
-  usage: string,
-): ReturnType<typeof parseArgs<{ args: string[]; options: O }>>["values"] | "help" {
+ * else returns `parse(args)`, and when that throws (an unknown or malformed option) prints `error: …` and the usage
+ * and exits with code 2, before any GPU work. */
+export function benchCommandLine<T>(args: string[], usage: string, parse: (args: string[]) => T): T | "help" {
   if (args.includes("--help") || args.includes("-h")) {
     console.log(usage);
     return "help";
   }
   try {
-    return parseArgs({ args, options }).values;
+    return parse(args);
   } catch (e) {
     console.error(`error: ${(e as Error).message}\n\n${usage}`);
     Deno.exit(2);
   }
+}
+
+/** benchCommandLine with node:util parseArgs over `options`. */
+export function parseBenchArgs<O extends Record<string, { type: "string" | "boolean"; default?: string | boolean; multiple?: boolean }>>(
+  args: string[],
+  options: O,
+  usage: string,
+): ReturnType<typeof parseArgs<{ args: string[]; options: O }>>["values"] | "help" {
+  return benchCommandLine(args, usage, (a) => parseArgs({ args: a, options }).values);
 }

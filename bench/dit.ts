@@ -27,7 +27,19 @@ import type { Flux2Config } from "../model/flux2/config.ts";
 import { concatIds, type Grid, imageIds, textIds } from "../model/flux2/positions.ts";
 import { writeSafetensors } from "../weights/safetensors_writer.ts";
 import { SafetensorsFile } from "../weights/safetensors.ts";
-import { exists, formatGB, formatMs, formatTable, formatTflops, median, relativeL2, runCommand, seededNormals, tail } from "./common.ts";
+import {
+  benchCommandLine,
+  exists,
+  formatGB,
+  formatMs,
+  formatTable,
+  formatTflops,
+  median,
+  relativeL2,
+  runCommand,
+  seededNormals,
+  tail,
+} from "./common.ts";
 
 export const TEXT_ROWS = 512;
 export const RANDOM_PRESETS = ["klein-4b", "klein-9b", "tiny"] as const;
@@ -474,17 +486,8 @@ One transformer forward: load rate, median forward time, the slowest nodes and a
 the same forward in PyTorch (fp32 and bf16) and reports the relative L2 error against it.`;
 
 if (import.meta.main) {
-  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  let options: DitBenchOptions;
-  try {
-    options = parseDitBenchArgs(Deno.args);
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
+  const options = benchCommandLine(Deno.args, USAGE, parseDitBenchArgs);
+  if (options === "help") Deno.exit(0);
   try {
     await runDitBench(options);
   } catch (e) {

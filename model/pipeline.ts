@@ -204,7 +204,7 @@ const internals = new WeakMap<PreparedRun, RunInternals>();
 
 export class Flux2KleinPipeline {
   private textEncoder: Qwen3TextEncoder | null = null;
-  /** Keyed by sequence length and prompt (promptKey). */
+  /** Keyed by sequence length and prompt. */
   private readonly embedCache = new Map<string, { embeds: Float32Array; prompt: EncodedPrompt }>();
 
   private constructor(
