@@ -1,7 +1,7 @@
 // Matmul throughput: y[M, N] = x[M, K] · W[N, K]ᵀ on random data, reported in TFLOP/s (median of the timed runs).
 //
 //   deno run -A bench/matmul.ts [--shapes M,K,N;M,K,N] [--dtype bf16,f32] [--iters n] [--small]
-//                               [--config 128x128x8/8x8[w8]] [--sweep [--write] [--tuning-file path]] [--f16]
+//                               [--config 128x128x8/8x8[w8][,…]] [--sweep [--write] [--tuning-file path]] [--f16]
 //
 // Times come from timestamp queries around the dispatch when the adapter has them, else from the wall clock
 // around a submit-and-wait of the plan. --sweep times every tile configuration on every shape, prints a table and
@@ -20,10 +20,10 @@ import {
   matmul,
   MATMUL_SWEEP_CONFIGS,
   type MatmulConfig,
+  matmulConfigFits,
   matmulConfigFor,
   matmulConfigName,
   matmulShapeClass,
-  matmulWorkgroupBytes,
   validateMatmulConfig,
 } from "../kernels/matmul.ts";
 import { applyDeviceTuning } from "../kernels/tuning.ts";
@@ -31,7 +31,7 @@ import { bf16ToF32 } from "../weights/dtypes.ts";
 import { median, parseBenchArgs } from "./common.ts";
 
 export const USAGE = `usage: deno task bench matmul [--shapes M,K,N;M,K,N] [--dtype bf16,f32] [--iters n] [--small]
-         [--config 128x128x8/8x8[dot|direct][wC]] [--sweep [--write] [--tuning-file path]] [--f16]
+         [--config 128x128x8/8x8[dot|direct][wC][,…]] [--sweep [--write] [--tuning-file path]] [--f16]
 Matmul throughput y = x·Wᵀ on random data (TFLOP/s, median of the timed runs); --sweep times every tile configuration
 and --write stores the winners in kernels/matmul_tuned.json; --small: shapes for a software adapter.`;
 
@@ -216,14 +216,27 @@ async function main() {
   console.log(`device: ${gpu.adapterDescription} (workgroup memory ${workgroupLimit} B, timestamps: ${gpu.hasTimestamps ? "yes" : "no"})`);
 
   if (!values.sweep) {
+    const named = values.config?.split(",").map((text) => {
+      const config = parseConfig(text);
+      if (!matmulConfigFits(config, gpu.caps, f16)) {
+        throw new Error(
+          `--config: ${
+            matmulConfigName(config)
+          } exceeds this device's workgroup memory (${workgroupLimit} B) or threads per workgroup (${gpu.limits.maxComputeInvocationsPerWorkgroup})`,
+        );
+      }
+      return config;
+    });
     const rows: string[][] = [];
     for (const shape of shapes) {
       for (const dtype of dtypes as WeightDType[]) {
         const ops = new Operands(shape, dtype);
-        const config = values.config ? parseConfig(values.config) : matmulConfigFor(gpu.caps, shape.m, shape.n, shape.k, dtype, f16);
-        const t = await timeMatmul(gpu, ops, config, iters, f16);
-        rows.push([shapeName(shape), dtype, matmulConfigName(config), t.medianMs.toFixed(3), formatTflops(t.tflops), t.source]);
-        console.log(rows.at(-1)!.join("  "));
+        const configs = named ?? [matmulConfigFor(gpu.caps, shape.m, shape.n, shape.k, dtype, f16)];
+        for (const config of configs) {
+          const t = await timeMatmul(gpu, ops, config, iters, f16);
+          rows.push([shapeName(shape), dtype, matmulConfigName(config), t.medianMs.toFixed(3), formatTflops(t.tflops), t.source]);
+          console.log(rows.at(-1)!.join("  "));
+        }
       }
     }
     console.log("\n" + table(["M×K×N", "W", "config", "median ms", "TFLOP/s", "timed by"], rows));
@@ -232,9 +245,15 @@ async function main() {
 
   // f16 multiplication has the outer form only, and its tiles take half the memory: deeper K steps fit.
   const candidates = f16 ? [...MATMUL_SWEEP_CONFIGS, ...F16_EXTRA_CONFIGS].filter((c) => c.form !== "dot") : MATMUL_SWEEP_CONFIGS;
-  const configs = candidates.filter((c) => matmulWorkgroupBytes(c, f16) <= workgroupLimit);
-  const skipped = candidates.filter((c) => matmulWorkgroupBytes(c, f16) > workgroupLimit);
-  if (skipped.length) console.log(`skipped (workgroup memory over ${workgroupLimit} B): ${skipped.map(matmulConfigName).join(", ")}`);
+  const configs = candidates.filter((c) => matmulConfigFits(c, gpu.caps, f16));
+  const skipped = candidates.filter((c) => !matmulConfigFits(c, gpu.caps, f16));
+  if (skipped.length) {
+    console.log(
+      `skipped (workgroup memory over ${workgroupLimit} B or threads over ${gpu.limits.maxComputeInvocationsPerWorkgroup}): ${
+        skipped.map(matmulConfigName).join(", ")
+      }`,
+    );
+  }
   const columns: { shape: Shape; dtype: WeightDType; timings: Timing[] }[] = [];
   for (const shape of shapes) {
     for (const dtype of dtypes as WeightDType[]) {

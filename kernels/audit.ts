@@ -1,7 +1,7 @@
 // The kernel audit: every kernel runs on random inputs of awkward sizes against its float64 CPU reference,
 // with every output poisoned (NaN) before the run. Used by `deno task audit` and by the test suite.
 
-import type { GpuContext } from "../runtime/device.ts";
+import type { DeviceCapabilities, GpuContext } from "../runtime/device.ts";
 import { Graph } from "../runtime/graph.ts";
 import { Plan } from "../runtime/executor.ts";
 import { Rng } from "../runtime/random.ts";
@@ -27,6 +27,9 @@ export interface AuditCase {
   tolerance?: number;
   /** The case computes in f16: on an adapter without shader-f16 it is reported as skipped. */
   needsF16?: boolean;
+  /** Why the adapter cannot run the case's tiles (threads or workgroup memory over its limits), if it cannot: the
+   * case is then reported as skipped. */
+  unsupported?: (device: DeviceCapabilities) => string | undefined;
   build(g: Graph, rng: Rng): { inputs: AuditInput[]; outputs: AuditOutput[] };
 }
 
@@ -66,6 +69,11 @@ export async function runAuditCase(gpu: GpuContext, c: AuditCase, seed = 7): Pro
   if (c.needsF16 && !gpu.hasF16) {
     const tolerance = c.tolerance ?? 1e-5;
     return { kernel: c.kernel, label: c.label, relL2: NaN, maxAbs: NaN, ms: NaN, tolerance, pass: true, skipped: "no shader-f16" };
+  }
+  const unsupported = c.unsupported?.(gpu.caps);
+  if (unsupported) {
+    const tolerance = c.tolerance ?? 1e-5;
+    return { kernel: c.kernel, label: c.label, relL2: NaN, maxAbs: NaN, ms: NaN, tolerance, pass: true, skipped: unsupported };
   }
   const g = new Graph();
   const rng = new Rng(seed);

@@ -79,6 +79,9 @@ export const MATMUL_SWEEP_CONFIGS: readonly Readonly<MatmulConfig>[] = [
   { bm: 64, bn: 256, bk: 16, tm: 8, tn: 8 },
   { bm: 256, bn: 64, bk: 16, tm: 8, tn: 8 },
   { bm: 128, bn: 256, bk: 8, tm: 8, tn: 16 },
+  // 512 threads: devices whose threads share 64 K registers then give each at most 128, which keeps a K step of 16
+  // from spreading into more registers than two 256-thread workgroups would get.
+  { bm: 256, bn: 128, bk: 16, tm: 8, tn: 8 },
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, form: "dot" },
   { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, form: "dot" },
   { bm: 32, bn: 64, bk: 16, tm: 4, tn: 4 },
@@ -87,8 +90,13 @@ export const MATMUL_SWEEP_CONFIGS: readonly Readonly<MatmulConfig>[] = [
   SOFTWARE_FEW_ROWS_MATMUL_CONFIG,
 ];
 
-const MAX_THREADS = 256;
+/** The largest workgroup any WebGPU device offers; a device's own limit (maxComputeInvocationsPerWorkgroup, at least
+ * 256) is checked by matmulConfigFits. More threads per workgroup also cap each thread's registers on GPUs whose
+ * register file is shared by the resident threads (64 K registers: at most 128 per thread at 512 threads). */
+const MAX_THREADS = 1024;
 const MAX_ACCUMULATORS = 128;
+/** What every WebGPU device allows; the tiles chosen without a device stay within it. */
+const BASELINE_THREADS = 256;
 
 export function matmulConfigName(c: MatmulConfig): string {
   const form = c.form === "dot" || c.form === "direct" ? c.form : "";
@@ -158,10 +166,12 @@ export function matmulShapeClass(m: number, n: number, k: number, wDtype: DType,
   return `${f16 ? "f16." : ""}${wDtype}.m${bucket(m, [FEW_ROWS, 1024, 4096])}.n${bucket(n, [1024, 4096])}.k${bucket(k, [1024, 4096])}`;
 }
 
-/** Whether a configuration can run this product on the device (f16 needs the outer form; workgroup memory). */
+/** Whether a configuration can run this product on the device (f16 needs the outer form; workgroup memory and
+ * threads per workgroup within the device's limits, or the WebGPU minimums without a device). */
 export function matmulConfigFits(c: MatmulConfig, device: DeviceCapabilities | null, f16 = false): boolean {
   return (!f16 || (c.form ?? "outer") === "outer") &&
-    matmulWorkgroupBytes(c, f16) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 16384);
+    matmulWorkgroupBytes(c, f16) <= (device?.limits.maxComputeWorkgroupStorageSize ?? 16384) &&
+    matmulThreads(c) <= (device?.limits.maxComputeInvocationsPerWorkgroup ?? BASELINE_THREADS);
 }
 
 /** The configuration matmul() uses for this shape on a device (null: one that fits any device): the tiles tuned for
@@ -511,6 +521,13 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
   const tileChoice = (device: DeviceCapabilities | null) => {
     const config = opts.config ?? matmulConfigFor(device, m, n, k, wDtype, f16);
     validateMatmulConfig(config, name, f16);
+    if (device && !matmulConfigFits(config, device, f16)) {
+      throw new Error(
+        `${name}: tile configuration ${matmulConfigName(config)} needs ${matmulThreads(config)} threads and ${
+          matmulWorkgroupBytes(config, f16)
+        } B of workgroup memory per workgroup; ${device.description} allows ${device.limits.maxComputeInvocationsPerWorkgroup} and ${device.limits.maxComputeWorkgroupStorageSize} B`,
+      );
+    }
     const variant = {
       BM: config.bm,
       BN: config.bn,
@@ -542,7 +559,8 @@ export function matmul(g: Graph, name: string, x: number, w: number, opts: Matmu
     params: { M: m, N: n, K: k },
     workgroups: initial.workgroups,
     flops: 2 * m * n * k,
-    chooseTiles: opts.config ? undefined : tileChoice,
+    // Explicit tiles stay as given; choosing them for a device only checks that they fit it.
+    chooseTiles: tileChoice,
   });
   return out;
 }

@@ -16,8 +16,9 @@ export interface GraphNode {
   workgroups: [number, number, number];
   /** FLOPs of this dispatch, for benchmark tables (optional). */
   flops?: number;
-  /** For kernels whose tiles were not given explicitly: the tile-dependent part of the node for the device it is
-   * compiled on (Graph.chooseTiles). Until then the node holds the tiles that fit any device. */
+  /** For kernels with tiles: the tile-dependent part of the node for the device it is compiled on (Graph.chooseTiles),
+   * which may throw when tiles given explicitly do not fit that device. Until then the node holds the tiles that fit
+   * any device (or the explicit ones). */
   chooseTiles?: (device: DeviceCapabilities) => TileChoice;
 }
 

@@ -8,8 +8,11 @@ import {
   matmul,
   MATMUL_SWEEP_CONFIGS,
   type MatmulConfig,
+  matmulConfigFits,
   matmulConfigName,
   type MatmulEpilogue,
+  matmulThreads,
+  matmulWorkgroupBytes,
 } from "../matmul.ts";
 import type { Graph } from "../../runtime/graph.ts";
 import type { Rng } from "../../runtime/random.ts";
@@ -91,6 +94,10 @@ function matmulCase(c: CaseSpec): AuditCase {
     label: describe(c),
     tolerance: c.f16 ? F16_TOLERANCE : undefined,
     needsF16: c.f16,
+    unsupported: (device) =>
+      c.config && !matmulConfigFits(c.config, device, c.f16)
+        ? `${matmulThreads(c.config)} threads, ${matmulWorkgroupBytes(c.config, c.f16)} B of workgroup memory`
+        : undefined,
     build(g: Graph, rng: Rng) {
       const xValues = rng.normalArray(c.m * c.k);
       const w = hostTensor(rng.normalArray(c.n * c.k, 1 / Math.sqrt(c.k)), c.weight);

@@ -137,11 +137,24 @@ Deno.test("matmul: tiles follow the device — tuned entry, then the device clas
   assert.deepEqual(g.nodes[0].workgroups, [5 * 11, 1, 1]);
   // 32 KiB of workgroup memory does not fit a 16 KiB device: the default is used instead.
   assert.deepEqual(matmulConfigFor(device, 300, 700, 512, "f32"), DEFAULT_MATMUL_CONFIG);
-  // An explicit configuration is never replaced.
+  // Nor do 512 threads fit a device that allows 256, though their 8 KiB would; a device that allows 1024 takes them.
+  const wide = { bm: 128, bn: 128, bk: 4, tm: 4, tn: 8 };
+  device.tiles = { matmul: { "bf16.m1024.n1024.k1024": wide } };
+  assert.deepEqual(matmulConfigFor(device, 300, 700, 512, "bf16"), DEFAULT_MATMUL_CONFIG);
+  const roomy = { ...device, limits: { ...device.limits, maxComputeInvocationsPerWorkgroup: 1024 } };
+  assert.deepEqual(matmulConfigFor(roomy, 300, 700, 512, "bf16"), wide);
+  device.tiles = { matmul: { "bf16.m1024.n1024.k1024": tuned, "f32.m1024.n1024.k1024": big } };
+  // An explicit configuration is never replaced; one the device cannot run is refused by name when a plan is made.
   const fixed = new Graph();
-  matmul(fixed, "proj", fixed.input("x", [300, 512]), fixed.input("w", [700, 512], "bf16"), { config: big });
+  matmul(fixed, "proj", fixed.input("x", [300, 512]), fixed.input("w", [700, 512], "bf16"), { config: { ...tuned, bk: 8 } });
   fixed.chooseTiles(device);
-  assert.equal(fixed.nodes[0].variant.BK, 16);
+  assert.equal(fixed.nodes[0].variant.BK, 8);
+  const tooBig = new Graph();
+  matmul(tooBig, "proj", tooBig.input("x", [300, 512]), tooBig.input("w", [700, 512], "bf16"), { config: big });
+  assert.throws(
+    () => tooBig.chooseTiles(device),
+    /proj: tile configuration 128x128x16\/8x8 needs 256 threads and 32768 B .* allows 256 and 16384 B/,
+  );
   const path = Deno.makeTempFileSync({ suffix: ".json" });
   try {
     Deno.writeTextFileSync(path, JSON.stringify({ "nvidia": { "bf16.m64.n64.k64": { bm: 12, bn: 64, bk: 8, tm: 8, tn: 8 } } }));
