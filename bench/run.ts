@@ -7,9 +7,10 @@
 //   vae         the VAE's convolutions at 1024² shapes (--sweep over tiles), --vae for a whole encode and decode
 //   summary     one table of all of the above at klein-9B shapes (--small on a software adapter), PyTorch side by side
 //   ceilings    f32 and packed-f16 multiply-add rates, workgroup- and global-memory bandwidth (--small)
+//   sass        (NVIDIA) the machine code the driver compiled for another benchmark's kernels: registers, loop mixes
 // PyTorch baselines for the same shapes: python3 bench/torch_baseline.py matmul|attention, bench/torch_flux2.py.
 
-const BENCHES = ["matmul", "attention", "vae", "dit", "text_encoder", "pipeline", "summary", "ceilings"];
+const BENCHES = ["matmul", "attention", "vae", "dit", "text_encoder", "pipeline", "summary", "ceilings", "sass"];
 
 if (import.meta.main) {
   const [name, ...rest] = Deno.args;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { runCommand } from "../../bench/common.ts";
 
 const RUN = new URL("../../bench/run.ts", import.meta.url).pathname;
-const BENCHES = ["matmul", "attention", "vae", "dit", "text_encoder", "pipeline", "summary", "ceilings"];
+const BENCHES = ["matmul", "attention", "vae", "dit", "text_encoder", "pipeline", "summary", "ceilings", "sass"];
 
 Deno.test("bench: --help and an unknown option, for every benchmark", async () => {
   for (const name of BENCHES) {
