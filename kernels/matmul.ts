@@ -142,7 +142,8 @@ export function validateMatmulConfig(c: MatmulConfig, where = "matmul", f16 = fa
 export type MatmulTuningTable = TuningTable<MatmulConfig>;
 
 /** The built-in table. Its nvidia-datacenter entries are the sweep winners measured on an H100 80GB HBM3 (bench
- * matmul --sweep, bench/results/matmul*.txt), the best known for NVIDIA's datacenter parts. */
+ * matmul --sweep, bench/results/matmul*.txt), the best known for NVIDIA's datacenter parts; the class of large M and
+ * N at K = 4096 then took the 512-thread 256x128x16/8x8, 3% faster on an H200 (bench/results/tiles_tried_h200.txt). */
 export const BUILTIN_MATMUL_TILES: MatmulTuningTable = checkTuningTable<MatmulConfig>(
   builtinTiles,
   "kernels/matmul_tuned.json",
