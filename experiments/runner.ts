@@ -21,6 +21,7 @@ import { Flux2KleinPipeline } from "../model/pipeline.ts";
 import { savePng } from "../model/images.ts";
 import { printable } from "../runtime/printable.ts";
 import { checkSpec, executeSpec, KLEINSCOPE_VERSION } from "../studies/execute.ts";
+import { SourceRunCache } from "../studies/source_rows.ts";
 import { writeSpecOutputs } from "../studies/outputs.ts";
 import { type PatchSpecJson, type RunSpec, SPEC_VERSION } from "../studies/spec.ts";
 import { ownedFiles, removeOwnedFolder, syncFolder, syncTree, tempFileWriter, writeOutputMarker } from "../studies/output_folder.ts";
@@ -90,6 +91,8 @@ export interface SpecExecutor {
 /** Specs run by a Flux2KleinPipeline (loaded from `model`, or the one given, which is then not released). */
 export function pipelineExecutor(model: string, options: { lowMemory?: boolean; pipeline?: Flux2KleinPipeline } = {}): SpecExecutor {
   let pipe = options.pipeline ?? null;
+  // Conditions of one task run one after another: those that patch from the same source run share it.
+  const sourceCache = new SourceRunCache(1);
   const loaded = () => {
     if (!pipe) throw new Error("the pipeline is not loaded");
     return pipe;
@@ -109,13 +112,14 @@ export function pipelineExecutor(model: string, options: { lowMemory?: boolean; 
     },
     check: (spec) => checkSpec(loaded(), spec),
     async run(spec, dir, log) {
-      await writeSpecOutputs(dir, await executeSpec(loaded(), spec, log));
+      await writeSpecOutputs(dir, await executeSpec(loaded(), spec, log, { sourceCache }));
     },
     async reference(r, path) {
       const out = await loaded().generate({ prompt: r.prompt, refs: [], width: r.width, height: r.height, steps: r.steps, seed: r.seed });
       await savePng(path, out.image, out.width, out.height);
     },
     close() {
+      sourceCache.clear();
       if (!options.pipeline) pipe?.release();
       pipe = null;
     },

@@ -12,7 +12,7 @@ import { AttentionFlowIntervention, type AttentionFlowResult } from "../interven
 import { resolveGroups } from "../interventions/groups.ts";
 import { resolveBlocks } from "../interventions/intervention.ts";
 import type { EffectsSpec, KnockoutSpec, LensSpec, PatchSpecJson, RunSpec } from "./spec.ts";
-import { SourceRows } from "./source_rows.ts";
+import { SourceRows, type SourceRunCache } from "./source_rows.ts";
 import {
   BaselineRows,
   controlKnockouts,
@@ -169,12 +169,20 @@ function knockoutOf(k: KnockoutSpec): KnockoutIntervention {
   return new KnockoutIntervention(settings.map((s) => ({ setting: s.setting, blocks: s.blocks, steps: s.steps })));
 }
 
+/** What makes a source run what it is (the fields baseRequest reads), as a cache key: specs that differ only in
+ * their interventions, captures or names share it. */
+function sourceRunKey(spec: RunSpec): string {
+  const { prompt, refs, width, height, steps, guidance, maxSequenceLength, distilled, seed, noise, latents } = spec;
+  return JSON.stringify({ prompt, refs, width, height, steps, guidance, maxSequenceLength, distilled, seed, noise, latents });
+}
+
 async function planPatch(
   pipe: Flux2KleinPipeline,
   spec: RunSpec,
   base: GenerateRequest,
   p: PatchSpecJson,
   where: string,
+  options: PlanOptions,
 ): Promise<{ source: SourceRows; patch: PatchIntervention }> {
   const tap = p.tap ?? textTapOfBlock(pipe.blockNames(), p.block!, `${where}.block`);
   const group = p.mode === "group" ? p.group! : textGroupOf(p.mode);
@@ -194,6 +202,7 @@ async function planPatch(
     await baseRequest(pipe, sourceSpec),
     { tap, group, schedule: p.schedule ?? "per-step", sourceStep: p.sourceStep },
     targetSteps,
+    options.sourceCache ? { cache: options.sourceCache, key: sourceRunKey(sourceSpec) } : undefined,
   ).catch((e) => {
     throw new Error(`${where}.source: ${(e as Error).message}`);
   });
@@ -271,6 +280,9 @@ export interface PlanOptions {
   captureFile?: string;
   /** Folder of the temporary file that holds the baseline's rows with `effects` (default: $TMPDIR). */
   tempDir?: string;
+  /** Source runs of patches, shared with the specs planned before and after this one (an experiment's conditions of
+   * one task run their common source once); without it every patch runs its own source. */
+  sourceCache?: SourceRunCache;
 }
 
 /** The spec's captures: its budget, and streamed into options.captureFile when given. */
@@ -288,7 +300,7 @@ export async function planSpec(pipe: Flux2KleinPipeline, spec: RunSpec, options:
   for (const [i, iv] of (spec.interventions ?? []).entries()) {
     if (iv.type === "knockout") interventions.push(knockoutOf(iv));
     else if (iv.type === "patch") {
-      const planned = await planPatch(pipe, spec, base, iv, `spec.interventions[${i}]`);
+      const planned = await planPatch(pipe, spec, base, iv, `spec.interventions[${i}]`, options);
       interventions.push(planned.patch);
       sources.push(planned.source);
     }
@@ -319,7 +331,7 @@ export async function executePlan(
   const warnings: string[] = [];
   let source: GenerateResult | undefined;
   for (const s of plan.sources) {
-    log(`source run for ${s.request.tap}[${s.request.group}]…`);
+    log(`source run for ${s.request.tap}[${s.request.group}]${s.cached ? " (the same run as the previous spec's: reused)" : "…"}`);
     source = await s.execute(pipe);
     warnings.push(...source.warnings.map((w) => `source run: ${w}`));
   }
