@@ -18,7 +18,8 @@ import { applyDeviceTuning } from "../kernels/tuning.ts";
 import { attention, fullyMaskedQueries, groupMaskBits } from "../kernels/attention.ts";
 import { attentionFlow, flowGroupIds } from "../kernels/attention_flow.ts";
 import { attentionFlowReference } from "../kernels/reference/attention_flow.ts";
-import { fillUniform, formatMs, formatTable, median, relativeL2 } from "./common.ts";
+import { fillUniform, formatMs, formatTable, median } from "./common.ts";
+import { relativeL2 } from "../kernels/audit.ts";
 
 const { values: opts } = parseArgs({
   args: Deno.args,

@@ -14,7 +14,8 @@ import {
   groupMaskBits,
 } from "../kernels/attention.ts";
 import { attentionReference } from "../kernels/reference/attention.ts";
-import { fillUniform, median, relativeL2 } from "./common.ts";
+import { fillUniform, median } from "./common.ts";
+import { relativeL2 } from "../kernels/audit.ts";
 
 /** The knockout layout: the first min(512, S/5) queries ("text") may not read the last S/4 keys ("ref"). */
 export function knockoutLayout(seq: number): { text: number; ref: number } {

@@ -33,18 +33,6 @@ export function formatTflops(v: number): string {
   return v >= 100 ? v.toFixed(1) : v.toPrecision(3);
 }
 
-/** ‖got − want‖ / ‖want‖ in float64 (NaN anywhere gives NaN). */
-export function relativeL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) throw new Error(`relativeL2: ${got.length} values against ${want.length}`);
-  let diff = 0, norm = 0;
-  for (let i = 0; i < want.length; i++) {
-    const d = got[i] - want[i];
-    diff += d * d;
-    norm += want[i] * want[i];
-  }
-  return Math.sqrt(diff) / Math.sqrt(norm);
-}
-
 /** Fast seeded standard normals (mulberry32 uniforms, Box–Muller) for benchmark inputs of millions of values; not
  * the documented runtime/random.ts generator, which is exact but too slow at this scale. */
 export function seededNormals(count: number, seed: number, scale = 1): Float32Array {

@@ -35,11 +35,11 @@ import {
   formatTable,
   formatTflops,
   median,
-  relativeL2,
   runCommand,
   seededNormals,
   tail,
 } from "./common.ts";
+import { relativeL2 } from "../kernels/audit.ts";
 
 export const TEXT_ROWS = 512;
 export const RANDOM_PRESETS = ["klein-4b", "klein-9b", "tiny"] as const;

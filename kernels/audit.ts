@@ -45,7 +45,9 @@ export interface AuditResult {
   skipped?: string;
 }
 
+/** ‖got − want‖ / ‖want‖ in float64 (‖got − want‖ where want is all zeros; Infinity where anything is not finite). */
 export function relativeL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`relativeL2: ${got.length} values against ${want.length}`);
   let num = 0, den = 0;
   for (let i = 0; i < want.length; i++) {
     const d = got[i] - want[i];

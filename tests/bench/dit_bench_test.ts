@@ -19,7 +19,8 @@ import {
   runDitBench,
   topNodesTable,
 } from "../../bench/dit.ts";
-import { formatTable, median, pythonThat, relativeL2, runCommand, seededNormals } from "../../bench/common.ts";
+import { formatTable, median, pythonThat, runCommand, seededNormals } from "../../bench/common.ts";
+import { relativeL2 } from "../../kernels/audit.ts";
 
 const FIX = new URL("../fixtures/klein-tiny/", import.meta.url).pathname;
 const TRANSFORMER = join(FIX, "model/transformer");
@@ -66,6 +67,8 @@ Deno.test("helpers: median, relative L2, seeded normals, tables", () => {
   assert.equal(median([4, 1, 3, 2]), 2.5);
   assert.equal(relativeL2([1, 2, 2], [1, 2, 2]), 0);
   assert.ok(Math.abs(relativeL2([0, 0, 3], [0, 0, 2]) - 0.5) < 1e-15);
+  assert.equal(relativeL2([0, NaN], [1, 1]), Infinity);
+  assert.throws(() => relativeL2([1, 2], [1, 2, 3]), /2 values against 3/);
   const a = seededNormals(100001, 7), b = seededNormals(100001, 7), c = seededNormals(100001, 8);
   assert.deepEqual(a, b);
   assert.notDeepEqual(a, c);
