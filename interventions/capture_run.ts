@@ -153,26 +153,15 @@ class FileSteps extends Map<number, Float32Array> {
   }
 }
 
-/** Readbacks in flight under a byte budget. `reserve` waits, oldest first, until a new readback fits; `track`
- * accounts for one until its work settles (kept bytes stay accounted for good). The first failure is kept and thrown
- * by the next reserve or drain. */
-export class BoundedReadbacks {
+/** Readbacks in flight and the host bytes they hold: `track` accounts for one until its work settles (kept bytes
+ * stay accounted for good), `drain` waits for all of them. The capture drains before it queues a step's readback, so
+ * at most one step's rows are in flight, which the budget was checked against when the run was prepared. The first
+ * failure is kept and thrown by the next drain. */
+export class ReadbacksInFlight {
   private readonly inFlight: { settled: Promise<void> }[] = [];
   private failure: { error: unknown } | null = null;
   hostBytes = 0;
   peakHostBytes = 0;
-  waits = 0;
-
-  constructor(readonly budgetBytes: number) {}
-
-  /** Wait until `bytes` more fit the budget (or nothing is left to wait for). */
-  async reserve(bytes: number): Promise<void> {
-    while (!this.failure && this.hostBytes + bytes > this.budgetBytes && this.inFlight.length) {
-      this.waits++;
-      await this.inFlight[0].settled;
-    }
-    if (this.failure) throw this.failure.error;
-  }
 
   /** Account for `bytes` until `work` settles; with `keep`, they stay on the host afterwards (rows kept in memory). */
   track(bytes: number, work: Promise<void>, keep = false): void {
@@ -292,7 +281,7 @@ export class CaptureIntervention implements Intervention {
       cols: c.cols,
       steps: layout && file ? new FileSteps(file, layout.entries.filter((e) => e.capture === i)) : new Map(),
     }));
-    const queue = new BoundedReadbacks(budget);
+    const queue = new ReadbacksInFlight();
     // Host work on a step's rows waits until the next step is submitted (or the run's last step is done).
     let gates: (() => void)[] = [];
     const openGates = () => {

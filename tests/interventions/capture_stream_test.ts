@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Flux2KleinPipeline } from "../../model/pipeline.ts";
-import { BoundedReadbacks, CaptureIntervention } from "../../interventions/capture_run.ts";
+import { CaptureIntervention, ReadbacksInFlight } from "../../interventions/capture_run.ts";
 import { captureLayout } from "../../interventions/capture_file.ts";
 import { executeSpec } from "../../studies/execute.ts";
 import { writeSpecOutputs } from "../../studies/outputs.ts";
@@ -289,27 +289,25 @@ Deno.test("the captures file's header is the one the safetensors writer writes, 
   }
 });
 
-Deno.test("back-pressure: a readback that does not fit waits for the oldest ones; a failure is thrown by the next wait", async () => {
-  const q = new BoundedReadbacks(100);
+Deno.test("readbacks in flight: host bytes until each settles (kept ones for good), the peak, the first failure thrown by drain", async () => {
+  const q = new ReadbacksInFlight();
   let finishFirst!: () => void;
   q.track(60, new Promise<void>((r) => (finishFirst = r)));
-  let reserved = false;
-  const waiting = q.reserve(60).then(() => (reserved = true));
-  await new Promise((r) => setTimeout(r, 20));
-  assert.equal(reserved, false, "60 + 60 > 100: it waits");
-  finishFirst();
-  await waiting;
-  assert.equal(q.waits, 1);
-  assert.equal(q.hostBytes, 0);
-  q.track(60, Promise.resolve());
-  await q.reserve(40); // fits next to it
   q.track(40, Promise.resolve(), true); // kept in memory: stays accounted
-  await q.drain();
+  let drained = false;
+  const draining = q.drain().then(() => (drained = true));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(drained, false, "drain waits for the unsettled readback");
+  assert.equal(q.hostBytes, 100);
+  finishFirst();
+  await draining;
   assert.equal(q.hostBytes, 40);
   assert.equal(q.peakHostBytes, 100);
   q.track(10, Promise.reject(new Error("disk full")));
-  await assert.rejects(() => q.reserve(60), /disk full/);
+  q.track(5, Promise.resolve());
   await assert.rejects(() => q.drain(), /disk full/);
+  assert.equal(q.hostBytes, 40, "failed and finished readbacks release their bytes");
+  await assert.rejects(() => q.drain(), /disk full/, "the failure stays");
 });
 
 Deno.test("readAsync: each call has its own staging buffer, so a later write never reaches an earlier readback", async () => {
