@@ -1,8 +1,8 @@
 // What NVIDIA's driver made of our shaders: runs a benchmark with the driver's shader disk cache pointed at a fresh
 // folder, takes the machine code of every compute pipeline out of that cache, disassembles it with CUDA's nvdisasm and
 // prints, per pipeline, its registers and the instruction mix of its loops (how many of a loop's instructions are the
-// multiply-adds the kernel exists for). This is the profile the WebGPU path does not give: a matmul loop where a third
-// of the instructions are address arithmetic cannot run at the multiply-add rate, whatever its tile.
+// multiply-adds the kernel exists for). This is the profile the WebGPU path does not give: the registers a thread holds,
+// which decide how many workgroups share a multiprocessor, and what else each loop spends its instructions on.
 //
 //   deno task bench sass [--out DIR] [--arch SM90] [--nvdisasm PATH] -- <benchmark> [its options]
 //   e.g. deno task bench sass --out sass -- matmul --shapes 2560,4096,4096 --config 128x128x8/8x8 --iters 1
